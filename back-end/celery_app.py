@@ -1,0 +1,69 @@
+"""The Celery application: `cd back-end && celery -A celery_app worker --queues=audio_queue`.
+
+Settings follow DESIGN §5 and §10: JSON only, late acks with redelivery when a worker dies, one
+task prefetched per process (tasks are long), task events on so Flower sees them, and a broker
+visibility timeout longer than the hard time limit so Redis does not redeliver running tasks.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_ready
+
+from config import get_settings
+
+AUDIO_QUEUE = "audio_queue"
+
+settings = get_settings()
+
+celery_app = Celery("yousync", broker=settings.broker_url, include=["tasks.audio_tasks"])
+_transport_options: dict[str, Any] = {
+    "visibility_timeout": settings.broker_visibility_timeout,
+    "socket_connect_timeout": 3,
+    "socket_timeout": 10,
+}
+celery_app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_backend=settings.broker_url if settings.broker_url.startswith("redis") else None,
+    result_expires=3600,
+    task_ignore_result=False,
+    task_default_queue=AUDIO_QUEUE,
+    task_routes={"tasks.audio_tasks.*": {"queue": AUDIO_QUEUE}},
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_time_limit=settings.task_time_limit,
+    task_soft_time_limit=settings.task_soft_time_limit,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    task_track_started=True,
+    broker_transport_options=_transport_options,
+    result_backend_transport_options=_transport_options,
+    broker_connection_retry_on_startup=True,
+    broker_connection_timeout=settings.enqueue_timeout_seconds,
+    # The API enqueues inside a request: give up quickly and answer 503 rather than hang.
+    task_publish_retry=True,
+    task_publish_retry_policy={
+        "max_retries": 2,
+        "interval_start": 0,
+        "interval_step": 0.5,
+        "interval_max": 1,
+    },
+    timezone="UTC",
+    enable_utc=True,
+)
+
+# `celery -A celery_app` looks for an attribute named `app` (or `celery`).
+app = celery_app
+
+
+@worker_ready.connect
+def _mark_ready(**_: Any) -> None:
+    """Lets supervisors and the test fixtures know the worker consumes, without polling it."""
+    if settings.worker_ready_file:
+        Path(settings.worker_ready_file).touch()

@@ -1,0 +1,121 @@
+"""The FastAPI application: `cd back-end && uvicorn main:app`.
+
+Clients are built in the lifespan and handed out through `deps`, never at import time, so tests
+run the real lifespan and a worker importing shared modules opens no API connections.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aioboto3
+import anyio
+import httpx
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+import api_errors
+from config import get_settings
+from deps import AppServices
+from router import health, user_audio_router
+from services.events import EventHub
+from services.jobs import AsyncJobStore
+from services.storage import s3_client_kwargs
+
+log = logging.getLogger("yousync.api")
+
+
+def _enqueue(job_id: str, task_id: str) -> None:
+    """Blocking publish to the broker; the API runs it in a worker thread."""
+    from tasks.audio_tasks import analyze_audio
+
+    analyze_audio.apply_async(args=[job_id], task_id=task_id)
+
+
+def _broker_ping() -> None:
+    from celery_app import celery_app
+
+    with celery_app.connection_for_write() as connection:
+        connection.ensure_connection(max_retries=1, timeout=2)
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings = get_settings()
+    async with contextlib.AsyncExitStack() as stack:
+        # Bounded, blocking pool: under load requests wait briefly for a connection instead of
+        # failing with MaxConnectionsError (DESIGN §10).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            max_connections=settings.redis_max_connections,
+            timeout=2,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=30,
+        )
+        client = aioredis.Redis(connection_pool=pool)
+        stack.push_async_callback(client.aclose)
+        stack.push_async_callback(pool.aclose)
+        # The hub's subscription blocks on reads forever: its own client, no socket timeout.
+        hub_client = aioredis.Redis.from_url(settings.redis_url, socket_connect_timeout=2)
+        stack.push_async_callback(hub_client.aclose)
+        hub = EventHub(hub_client, queue_size=settings.sse_client_queue_size)
+        hub.start()
+        stack.push_async_callback(hub.stop)
+
+        s3 = await stack.enter_async_context(
+            aioboto3.Session().client("s3", **s3_client_kwargs(settings))
+        )
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=2.0))
+
+        async def redis_ready() -> Any:
+            return await client.ping()
+
+        async def broker_ready() -> Any:
+            return await anyio.to_thread.run_sync(_broker_ping, abandon_on_cancel=True)
+
+        async def s3_ready() -> Any:
+            return await s3.head_bucket(Bucket=settings.s3_bucket)
+
+        async def analysis_ready() -> Any:
+            response = await http.get(f"{settings.analysis_server_url}/readyz")
+            response.raise_for_status()
+
+        app.state.readiness_checks = {
+            "redis": redis_ready,
+            "broker": broker_ready,
+            "s3": s3_ready,
+            "analysis_server": analysis_ready,
+        }
+        app.state.services = AppServices(
+            settings=settings, jobs=AsyncJobStore(client, settings), hub=hub, enqueue=_enqueue
+        )
+        yield
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="YouSync API",
+        version="0.1.0",
+        summary="Upload a dubbing recording, get 202 at once, follow the analysis live over SSE.",
+        lifespan=lifespan,
+    )
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origin_list,
+        allow_methods=["GET", "POST"],
+        allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
+        expose_headers=["Location"],
+    )
+    api_errors.install(app)
+    app.include_router(health.router)
+    app.include_router(user_audio_router.router)
+    return app
+
+
+app = create_app()

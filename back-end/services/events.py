@@ -1,0 +1,181 @@
+"""The per-process event hub: one Redis pub/sub subscription feeding every SSE client.
+
+Why: a Redis read loop per client costs Redis work proportional to the number of clients and
+exhausts connection pools at a few hundred streams (DESIGN §10). Here one subscription per API
+process receives every job notification (which carries the snapshot itself) and hands it to the
+bounded in-process queues of the clients watching that job or token, so idle clients cost Redis
+nothing and a live event costs one pub/sub message per process.
+
+A client never loses an event to the hub: when its queue overflows (a slow reader) or the
+subscription was lost and re-established (Redis restart), the client is told to `RESYNC` and
+re-reads what it missed from the job's Stream, starting after the last id it delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Final
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from services import keys
+from services.models import JobSnapshot, JobStatus
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Notification:
+    job_id: str
+    token_id: str
+    id: str
+    fields: dict[str, str]
+
+    @cached_property
+    def data(self) -> str:
+        """The SSE data line, serialised once per process however many clients receive it."""
+        return JobSnapshot.from_fields(self.fields).model_dump_json()
+
+    @property
+    def terminal(self) -> bool:
+        return JobStatus(self.fields["status"]).terminal
+
+
+class _Resync:
+    """Marker: re-read the Stream after your last delivered id."""
+
+
+RESYNC: Final = _Resync()
+
+
+@dataclass(eq=False)
+class Subscription:
+    queue: asyncio.Queue[Notification | _Resync] = field(
+        default_factory=lambda: asyncio.Queue(maxsize=64)
+    )
+    resyncs: int = 0
+
+    def offer(self, item: Notification | _Resync) -> None:
+        try:
+            self.queue.put_nowait(item)
+        except asyncio.QueueFull:
+            # Drop what is queued and ask for one read from the Stream instead of blocking
+            # the hub (and with it every other client) on this slow reader.
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.queue.put_nowait(RESYNC)
+
+    async def get(self) -> Notification | _Resync:
+        item = await self.queue.get()
+        if isinstance(item, _Resync):
+            self.resyncs += 1
+        return item
+
+
+def parse_stream_id(value: str) -> tuple[int, int]:
+    ms, _, seq = value.partition("-")
+    return int(ms), int(seq or 0)
+
+
+class EventHub:
+    def __init__(self, client: aioredis.Redis, *, queue_size: int = 64) -> None:
+        self._client = client
+        self._queue_size = queue_size
+        self._by_job: dict[str, set[Subscription]] = defaultdict(set)
+        self._by_token: dict[str, set[Subscription]] = defaultdict(set)
+        self._task: asyncio.Task[None] | None = None
+        self.connected = asyncio.Event()
+        self.notifications_received = 0
+        self.reconnects = 0
+
+    @property
+    def client_count(self) -> int:
+        return sum(len(subs) for subs in self._by_job.values()) + sum(
+            len(subs) for subs in self._by_token.values()
+        )
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="event-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @contextlib.contextmanager
+    def subscribe(
+        self, *, job_id: str | None = None, token_id: str | None = None
+    ) -> Iterator[Subscription]:
+        """Register before reading the Stream, so nothing written meanwhile can slip between."""
+        sub = Subscription(queue=asyncio.Queue(maxsize=self._queue_size))
+        index, key = (self._by_job, job_id) if job_id else (self._by_token, token_id)
+        assert key is not None
+        index[key].add(sub)
+        try:
+            yield sub
+        finally:
+            subs = index.get(key)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del index[key]
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            pubsub = self._client.pubsub(ignore_subscribe_messages=False)
+            try:
+                await pubsub.subscribe(keys.EVENTS_CHANNEL)
+                async for message in pubsub.listen():
+                    if message["type"] == "subscribe":
+                        # First subscription, or redis-py re-subscribed after a reconnect:
+                        # anything published while we were away must be re-read by clients.
+                        self.connected.set()
+                        self._resync_all()
+                        backoff = 0.1
+                    elif message["type"] == "message":
+                        self._dispatch(message["data"])
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError) as exc:
+                self.connected.clear()
+                self.reconnects += 1
+                log.warning("event hub lost Redis (%s); reconnecting in %.1fs", exc, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    def _resync_all(self) -> None:
+        for index in (self._by_job, self._by_token):
+            for subs in index.values():
+                for sub in subs:
+                    sub.offer(RESYNC)
+
+    def _dispatch(self, raw: bytes | str) -> None:
+        self.notifications_received += 1
+        try:
+            payload = json.loads(raw)
+            note = Notification(
+                job_id=payload["job_id"],
+                token_id=payload["token_id"],
+                id=payload["id"],
+                fields=payload["snapshot"],
+            )
+        except (ValueError, KeyError, TypeError):
+            log.warning("event hub ignored a malformed notification: %r", raw[:200])
+            return
+        for sub in self._by_job.get(note.job_id, ()):
+            sub.offer(note)
+        for sub in self._by_token.get(note.token_id, ()):
+            sub.offer(note)

@@ -1,0 +1,237 @@
+"""Job state and events in Redis: one hash, one Stream, one pub/sub notification per change.
+
+Every state change runs as one Lua script, so a reader never sees a hash without its event, an
+event without its notification, a progress that went backwards, or a change after a terminal
+state (a redelivered task or a late byte callback simply gets `Refused`). The sync store serves
+the Celery worker; the async store serves the API. Both share the script and argument building.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from config import Settings
+from services import keys
+from services.models import SNAPSHOT_FIELDS, JobSnapshot, JobStatus, Stage, encode_fields
+
+_WRITE_SCRIPT = """
+local hash, stream, token_jobs = KEYS[1], KEYS[2], KEYS[3]
+local mode, active_ttl, terminal_ttl, maxlen, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local TERMINAL = {completed = true, failed = true, cancelled = true}
+local SNAP = cjson.decode(ARGV[6])
+
+local exists = redis.call('EXISTS', hash) == 1
+if mode == 'create' and exists then return {0, 'exists'} end
+if mode ~= 'create' and not exists then return {0, 'missing'} end
+local cur_status = redis.call('HGET', hash, 'status')
+if mode == 'reopen' then
+  if cur_status ~= 'failed' and cur_status ~= 'cancelled' then return {0, 'not_reopenable'} end
+elseif cur_status and TERMINAL[cur_status] then
+  return {0, 'terminal'}
+end
+local cur_progress = tonumber(redis.call('HGET', hash, 'progress') or '0')
+
+local pairs_ = {}
+local new_status = cur_status
+for i = 7, #ARGV, 2 do
+  local k, v = ARGV[i], ARGV[i + 1]
+  if k == 'progress' and tonumber(v) < cur_progress then return {0, 'progress_decrease'} end
+  if k == 'status' then new_status = v end
+  pairs_[#pairs_ + 1] = k
+  pairs_[#pairs_ + 1] = v
+end
+redis.call('HSET', hash, unpack(pairs_))
+
+local values = redis.call('HMGET', hash, unpack(SNAP))
+local entry, snapshot = {}, {}
+for i, name in ipairs(SNAP) do
+  local v = values[i]
+  if v and v ~= '' then
+    entry[#entry + 1] = name
+    entry[#entry + 1] = v
+    snapshot[name] = v
+  end
+end
+local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(entry))
+redis.call('HSET', hash, 'last_event_id', id)
+local ttl = TERMINAL[new_status] and terminal_ttl or active_ttl
+redis.call('EXPIRE', hash, ttl)
+redis.call('EXPIRE', stream, ttl)
+if mode == 'create' then
+  redis.call('ZADD', token_jobs, redis.call('TIME')[1], snapshot['job_id'])
+  redis.call('EXPIRE', token_jobs, active_ttl)
+end
+redis.call('PUBLISH', channel, cjson.encode(
+  {job_id = snapshot['job_id'], token_id = snapshot['token_id'], id = id, snapshot = snapshot}))
+return {1, id}
+"""
+
+# Internal markers live in the same hash but never reach an event (DESIGN §4).
+_SET_MARKERS_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Refused(Exception):
+    """A state change the job's current state does not allow (terminal, missing, decrease)."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"job {job_id}: {reason}")
+        self.job_id = job_id
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Event:
+    """One Stream entry: its id is the SSE event id, its fields the snapshot."""
+
+    id: str
+    fields: dict[str, str]
+
+    @property
+    def status(self) -> JobStatus:
+        return JobStatus(self.fields["status"])
+
+    def snapshot(self) -> JobSnapshot:
+        return JobSnapshot.from_fields(self.fields)
+
+
+def _write_args(
+    settings: Settings, mode: str, job_id: str, token_id: str, values: dict[str, Any]
+) -> tuple[list[str], list[str]]:
+    fields = encode_fields({**values, "updated_at": now_iso()})
+    argv = [
+        mode,
+        str(settings.active_job_ttl_seconds),
+        str(settings.job_ttl_seconds),
+        str(settings.events_maxlen),
+        keys.EVENTS_CHANNEL,
+        _SNAPSHOT_FIELDS_JSON,
+    ]
+    for name, value in fields.items():
+        argv += [name, value]
+    return [keys.job(job_id), keys.job_events(job_id), keys.token_jobs(token_id)], argv
+
+
+_SNAPSHOT_FIELDS_JSON = "[" + ",".join(f'"{name}"' for name in SNAPSHOT_FIELDS) + "]"
+
+
+def _initial_values(job_id: str, token_id: str, markers: dict[str, Any]) -> dict[str, Any]:
+    created = now_iso()
+    return {
+        "job_id": job_id,
+        "token_id": token_id,
+        "status": JobStatus.QUEUED,
+        "progress": 0,
+        "stage": Stage.QUEUED,
+        "message": "Upload received; waiting for a worker",
+        "created_at": created,
+        **markers,
+    }
+
+
+def _checked(job_id: str, reply: list[Any]) -> str:
+    ok, detail = reply
+    detail = detail.decode() if isinstance(detail, bytes) else str(detail)
+    if int(ok) != 1:
+        raise Refused(job_id, detail)
+    return detail
+
+
+def _decode(mapping: dict[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in mapping.items()
+    }
+
+
+def _events(entries: list[Any]) -> list[Event]:
+    return [
+        Event(id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id, fields=_decode(f))
+        for entry_id, f in entries
+    ]
+
+
+class JobStore:
+    """Blocking store for the Celery worker (one connection pool per worker process)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+        self._write = client.register_script(_WRITE_SCRIPT)
+        self._set_markers = client.register_script(_SET_MARKERS_SCRIPT)
+
+    def get(self, job_id: str) -> dict[str, str]:
+        return _decode(self._client.hgetall(keys.job(job_id)))
+
+    def update(self, job_id: str, token_id: str, **values: Any) -> str:
+        """Write a change and its event; returns the event id or raises `Refused`."""
+        key_list, argv = _write_args(self._settings, "update", job_id, token_id, values)
+        return _checked(job_id, self._write(keys=key_list, args=argv))
+
+    def reopen(self, job_id: str, token_id: str, **values: Any) -> str:
+        key_list, argv = _write_args(self._settings, "reopen", job_id, token_id, values)
+        return _checked(job_id, self._write(keys=key_list, args=argv))
+
+    def set_markers(self, job_id: str, **markers: Any) -> bool:
+        flat = [item for pair in encode_fields(markers).items() for item in pair]
+        return bool(self._set_markers(keys=[keys.job(job_id)], args=flat))
+
+    def events_after(self, job_id: str, last_id: str = "-") -> list[Event]:
+        start = "-" if last_id == "-" else f"({last_id}"
+        return _events(self._client.xrange(keys.job_events(job_id), min=start))
+
+
+class AsyncJobStore:
+    """Non-blocking store for the API's handlers and SSE streams."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+        self._write = client.register_script(_WRITE_SCRIPT)
+        self._set_markers = client.register_script(_SET_MARKERS_SCRIPT)
+
+    async def create(self, job_id: str, token_id: str, **markers: Any) -> str:
+        values = _initial_values(job_id, token_id, markers)
+        key_list, argv = _write_args(self._settings, "create", job_id, token_id, values)
+        return _checked(job_id, await self._write(keys=key_list, args=argv))
+
+    async def update(self, job_id: str, token_id: str, **values: Any) -> str:
+        key_list, argv = _write_args(self._settings, "update", job_id, token_id, values)
+        return _checked(job_id, await self._write(keys=key_list, args=argv))
+
+    async def set_markers(self, job_id: str, **markers: Any) -> bool:
+        flat = [item for pair in encode_fields(markers).items() for item in pair]
+        return bool(await self._set_markers(keys=[keys.job(job_id)], args=flat))
+
+    async def delete(self, job_id: str, token_id: str) -> None:
+        """Undo a job whose enqueue failed, so no half-made job is left behind."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.job(job_id), keys.job_events(job_id))
+            pipe.zrem(keys.token_jobs(token_id), job_id)
+            await pipe.execute()
+
+    async def get(self, job_id: str) -> dict[str, str]:
+        return _decode(await self._client.hgetall(keys.job(job_id)))
+
+    async def latest_event(self, job_id: str) -> Event | None:
+        entries = _events(await self._client.xrevrange(keys.job_events(job_id), count=1))
+        return entries[0] if entries else None
+
+    async def events_after(
+        self, job_id: str, last_id: str, count: int | None = None
+    ) -> list[Event]:
+        return _events(
+            await self._client.xrange(keys.job_events(job_id), min=f"({last_id}", count=count)
+        )

@@ -1,0 +1,28 @@
+"""Every Redis key and channel the product uses, in one place (DESIGN §4)."""
+
+from __future__ import annotations
+
+PREFIX = "yousync"
+
+# One pub/sub channel for every job event; each API process holds one subscription to it.
+EVENTS_CHANNEL = f"{PREFIX}:events"
+
+
+def job(job_id: str) -> str:
+    """Hash: the job snapshot fields plus internal stage markers."""
+    return f"{PREFIX}:job:{job_id}"
+
+
+def job_events(job_id: str) -> str:
+    """Stream: one entry per event; entry ids are the SSE event ids."""
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def token_jobs(token_id: str) -> str:
+    """Sorted set of a token's job ids by creation time (multi-job dashboard)."""
+    return f"{PREFIX}:token:{token_id}:jobs"
+
+
+def dedupe(token_id: str, sha256: str) -> str:
+    """Job id of a completed identical upload for the token."""
+    return f"{PREFIX}:dedupe:{token_id}:{sha256}"

@@ -1,0 +1,101 @@
+"""Job state as the API contract names it (DESIGN §3): statuses, stages and the snapshot."""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    PROCESSING = "processing"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Stage(StrEnum):
+    QUEUED = "queued"
+    PREPARING = "preparing"
+    UPLOADING = "uploading"
+    ANALYZING = "analyzing"
+    STORING = "storing"
+    DONE = "done"
+
+
+# Snapshot fields in contract order. The hash and every stream entry store them as strings;
+# these are the fields whose string form is JSON.
+SNAPSHOT_FIELDS = (
+    "job_id",
+    "token_id",
+    "status",
+    "progress",
+    "stage",
+    "message",
+    "eta_seconds",
+    "s3_url",
+    "result",
+    "error",
+    "created_at",
+    "updated_at",
+)
+_JSON_FIELDS = frozenset({"result", "error"})
+
+
+class JobError(BaseModel):
+    code: str
+    message: str
+    retryable: bool
+
+
+class JobSnapshot(BaseModel):
+    """The body of the result endpoint and of every SSE event."""
+
+    job_id: str
+    token_id: str
+    status: JobStatus
+    progress: int
+    stage: Stage
+    message: str
+    eta_seconds: float | None = None
+    s3_url: str | None = None
+    result: dict[str, Any] | None = None
+    error: JobError | None = None
+    created_at: str
+    updated_at: str
+
+    @classmethod
+    def from_fields(cls, fields: dict[str, str]) -> JobSnapshot:
+        """Rebuild a snapshot from the flat string fields of the hash or a stream entry."""
+        values: dict[str, Any] = {}
+        for name in SNAPSHOT_FIELDS:
+            raw = fields.get(name, "")
+            if raw == "":
+                continue
+            values[name] = json.loads(raw) if name in _JSON_FIELDS else raw
+        return cls.model_validate(values)
+
+
+def encode_fields(values: dict[str, Any]) -> dict[str, str]:
+    """Flatten snapshot values to the strings Redis stores; None becomes "" (absent)."""
+    encoded: dict[str, str] = {}
+    for name, value in values.items():
+        if value is None:
+            encoded[name] = ""
+        elif name in _JSON_FIELDS:
+            encoded[name] = json.dumps(value, separators=(",", ":"))
+        elif isinstance(value, bool):
+            encoded[name] = "1" if value else "0"
+        else:
+            encoded[name] = str(value)
+    return encoded

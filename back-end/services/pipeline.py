@@ -1,0 +1,171 @@
+"""The stages of one analysis job, each idempotent and skipped when an earlier delivery of the
+task finished it (markers in the job hash), so a redelivered task resumes instead of redoing.
+
+    prepare (pydub)          5 → 10 %
+    upload to S3            10 → 40 %   byte-level
+    analysis server         40 → 95 %   NDJSON progress forwarded
+    store result                100 %   completed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from config import Settings
+from services import audio
+from services.analysis_client import AnalysisClient
+from services.errors import PermanentError, StageError
+from services.jobs import JobStore, Refused
+from services.models import JobStatus, Stage
+from services.progress import ProgressReporter
+from services.storage import Storage, object_key
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    analysis: AnalysisClient
+
+    def run(self, job_id: str) -> str:
+        """Run what is left of the job; returns the final status."""
+        job = self.store.get(job_id)
+        if not job:
+            log.warning("job %s: no record (expired or deleted); nothing to do", job_id)
+            self.discard_spool(job_id)
+            return "missing"
+        if JobStatus(job["status"]).terminal:
+            log.info("job %s: already %s; redelivery ignored", job_id, job["status"])
+            return job["status"]
+        token_id = job["token_id"]
+        reporter = ProgressReporter(
+            self.store,
+            job_id,
+            token_id,
+            start=int(job.get("progress") or 0),
+            min_interval=self.settings.progress_min_interval_seconds,
+        )
+        reporter.report(5, Stage.PREPARING, "Decoding and preparing the audio", force=True)
+        prepared = self._prepare(job_id, job)
+        reporter.report(10, Stage.PREPARING, "Audio prepared", force=True)
+
+        key = object_key(token_id, job_id, prepared["extension"])
+        s3_url = self.storage.url(key)
+        if job.get("s3_key") == key and self.storage.size_of(key) == int(prepared["size"]):
+            log.info("job %s: S3 object already uploaded; skipping upload", job_id)
+        else:
+            on_bytes = reporter.span(10, 40, Stage.UPLOADING, "Uploading to storage")
+            reporter.report(10, Stage.UPLOADING, "Uploading to storage", force=True)
+            self.storage.upload(
+                Path(prepared["path"]),
+                key,
+                content_type=prepared["content_type"],
+                on_progress=on_bytes,
+            )
+            self.store.set_markers(job_id, s3_key=key)
+        reporter.report(
+            40, Stage.UPLOADING, "Stored; requesting analysis", force=True, s3_url=s3_url
+        )
+
+        on_analysis = reporter.span(40, 95, Stage.ANALYZING, "Analysing")
+        reporter.report(40, Stage.ANALYZING, "Analysing", force=True)
+        result = self.analysis.analyze(
+            {"job_id": job_id, "token_id": token_id, "bucket": self.storage.bucket, "key": key},
+            on_progress=on_analysis,
+        )
+        reporter.report(95, Stage.STORING, "Saving the result", force=True)
+        result = {**result, "stored": _stored_summary(job, prepared)}
+        self.store.update(
+            job_id,
+            token_id,
+            status=JobStatus.COMPLETED,
+            progress=100,
+            stage=Stage.DONE,
+            message="Analysis complete",
+            result=result,
+            s3_url=s3_url,
+            eta_seconds=None,
+        )
+        self.discard_spool(job_id)
+        return JobStatus.COMPLETED.value
+
+    def _prepare(self, job_id: str, job: dict[str, str]) -> dict[str, str]:
+        """Decode and convert, unless a previous delivery left the prepared file behind."""
+        done = job.get("prepared_path")
+        if done and Path(done).exists():
+            return {k: job[f"prepared_{k}"] for k in ("path", "extension", "content_type", "size")}
+        spool = Path(job["spool_path"])
+        if not spool.exists():
+            raise PermanentError("spool_missing", "The uploaded file is no longer available")
+        prepared = audio.prepare(
+            spool,
+            source_format=job["source_format"],
+            store_format=self.settings.audio_store_format,
+            dest=spool.with_name(f"{spool.name}.prepared"),
+        )
+        markers = {
+            "path": str(prepared.path),
+            "extension": prepared.extension,
+            "content_type": prepared.content_type,
+            "size": str(prepared.size),
+        }
+        self.store.set_markers(
+            job_id,
+            **{f"prepared_{k}": v for k, v in markers.items()},
+            duration_ms=prepared.duration_ms,
+        )
+        return markers
+
+    def fail(self, job_id: str, error: StageError, *, retryable: bool) -> None:
+        job = self.store.get(job_id)
+        if not job:
+            return
+        with contextlib.suppress(Refused):
+            self.store.update(
+                job_id,
+                job["token_id"],
+                status=JobStatus.FAILED,
+                message=error.message,
+                error={"code": error.code, "message": error.message, "retryable": retryable},
+                eta_seconds=None,
+            )
+        if not retryable:
+            self.discard_spool(job_id)
+
+    def note_retry(self, job_id: str, error: StageError, *, attempt: int, delay: float) -> None:
+        job = self.store.get(job_id)
+        if not job:
+            return
+        with contextlib.suppress(Refused):
+            self.store.update(
+                job_id,
+                job["token_id"],
+                status=JobStatus.PROCESSING,
+                message=f"{error.message} — retry {attempt} in {delay:.0f}s",
+            )
+            self.store.set_markers(job_id, attempt=attempt, next_retry_in=round(delay, 2))
+
+    def discard_spool(self, job_id: str) -> None:
+        """Delete the upload and its prepared copy once no retry can need them. Paths derive
+        from the job id, so this works even when the job record is gone."""
+        for path in self.settings.spool_dir.glob(f"{job_id}*"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _stored_summary(job: dict[str, str], prepared: dict[str, str]) -> dict[str, Any]:
+    uploaded = int(job.get("size_bytes") or 0)
+    stored = int(prepared["size"])
+    return {
+        "format": prepared["extension"],
+        "bytes": stored,
+        "uploaded_bytes": uploaded,
+        "saved_bytes": uploaded - stored,
+    }

@@ -1,0 +1,81 @@
+"""The Celery task. It receives a job id only (never file bytes) and runs the pipeline;
+what to retry and what to fail is decided here from the error's kind (DESIGN §5)."""
+
+from __future__ import annotations
+
+import logging
+import random
+from functools import lru_cache
+
+import redis
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from celery_app import AUDIO_QUEUE, celery_app, settings
+from services.analysis_client import AnalysisClient
+from services.errors import PermanentError, StageError, TransientError
+from services.jobs import JobStore, Refused
+from services.pipeline import Pipeline
+from services.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def pipeline() -> Pipeline:
+    """Clients are built once per worker process, after the fork, never at import time."""
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=3, socket_timeout=10, health_check_interval=30
+    )
+    return Pipeline(
+        settings=settings,
+        store=JobStore(client, settings),
+        storage=Storage(settings),
+        analysis=AnalysisClient(
+            settings.analysis_server_url, timeout=settings.analysis_timeout_seconds
+        ),
+    )
+
+
+def retry_delay(retries: int) -> float:
+    """Exponential backoff from TASK_RETRY_DELAY with ±20 % jitter, so retries of many jobs
+    that failed together do not hit the recovering service together."""
+    return settings.task_retry_delay * (2**retries) * random.uniform(0.8, 1.2)
+
+
+@celery_app.task(
+    bind=True,
+    name="tasks.audio_tasks.analyze_audio",
+    queue=AUDIO_QUEUE,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=settings.task_max_retries,
+)
+def analyze_audio(self: Task, job_id: str) -> str:
+    runner = pipeline()
+    try:
+        return runner.run(job_id)
+    except Refused as refused:
+        # The job was cancelled or finished elsewhere while we worked: stop quietly.
+        log.info("job %s: stopped, state refused the write (%s)", job_id, refused.reason)
+        return refused.reason
+    except PermanentError as error:
+        log.warning("job %s: failed permanently: %s", job_id, error)
+        runner.fail(job_id, error, retryable=False)
+        return "failed"
+    except TransientError as error:
+        if self.request.retries < self.max_retries:
+            delay = retry_delay(self.request.retries)
+            attempt = self.request.retries + 1
+            log.warning("job %s: %s; retry %d in %.1fs", job_id, error, attempt, delay)
+            runner.note_retry(job_id, error, attempt=attempt, delay=delay)
+            raise self.retry(countdown=delay, exc=error) from error
+        runner.fail(job_id, error, retryable=True)
+        return "failed"
+    except SoftTimeLimitExceeded:
+        runner.fail(job_id, StageError("timeout", "The analysis took too long"), retryable=True)
+        return "failed"
+    except Exception:
+        log.exception("job %s: unexpected error", job_id)
+        runner.fail(job_id, StageError("internal_error", "Unexpected worker error"), retryable=True)
+        raise

@@ -1,0 +1,277 @@
+"""Start the product's real processes on free loopback ports, for tests and benchmarks.
+
+Every part runs as its own OS process (redis-server, moto's S3 server, the analysis server, a
+Celery worker, the API under uvicorn), so a test can kill or restart any of them for real.
+Processes get their configuration through the environment only, like production.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BACK_END = REPO_ROOT / "back-end"
+ANALYSIS_SERVER = REPO_ROOT / "analysis-server"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if predicate():
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"{what} not ready within {timeout:.0f}s")
+
+
+def http_ok(url: str) -> bool:
+    return httpx.get(url, timeout=1.0).status_code == 200
+
+
+@dataclass
+class Proc:
+    """One child process with its log file; restartable with the same command and env."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    log_path: Path
+    ready: Callable[[], bool] | None = None
+    ready_timeout: float = 30.0
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> Proc:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv,
+            cwd=self.cwd,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: kill() takes its children too
+        )
+        log.close()
+        if self.ready is not None:
+            try:
+                wait_until(self._alive_and_ready, timeout=self.ready_timeout, what=self.name)
+            except TimeoutError as exc:
+                raise TimeoutError(f"{exc}; log tail:\n{self.log_tail()}") from exc
+        return self
+
+    def _alive_and_ready(self) -> bool:
+        assert self.popen is not None and self.ready is not None
+        if self.popen.poll() is not None:
+            raise RuntimeError(
+                f"{self.name} exited with {self.popen.returncode}:\n{self.log_tail()}"
+            )
+        return self.ready()
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def signal_group(self, sig: int) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, sig)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.signal_group(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.popen is None:
+            return
+        self.signal_group(signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.popen.wait(10)
+
+    def restart(self) -> Proc:
+        self.stop()
+        return self.start()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if not found:
+        raise RuntimeError(
+            "redis-server is not installed: run `make setup` (installs Debian's redis-server)"
+        )
+    return found
+
+
+def redis_proc(workdir: Path, port: int | None = None) -> Proc:
+    port = port or free_port()
+    import redis
+
+    def ready() -> bool:
+        return bool(redis.Redis(port=port, socket_timeout=1).ping())
+
+    return Proc(
+        name=f"redis:{port}",
+        argv=[
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
+        env=dict(os.environ),
+        cwd=workdir,
+        log_path=workdir / f"redis-{port}.log",
+        ready=ready,
+    )
+
+
+def s3_proc(workdir: Path, bucket: str, port: int | None = None) -> Proc:
+    """moto's S3 in server mode; the bucket is created once it answers."""
+    port = port or free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        import boto3
+
+        client = boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+        existing = {b["Name"] for b in client.list_buckets().get("Buckets", [])}
+        if bucket not in existing:
+            client.create_bucket(Bucket=bucket)
+        return True
+
+    return Proc(
+        name=f"s3:{port}",
+        argv=[str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+        env=dict(os.environ),
+        cwd=workdir,
+        log_path=workdir / f"s3-{port}.log",
+        ready=ready,
+    )
+
+
+def service_env(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
+    env = {**os.environ, **base, **overrides}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def analysis_proc(env: Mapping[str, str], workdir: Path, port: int | None = None) -> Proc:
+    port = port or free_port()
+    return Proc(
+        name=f"analysis:{port}",
+        argv=[
+            str(BIN / "uvicorn"),
+            "analysis_server.app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=service_env(env),
+        cwd=ANALYSIS_SERVER,
+        log_path=workdir / f"analysis-{port}.log",
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"),
+    )
+
+
+def api_proc(env: Mapping[str, str], workdir: Path, port: int | None = None) -> Proc:
+    port = port or free_port()
+    return Proc(
+        name=f"api:{port}",
+        argv=[
+            str(BIN / "uvicorn"),
+            "main:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--timeout-graceful-shutdown",
+            "5",
+        ],
+        env=service_env(env),
+        cwd=BACK_END,
+        log_path=workdir / f"api-{port}.log",
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"),
+    )
+
+
+def worker_proc(
+    env: Mapping[str, str], workdir: Path, name: str = "w1", concurrency: int = 2
+) -> Proc:
+    hostname = f"{name}@%h"
+    ready_marker = workdir / f"worker-{name}.ready"
+
+    def ready() -> bool:
+        return ready_marker.exists()
+
+    with contextlib.suppress(FileNotFoundError):
+        ready_marker.unlink()
+    return Proc(
+        name=f"worker:{name}",
+        argv=[
+            str(BIN / "celery"),
+            "-A",
+            "celery_app",
+            "worker",
+            "--loglevel=info",
+            "--queues=audio_queue",
+            f"--concurrency={concurrency}",
+            "--pool=prefork",
+            f"--hostname={hostname}",
+            "--without-mingle",
+            "--without-gossip",
+            "-E",
+        ],
+        env=service_env(env, YOUSYNC_WORKER_READY_FILE=str(ready_marker)),
+        cwd=BACK_END,
+        log_path=workdir / f"worker-{name}.log",
+        ready=ready,
+        ready_timeout=60.0,
+    )

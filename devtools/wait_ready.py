@@ -1,0 +1,123 @@
+"""Wait for the local stack to be ready, then print where everything is (`make dev`).
+
+Run by Procfile.dev as the `ready` process: polls the API's /readyz until it answers 200, prints
+the URLs block, then sleeps, because honcho stops the whole stack when any process exits. If
+/readyz stays red, it prints the last answer and keeps polling slowly, so the logs stay readable.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from types import FrameType
+from urllib.parse import urlsplit, urlunsplit
+
+POLL_SECONDS = 0.5
+SLOW_POLL_SECONDS = 5.0
+
+
+def env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+def probe(url: str) -> tuple[int | None, str]:
+    """Status and body of GET url; (None, reason) when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2.0) as resp:
+            return resp.status, resp.read(4096).decode(errors="replace")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(4096).decode(errors="replace")
+    except (OSError, ValueError) as exc:
+        return None, str(exc)
+
+
+def without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def browsable(host: str) -> str:
+    """A host a browser can open: wildcard binds are reached on loopback."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
+def banner(api: str) -> str:
+    analysis = env("ANALYSIS_SERVER_URL", f"http://127.0.0.1:{env('ANALYSIS_PORT', '8001')}")
+    flower = f"http://127.0.0.1:{env('FLOWER_PORT', '5555')}"
+    flower_user = env("FLOWER_BASIC_AUTH", "").split(":", 1)[0] or "(none)"
+    s3 = env("S3_ENDPOINT_URL", f"http://127.0.0.1:{env('S3_PORT', '9000')}")
+    redis_url = without_password(env("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    upload = f"{api}/tokens/test123/upload-audio"
+    # With API_KEYS set, uploads need the header and the other URLs the answer's stream_token.
+    keyed = bool(os.environ.get("API_KEYS"))
+    auth = ' -H "Authorization: Bearer <one of API_KEYS>"' if keyed else ""
+    token = "?token=<stream_token>" if keyed else ""
+    wait = "&wait=30" if keyed else "?wait=30"
+    rule = "=" * 78
+    return "\n".join(
+        [
+            rule,
+            "YouSync local stack is ready (/readyz is green)",
+            f"  API              {api}",
+            f"  API docs         {api}/docs",
+            f"  progress page    {api}/",
+            f"  analysis server  {analysis}",
+            f"  Flower           {flower}  (user {flower_user!r}, password in FLOWER_BASIC_AUTH)",
+            f"  S3 (moto)        {s3}  bucket {env('S3_BUCKET', 'yousync-audio')!r}",
+            f"  Redis            {redis_url}",
+            "",
+            "  Try it:",
+            f'    curl -X POST "{upload}"{auth} -F "file=@audio.wav"',
+            f'    curl -N "{api}/tokens/analysis-progress/<job_id>{token}"',
+            f'    curl "{api}/tokens/analysis-result/<job_id>{token}{wait}"',
+            "  Ctrl-C stops everything.",
+            rule,
+        ]
+    )
+
+
+def main() -> int:
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        sys.exit(0)
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    host = browsable(env("API_HOST", "127.0.0.1"))
+    api = f"http://{host}:{env('API_PORT', '8000')}"
+    readyz = f"{api}/readyz"
+    timeout = float(env("READY_TIMEOUT_SECONDS", "120"))
+
+    deadline = time.monotonic() + timeout
+    status, body = probe(readyz)
+    while status != 200 and time.monotonic() < deadline:
+        time.sleep(POLL_SECONDS)
+        status, body = probe(readyz)
+
+    if status != 200:
+        print(
+            f"ready: {readyz} not green after {timeout:.0f}s; last answer "
+            f"({status if status is not None else 'no connection'}):\n{body}\n"
+            "ready: still polling every 5 s; read the other processes' logs above",
+            flush=True,
+        )
+        while status != 200:
+            time.sleep(SLOW_POLL_SECONDS)
+            status, body = probe(readyz)
+
+    print(banner(api), flush=True)
+    while True:  # honcho stops the whole stack when any process exits
+        signal.pause()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

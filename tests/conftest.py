@@ -1,0 +1,161 @@
+"""Session-wide real services: a private redis-server, moto's S3 server, the analysis server,
+a Celery worker and the API under uvicorn, each a real process on a free loopback port.
+
+Each test that talks to the stack gets a clean job-state database (db 0); Celery's broker lives
+on db 1 of the same private server and is never flushed under a running worker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import boto3
+import pytest
+import redis
+
+from devtools import stack
+
+BUCKET = "yousync-test"
+
+
+@pytest.fixture(scope="session")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def redis_service(workdir: Path) -> Iterator[stack.Proc]:
+    proc = stack.redis_proc(workdir).start()
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_service: stack.Proc) -> str:
+    port = redis_service.name.split(":")[1]
+    return f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture(scope="session")
+def s3_service(workdir: Path) -> Iterator[stack.Proc]:
+    proc = stack.s3_proc(workdir, BUCKET).start()
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint_url(s3_service: stack.Proc) -> str:
+    return f"http://127.0.0.1:{s3_service.name.split(':')[1]}"
+
+
+@pytest.fixture(scope="session")
+def s3_bucket(s3_service: stack.Proc) -> str:
+    return BUCKET
+
+
+@pytest.fixture(scope="session")
+def s3_client(s3_endpoint_url: str):  # type: ignore[no-untyped-def]
+    return boto3.client(
+        "s3",
+        endpoint_url=s3_endpoint_url,
+        region_name="us-east-1",
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+@pytest.fixture(scope="session")
+def spool_dir(workdir: Path) -> Path:
+    path = workdir / "spool"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture(scope="session")
+def analysis_port() -> int:
+    return stack.free_port()
+
+
+@pytest.fixture(scope="session")
+def stack_env(
+    s3_endpoint_url: str, s3_bucket: str, spool_dir: Path, analysis_port: int
+) -> dict[str, str]:
+    """The environment every service process gets (the tests' `.env`)."""
+    return {
+        "ENVIRONMENT": "test",
+        "S3_ENDPOINT_URL": s3_endpoint_url,
+        "S3_BUCKET": s3_bucket,
+        "AWS_REGION": "us-east-1",
+        "AWS_ACCESS_KEY_ID": "test",
+        "AWS_SECRET_ACCESS_KEY": "test",
+        "SPOOL_DIR": str(spool_dir),
+        "ANALYSIS_SERVER_URL": f"http://127.0.0.1:{analysis_port}",
+        "ANALYSIS_MIN_SECONDS": "1.0",
+        "MAX_UPLOAD_MB": "8",
+        "TASK_RETRY_DELAY": "0.2",
+        "TASK_MAX_RETRIES": "2",
+        "AUDIO_STORE_FORMAT": "flac",
+        "API_KEYS": "",
+    }
+
+
+@pytest.fixture(scope="session")
+def analysis_service(
+    stack_env: dict[str, str], workdir: Path, analysis_port: int
+) -> Iterator[stack.Proc]:
+    proc = stack.analysis_proc(stack_env, workdir, port=analysis_port).start()
+    yield proc
+    proc.kill()
+
+
+@pytest.fixture(scope="session")
+def analysis_url(analysis_service: stack.Proc) -> str:
+    return f"http://127.0.0.1:{analysis_service.name.split(':')[1]}"
+
+
+@pytest.fixture(scope="session")
+def backend_env(stack_env: dict[str, str], redis_url: str) -> dict[str, str]:
+    return {**stack_env, "REDIS_URL": redis_url}
+
+
+@pytest.fixture(scope="session")
+def worker_service(
+    backend_env: dict[str, str], workdir: Path, analysis_service: stack.Proc
+) -> Iterator[stack.Proc]:
+    proc = stack.worker_proc(backend_env, workdir).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def api_service(backend_env: dict[str, str], workdir: Path) -> Iterator[stack.Proc]:
+    proc = stack.api_proc(backend_env, workdir).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A clean job-state db for the test (db 0); the broker's db 1 is left alone."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def api_url(api_service: stack.Proc, redis_client: redis.Redis) -> str:
+    return f"http://127.0.0.1:{api_service.name.split(':')[1]}"
+
+
+@pytest.fixture
+def pipeline(api_url: str, worker_service: stack.Proc, analysis_service: stack.Proc) -> str:
+    """The whole stack running: returns the API's base URL."""
+    return api_url
+
+
+@pytest.fixture
+def token_id() -> str:
+    return f"tok-{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,61 @@
+"""A minimal SSE reader over a real HTTP connection (httpx streaming against uvicorn), parsing
+the wire format the way a browser's EventSource does."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+
+@dataclass
+class SseEvent:
+    id: str | None = None
+    data: str = ""
+    event: str | None = None
+    retry: int | None = None
+    comments: list[str] = field(default_factory=list)
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return dict(json.loads(self.data))
+
+
+def parse_lines(lines: Iterator[str]) -> Iterator[SseEvent]:
+    current = SseEvent()
+    data_lines: list[str] = []
+    for line in lines:
+        if line == "":
+            if data_lines:
+                current.data = "\n".join(data_lines)
+                yield current
+            current, data_lines = SseEvent(), []
+            continue
+        if line.startswith(":"):
+            current.comments.append(line[1:].strip())
+            continue
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "data":
+            data_lines.append(value)
+        elif name == "id":
+            current.id = value
+        elif name == "event":
+            current.event = value
+        elif name == "retry":
+            current.retry = int(value)
+
+
+def stream(
+    url: str, *, headers: dict[str, str] | None = None, timeout: float = 30.0
+) -> Iterator[SseEvent]:
+    """Yields events until the server ends the stream (raises on a non-200 answer)."""
+    with httpx.Client(timeout=timeout) as client, client.stream(
+        "GET", url, headers={"Accept": "text/event-stream", **(headers or {})}
+    ) as response:
+        response.raise_for_status()
+        assert response.headers["content-type"].startswith("text/event-stream")
+        yield from parse_lines(response.iter_lines())
