@@ -1,0 +1,72 @@
+"""Upload latency: time from request start to the 202, for 1 MB and 50 MB WAV files, and the
+time to `completed` end to end. Run: `make bench` (or `.venv/bin/python bench/bench_upload_latency.py`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import time
+import wave
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._stack import percentile, running_stack, write_result  # noqa: E402
+
+
+def wav_of_size(megabytes: float) -> bytes:
+    """Noise-like 16-bit mono PCM at 44.1 kHz; compressible enough to look like speech to FLAC."""
+    frames = int(megabytes * 1024 * 1024 / 2)
+    pcm = bytes((i * 7919 + (i >> 7)) & 0xFF for i in range(65536)) * (frames * 2 // 65536 + 1)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(44100)
+        out.writeframes(pcm[: frames * 2])
+    return buffer.getvalue()
+
+
+def measure(client: httpx.Client, base: str, payload: bytes, runs: int) -> dict[str, object]:
+    to_202: list[float] = []
+    to_completed: list[float] = []
+    for index in range(runs):
+        started = time.perf_counter()
+        response = client.post(
+            f"{base}/tokens/bench/upload-audio", files={"file": (f"b{index}.wav", payload)}
+        )
+        to_202.append(time.perf_counter() - started)
+        assert response.status_code == 202, response.text
+        result = client.get(f"{base}{response.json()['result_url']}?wait=60", timeout=70).json()
+        to_completed.append(time.perf_counter() - started)
+        assert result["status"] == "completed", result
+    return {
+        "runs": runs,
+        "bytes": len(payload),
+        "to_202_ms_p50": round(percentile(to_202, 50) * 1000, 1),
+        "to_202_ms_max": round(max(to_202) * 1000, 1),
+        "to_completed_s_p50": round(percentile(to_completed, 50), 2),
+        "to_completed_s_max": round(max(to_completed), 2),
+    }
+
+
+def main() -> None:
+    runs_small = int(os.environ.get("BENCH_RUNS", "20"))
+    figures: dict[str, object] = {"analysis_min_seconds": 0.0}
+    with running_stack(workers=1) as stack, httpx.Client(timeout=120) as client:
+        client.post(  # warm-up: first import of pydub/ffmpeg in the worker
+            f"{stack.api_url}/tokens/bench/upload-audio", files={"file": ("w.wav", wav_of_size(0.1))}
+        )
+        time.sleep(2)
+        figures["1MB"] = measure(client, stack.api_url, wav_of_size(1), runs_small)
+        figures["50MB"] = measure(client, stack.api_url, wav_of_size(50), max(3, runs_small // 5))
+    path = write_result("upload_latency", figures)
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()
