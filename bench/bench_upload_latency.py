@@ -1,5 +1,5 @@
 """Upload latency: time from request start to the 202, for 1 MB and 50 MB WAV files, and the
-time to `completed` end to end. Run: `make bench` (or `.venv/bin/python bench/bench_upload_latency.py`).
+time to `completed` end to end. Run by `make bench`, or alone with python bench/<this file>.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stack import percentile, running_stack, write_result  # noqa: E402
+from bench._stack import percentile, running_stack, write_result
 
 
 def wav_of_size(megabytes: float) -> bytes:
@@ -59,7 +59,8 @@ def main() -> None:
     figures: dict[str, object] = {"analysis_min_seconds": 0.0}
     with running_stack(workers=1) as stack, httpx.Client(timeout=120) as client:
         client.post(  # warm-up: first import of pydub/ffmpeg in the worker
-            f"{stack.api_url}/tokens/bench/upload-audio", files={"file": ("w.wav", wav_of_size(0.1))}
+            f"{stack.api_url}/tokens/bench/upload-audio",
+            files={"file": ("w.wav", wav_of_size(0.1))},
         )
         time.sleep(2)
         figures["1MB"] = measure(client, stack.api_url, wav_of_size(1), runs_small)

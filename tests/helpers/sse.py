@@ -53,9 +53,12 @@ def stream(
     url: str, *, headers: dict[str, str] | None = None, timeout: float = 30.0
 ) -> Iterator[SseEvent]:
     """Yields events until the server ends the stream (raises on a non-200 answer)."""
-    with httpx.Client(timeout=timeout) as client, client.stream(
-        "GET", url, headers={"Accept": "text/event-stream", **(headers or {})}
-    ) as response:
+    with (
+        httpx.Client(timeout=timeout) as client,
+        client.stream(
+            "GET", url, headers={"Accept": "text/event-stream", **(headers or {})}
+        ) as response,
+    ):
         response.raise_for_status()
         assert response.headers["content-type"].startswith("text/event-stream")
         yield from parse_lines(response.iter_lines())

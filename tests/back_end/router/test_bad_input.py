@@ -13,7 +13,6 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import redis
-
 from tests.helpers.audio import wav_bytes
 
 WAV = wav_bytes(1.0)
@@ -37,15 +36,22 @@ def multipart(*parts: tuple[str, str, bytes], boundary: str = "XyZb0und") -> tup
     body = b""
     for name, filename, data in parts:
         body += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-            f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
-        ).encode() + data + b"\r\n"
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
+                f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+            ).encode()
+            + data
+            + b"\r\n"
+        )
     return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def raw(body: bytes, content_type: str, status: int, code: str, path: str = "") -> Case:
     return Case(
-        status, code, path=path or "/tokens/tok1/upload-audio", content=body,
+        status,
+        code,
+        path=path or "/tokens/tok1/upload-audio",
+        content=body,
         headers={"Content-Type": content_type},
     )
 
@@ -55,7 +61,9 @@ cut_body, cut_type = multipart(("file", "a.wav", WAV))
 BAD_JOB = str(uuid.uuid4())
 
 CASES: dict[str, Callable[[], Case]] = {
-    "no file field": lambda: Case(422, "missing_file", files=[("other", ("a.wav", WAV, "audio/wav"))]),
+    "no file field": lambda: Case(
+        422, "missing_file", files=[("other", ("a.wav", WAV, "audio/wav"))]
+    ),
     "empty file": lambda: Case(422, "empty_file", files=[("file", ("a.wav", b"", "audio/wav"))]),
     "text named .wav": lambda: Case(
         415, "unsupported_audio_format", files=[("file", ("a.wav", b"hello " * 100, "audio/wav"))]
@@ -76,38 +84,61 @@ CASES: dict[str, Callable[[], Case]] = {
         422, "empty_audio", files=[("file", ("a.wav", WAV[:44], "audio/wav"))]
     ),
     "oversized body": lambda: Case(
-        413, "file_too_large",
+        413,
+        "file_too_large",
         files=[("file", ("big.wav", WAV[:44] + b"\x00" * (LIMIT + 1024), "audio/wav"))],
     ),
     "two file fields": lambda: Case(
-        422, "multiple_files",
+        422,
+        "multiple_files",
         files=[("file", ("a.wav", WAV, "audio/wav")), ("file", ("b.wav", WAV, "audio/wav"))],
     ),
-    "json instead of multipart": lambda: raw(b'{"file": 1}', "application/json", 415, "not_multipart"),
-    "multipart without boundary": lambda: raw(cut_body, "multipart/form-data", 422, "invalid_multipart"),
+    "json instead of multipart": lambda: raw(
+        b'{"file": 1}', "application/json", 415, "not_multipart"
+    ),
+    "multipart without boundary": lambda: raw(
+        cut_body, "multipart/form-data", 422, "invalid_multipart"
+    ),
     "multipart cut short": lambda: raw(cut_body[:-40], cut_type, 422, "invalid_multipart"),
     "token with space": lambda: Case(
-        422, "invalid_token_id", path="/tokens/bad%20token/upload-audio",
+        422,
+        "invalid_token_id",
+        path="/tokens/bad%20token/upload-audio",
         files=[("file", ("a.wav", WAV, "audio/wav"))],
     ),
     "token of 65 chars": lambda: Case(
-        422, "invalid_token_id", path=f"/tokens/{'a' * 65}/upload-audio",
+        422,
+        "invalid_token_id",
+        path=f"/tokens/{'a' * 65}/upload-audio",
         files=[("file", ("a.wav", WAV, "audio/wav"))],
     ),
     "token with dots": lambda: Case(
-        422, "invalid_token_id", path="/tokens/a..b/upload-audio",
+        422,
+        "invalid_token_id",
+        path="/tokens/a..b/upload-audio",
         files=[("file", ("a.wav", WAV, "audio/wav"))],
     ),
     "token with slash": lambda: Case(
-        404, "not_found", path="/tokens/a/b/upload-audio", files=[("file", ("a.wav", WAV, "audio/wav"))]
+        404,
+        "not_found",
+        path="/tokens/a/b/upload-audio",
+        files=[("file", ("a.wav", WAV, "audio/wav"))],
     ),
-    "unknown job result": lambda: Case(404, "job_not_found", "GET", f"/tokens/analysis-result/{BAD_JOB}"),
+    "unknown job result": lambda: Case(
+        404, "job_not_found", "GET", f"/tokens/analysis-result/{BAD_JOB}"
+    ),
     "unknown job progress": lambda: Case(
         404, "job_not_found", "GET", f"/tokens/analysis-progress/{BAD_JOB}"
     ),
-    "malformed job id": lambda: Case(422, "invalid_job_id", "GET", "/tokens/analysis-result/abc123-def456"),
-    "negative wait": lambda: Case(422, "invalid_request", "GET", f"/tokens/analysis-result/{BAD_JOB}?wait=-1"),
-    "huge wait": lambda: Case(422, "invalid_request", "GET", f"/tokens/analysis-result/{BAD_JOB}?wait=3600"),
+    "malformed job id": lambda: Case(
+        422, "invalid_job_id", "GET", "/tokens/analysis-result/abc123-def456"
+    ),
+    "negative wait": lambda: Case(
+        422, "invalid_request", "GET", f"/tokens/analysis-result/{BAD_JOB}?wait=-1"
+    ),
+    "huge wait": lambda: Case(
+        422, "invalid_request", "GET", f"/tokens/analysis-result/{BAD_JOB}?wait=3600"
+    ),
 }
 
 
@@ -132,8 +163,12 @@ def test_bad_input_when_sent_then_json_4xx_with_code_and_nothing_left(
     case = CASES[name]()
     try:
         response = httpx.request(
-            case.method, f"{api_url}{case.path}", files=case.files, content=case.content,
-            headers=case.headers, timeout=30,
+            case.method,
+            f"{api_url}{case.path}",
+            files=case.files,
+            content=case.content,
+            headers=case.headers,
+            timeout=30,
         )
     except (httpx.WriteError, httpx.RemoteProtocolError):
         pytest.fail("the server must answer before closing, even when it stops reading early")

@@ -9,7 +9,6 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-
 from tests.helpers import sse
 from tests.helpers.audio import encoded, wav_bytes
 
@@ -105,7 +104,9 @@ def test_progress_when_reconnecting_with_last_event_id_then_no_gap_and_no_duplic
 
     received = [event.id for event in first + second]
     assert len(received) == len(set(received)), "no event delivered twice"
-    stored = [entry_id for entry_id, _ in redis_client.xrange(f"yousync:job:{body['job_id']}:events")]
+    stored = [
+        entry_id for entry_id, _ in redis_client.xrange(f"yousync:job:{body['job_id']}:events")
+    ]
     assert received == stored[stored.index(received[0]) :], "every event after the first, in order"
 
     # Reconnecting after the terminal event: 204 tells EventSource to stop.

@@ -49,8 +49,9 @@ def notifications(redis_client: redis.Redis) -> Iterator[redis.client.PubSub]:
 def test_update_when_accepted_then_hash_stream_and_notification_agree(
     store: JobStore, job: str, redis_client: redis.Redis, notifications: redis.client.PubSub
 ) -> None:
-    event_id = store.update(job, "tok", status="processing", progress=7, stage="preparing",
-                            message="m")
+    event_id = store.update(
+        job, "tok", status="processing", progress=7, stage="preparing", message="m"
+    )
     fields = redis_client.hgetall(keys.job(job))
     assert fields["progress"] == "7" and fields["last_event_id"] == event_id
     assert fields["spool_path"] == "/x"  # internal markers stay in the hash …

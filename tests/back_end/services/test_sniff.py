@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from tests.helpers.audio import encoded, wav_bytes
 
 from services.sniff import sniff_audio_format, wav_problem
-from tests.helpers.audio import encoded, wav_bytes
 
 WAV = wav_bytes(0.5)
 
@@ -27,7 +27,9 @@ WAV = wav_bytes(0.5)
         (b"", None),
     ],
 )
-def test_sniff_when_given_first_bytes_then_names_the_format(head: bytes, expected: str | None) -> None:
+def test_sniff_when_given_first_bytes_then_names_the_format(
+    head: bytes, expected: str | None
+) -> None:
     assert sniff_audio_format(head) == expected
 
 
