@@ -17,11 +17,12 @@ import httpx
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.staticfiles import StaticFiles
 
 import api_errors
 from config import get_settings
 from deps import AppServices
-from router import health, user_audio_router
+from router import health, pages, user_audio_router
 from services.events import EventHub
 from services.jobs import AsyncJobStore
 from services.storage import s3_client_kwargs
@@ -115,6 +116,8 @@ def create_app() -> FastAPI:
     api_errors.install(app)
     app.include_router(health.router)
     app.include_router(user_audio_router.router)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     return app
 
 
