@@ -49,7 +49,9 @@ class PreparedAudio:
 def prepare(source: Path, *, source_format: str, store_format: str, dest: Path) -> PreparedAudio:
     """Decode `source`, then write the stored form to `dest` (an extension is appended)."""
     try:
-        segment = AudioSegment.from_file(source, format=_DECODER_FORMAT.get(source_format))
+        # An open handle, not a path: pydub leaves a path it opened itself unclosed.
+        with source.open("rb") as handle:
+            segment = AudioSegment.from_file(handle, format=_DECODER_FORMAT.get(source_format))
     except (CouldntDecodeError, IndexError, ValueError, EOFError) as exc:
         raise PermanentError(
             "undecodable_audio",

@@ -80,7 +80,7 @@ def test_decode_file_when_flac_without_extension_then_decoded_by_ffmpeg(tmp_path
 
 @needs_ffmpeg
 def test_decode_file_when_ogg_vorbis_then_decoded(tmp_path: Path) -> None:
-    # pydub alone fails on float-plane codecs (it asks ffmpeg for "pcm_s0le").
+    # A float-plane codec: pydub maps the probed sample format to the PCM codec it asks for.
     wav = write_wav(tmp_path / "src.wav", seconds=1.0, rate=44_100)
     ogg = tmp_path / "upload"
     subprocess.run(

@@ -1,0 +1,163 @@
+"""The analysis HTTP service: POST /analyze, /healthz, /readyz.
+
+Run with `cd analysis-server && uvicorn analysis_server.app:app --port 8001`.
+
+POST /analyze answers JSON by default. With `Accept: application/x-ndjson` it streams one JSON
+object per line instead:
+    {"progress": 0.1, "stage": "decoded"}        progress in [0, 1], never decreasing
+    {"progress": 0.27, "stage": "loudness"}      … one per stage, plus pacing ticks
+    {"result": {...}}                            last line on success (same body as the JSON)
+    {"error": {"code": "...", "message": "..."}} last line if a stage fails mid-stream
+Fetch and decode happen before the response starts, so a missing object, an oversized or
+undecodable file, or unreachable storage still get their 4xx/5xx status, never a 200 stream.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import anyio
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from analysis_server.analysis import Pacing, Progress, analyse, fetch_and_decode
+from analysis_server.config import Settings, get_settings
+from analysis_server.errors import AnalysisError, install_error_handlers
+from analysis_server.models import AnalysisResult, AnalyzeRequest, ErrorBody
+from analysis_server.storage import S3Client, check_bucket, open_s3_client
+
+log = logging.getLogger(__name__)
+
+NDJSON = "application/x-ndjson"
+
+
+@dataclass(frozen=True)
+class Services:
+    """Everything a request needs, built once per process in the lifespan."""
+
+    settings: Settings
+    s3: S3Client
+    # Bounds decodes and feature passes in flight: each holds a whole decoded clip in memory.
+    limiter: anyio.CapacityLimiter
+
+
+def get_services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def wants_ndjson(accept: str) -> bool:
+    return any(part.split(";", 1)[0].strip().lower() == NDJSON for part in accept.split(","))
+
+
+def _line(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":")).encode() + b"\n"
+
+
+async def ndjson_lines(events: AsyncIterator[Progress | AnalysisResult]) -> AsyncIterator[bytes]:
+    """Encode analysis events as NDJSON; a failure becomes a final error line, because the
+    200 status is already on the wire."""
+    try:
+        async for event in events:
+            if isinstance(event, Progress):
+                yield _line({"progress": round(event.progress, 3), "stage": event.stage})
+            else:
+                yield _line({"result": event.model_dump(mode="json")})
+    except AnalysisError as exc:
+        yield _line({"error": {"code": exc.code, "message": exc.message}})
+    except Exception:
+        log.exception("analysis failed after the stream started")
+        yield _line({"error": {"code": "internal_error", "message": "internal error"}})
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        resolved = settings or get_settings()
+        async with open_s3_client(resolved) as s3:
+            app.state.services = Services(
+                settings=resolved,
+                s3=s3,
+                limiter=anyio.CapacityLimiter(resolved.analysis_max_concurrency),
+            )
+            yield
+
+    app = FastAPI(title="YouSync analysis server", version="1", lifespan=lifespan)
+    install_error_handlers(app)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz(services: ServicesDep) -> JSONResponse:
+        check = await check_bucket(
+            services.s3,
+            bucket=services.settings.s3_bucket,
+            within_seconds=services.settings.readyz_timeout_seconds,
+        )
+        s3: dict[str, Any] = {"ok": check.ok, "latency_ms": check.latency_ms}
+        if check.error:
+            s3["error"] = check.error
+        return JSONResponse(
+            {"status": "ready" if check.ok else "unavailable", "s3": s3},
+            status_code=200 if check.ok else 503,
+        )
+
+    @app.post(
+        "/analyze",
+        response_model=AnalysisResult,
+        responses={
+            200: {"content": {NDJSON: {}}, "description": "JSON, or NDJSON progress lines"},
+            404: {"model": ErrorBody, "description": "object_not_found"},
+            413: {"model": ErrorBody, "description": "audio_too_large"},
+            422: {
+                "model": ErrorBody,
+                "description": "invalid_request, undecodable_audio, audio_too_long, empty_audio",
+            },
+            502: {"model": ErrorBody, "description": "storage_error"},
+            503: {"model": ErrorBody, "description": "storage_unavailable, decoder_unavailable"},
+        },
+    )
+    async def analyze(
+        body: AnalyzeRequest, request: Request, services: ServicesDep
+    ) -> AnalysisResult | StreamingResponse:
+        settings = services.settings
+        pacing = Pacing(
+            started=anyio.current_time(),
+            min_seconds=settings.analysis_min_seconds,
+            interval=settings.analysis_progress_interval_seconds,
+        )
+        audio, size = await fetch_and_decode(
+            services.s3,
+            request=body,
+            max_bytes=settings.analysis_max_bytes,
+            max_duration_seconds=settings.analysis_max_duration_seconds,
+            limiter=services.limiter,
+        )
+        events = analyse(audio, request=body, size=size, pacing=pacing, limiter=services.limiter)
+        if wants_ndjson(request.headers.get("accept", "")):
+            return StreamingResponse(
+                ndjson_lines(events),
+                media_type=NDJSON,
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        result: AnalysisResult | None = None
+        async for event in events:
+            if isinstance(event, AnalysisResult):
+                result = event
+        assert result is not None, "analyse() always ends with a result"
+        return result
+
+    return app
+
+
+app = create_app()

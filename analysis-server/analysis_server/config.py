@@ -1,0 +1,78 @@
+"""The one settings object of the analysis server.
+
+Values come from the environment first, then from the repository's `.env` (local defaults only),
+so the server is configured exactly like the API and the worker and a test changes its behaviour
+by changing the environment of the process it starts. Nothing else in the package reads the
+environment.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# analysis-server/analysis_server/config.py → the repository root holds `.env`.
+REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+# Values that are fine on a laptop and wrong anywhere else (.env ships them).
+_LOCAL_DUMMIES = {"local-dummy-key", "local-dummy-secret"}
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=REPO_ROOT / ".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    environment: Literal["dev", "test", "prod"] = "dev"
+
+    # Empty endpoint means AWS itself; empty keys mean botocore's default chain (instance role).
+    s3_endpoint_url: str = ""
+    aws_region: str = "us-east-1"
+    aws_access_key_id: str = ""
+    aws_secret_access_key: str = ""
+    # The bucket /readyz checks; /analyze reads the bucket named in each request.
+    s3_bucket: str = "yousync-audio"
+    s3_connect_timeout_seconds: float = Field(3.0, gt=0)
+    s3_read_timeout_seconds: float = Field(30.0, gt=0)
+    # Few attempts: the worker retries the whole call with backoff, so retrying long here too
+    # would only multiply the wait before a 503 reaches it.
+    s3_max_attempts: int = Field(2, ge=1)
+    readyz_timeout_seconds: float = Field(2.0, gt=0)
+
+    # A floor on the wall time of one analysis, counted from the request's arrival. The real
+    # dubbing models this service stands in for take 30 s to 2 min, while our signal features
+    # take milliseconds; demos and tests set this (e.g. 1.0) so progress can be watched end to
+    # end. It is pure waiting, not work: the result is computed first and does not change with
+    # it; during the wait the NDJSON stream keeps sending progress lines (every
+    # `analysis_progress_interval_seconds`), rising smoothly towards 0.95. 0 = no floor.
+    analysis_min_seconds: float = Field(0.0, ge=0)
+    analysis_progress_interval_seconds: float = Field(0.2, gt=0)
+    # Bounds memory and temp disk per request: larger objects are refused before download.
+    analysis_max_bytes: int = Field(200 * 1024 * 1024, gt=0)
+    # Compressed audio is decoded only this far (+1 s to detect "longer"), so a tiny file
+    # that expands to hours of PCM cannot exhaust memory.
+    analysis_max_duration_seconds: float = Field(600.0, gt=0)
+    # Decodes and feature passes running at once (each holds a decoded clip in memory).
+    analysis_max_concurrency: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _refuse_local_dummies_in_prod(self) -> Settings:
+        if self.environment != "prod":
+            return self
+        unsafe = [
+            name
+            for name in ("aws_access_key_id", "aws_secret_access_key")
+            if getattr(self, name) in _LOCAL_DUMMIES
+        ]
+        if unsafe:
+            raise ValueError(f"refusing local default values in prod: {', '.join(unsafe)}")
+        return self
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
