@@ -68,6 +68,8 @@ class Settings(BaseSettings):
     sse_ping_seconds: float = 15.0
     sse_send_timeout_seconds: float = 30.0
     sse_retry_ms: int = 3000
+    # Time streams get on shutdown to send their farewell comment (under uvicorn's graceful limit).
+    sse_shutdown_grace_seconds: float = 2.0
     sse_client_queue_size: int = 64
     result_max_wait_seconds: float = 60.0
 
@@ -75,6 +77,10 @@ class Settings(BaseSettings):
     stream_token_secret: str = ""
     cors_origins: str = "http://127.0.0.1:8000,http://localhost:8000"
     flower_basic_auth: str = ""
+
+    # A running job silent this long gets `stalled: true` (cleared by its next real progress).
+    stall_seconds: float = 30.0
+    stall_check_seconds: float = 1.0
 
     progress_min_interval_seconds: float = Field(0.1, ge=0)
 

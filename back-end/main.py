@@ -6,6 +6,7 @@ run the real lifespan and a worker importing shared modules opens no API connect
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ from deps import AppServices
 from router import health, pages, user_audio_router
 from services.events import EventHub
 from services.jobs import AsyncJobStore
+from services.stall_watch import watch_stalls
 from services.storage import s3_client_kwargs
 
 log = logging.getLogger("yousync.api")
@@ -68,6 +70,18 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub.start()
         stack.push_async_callback(hub.stop)
 
+        store = AsyncJobStore(client, settings)
+        stall_task = asyncio.create_task(
+            watch_stalls(
+                client,
+                store,
+                stall_seconds=settings.stall_seconds,
+                every=settings.stall_check_seconds,
+            ),
+            name="stall-watch",
+        )
+        stack.callback(stall_task.cancel)
+
         s3 = await stack.enter_async_context(
             aioboto3.Session().client("s3", **s3_client_kwargs(settings))
         )
@@ -92,9 +106,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "s3": s3_ready,
             "analysis_server": analysis_ready,
         }
-        app.state.services = AppServices(
-            settings=settings, jobs=AsyncJobStore(client, settings), hub=hub, enqueue=_enqueue
-        )
+        app.state.services = AppServices(settings=settings, jobs=store, hub=hub, enqueue=_enqueue)
         yield
 
 

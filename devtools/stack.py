@@ -36,9 +36,13 @@ def free_port() -> int:
 def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
+        try:
             if predicate():
                 return
+        except RuntimeError:
+            raise  # the process died: no point waiting out the timeout
+        except Exception:
+            pass  # not answering yet
         time.sleep(0.05)
     raise TimeoutError(f"{what} not ready within {timeout:.0f}s")
 

@@ -56,7 +56,9 @@ def banner(api: str) -> str:
     flower_user = env("FLOWER_BASIC_AUTH", "").split(":", 1)[0] or "(none)"
     s3 = env("S3_ENDPOINT_URL", f"http://127.0.0.1:{env('S3_PORT', '9000')}")
     redis_url = without_password(env("REDIS_URL", "redis://127.0.0.1:6379/0"))
-    upload = f"{api}/tokens/test123/upload-audio"
+    # The seed's curl example says localhost; keep it recognisable.
+    curl_base = api.replace("//127.0.0.1:", "//localhost:")
+    upload = f"{curl_base}/tokens/test123/upload-audio"
     # With API_KEYS set, uploads need the header and the other URLs the answer's stream_token.
     keyed = bool(os.environ.get("API_KEYS"))
     auth = ' -H "Authorization: Bearer <one of API_KEYS>"' if keyed else ""
@@ -77,8 +79,8 @@ def banner(api: str) -> str:
             "",
             "  Try it:",
             f'    curl -X POST "{upload}"{auth} -F "file=@audio.wav"',
-            f'    curl -N "{api}/tokens/analysis-progress/<job_id>{token}"',
-            f'    curl "{api}/tokens/analysis-result/<job_id>{token}{wait}"',
+            f'    curl -N "{curl_base}/tokens/analysis-progress/<job_id>{token}"',
+            f'    curl "{curl_base}/tokens/analysis-result/<job_id>{token}{wait}"',
             "  Ctrl-C stops everything.",
             rule,
         ]

@@ -98,6 +98,7 @@ def stack_env(
         "TASK_MAX_RETRIES": "2",
         "AUDIO_STORE_FORMAT": "flac",
         "API_KEYS": "",
+        "STALL_SECONDS": "2",
     }
 
 

@@ -9,10 +9,19 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
+from config import Settings
 from deps import EnqueueDep, HubDep, JobsDep, SettingsDep
 from router.schemas import ERROR_RESPONSES, JobId, TokenId, UploadAccepted
+from services.events import EventHub, ShutdownSignal
+from services.jobs import AsyncJobStore
 from services.models import JobSnapshot
-from services.progress_stream import AlreadyFinished, check_stream_start, job_events
+from services.progress_stream import (
+    AlreadyFinished,
+    Feed,
+    check_job_stream_start,
+    check_token_stream_start,
+    feed_events,
+)
 from services.results import wait_for_snapshot
 from services.submission import submit_upload
 
@@ -78,17 +87,59 @@ async def upload_audio(
     )
 
 
+def _event_stream(
+    jobs: AsyncJobStore, hub: EventHub, settings: Settings, feed: Feed, last: str | None
+) -> EventSourceResponse:
+    shutdown = ShutdownSignal()
+    return EventSourceResponse(
+        feed_events(
+            jobs, hub, feed, last_event_id=last, retry_ms=settings.sse_retry_ms, shutdown=shutdown
+        ),
+        ping=settings.sse_ping_seconds,
+        send_timeout=settings.sse_send_timeout_seconds,
+        shutdown_event=shutdown,  # type: ignore[arg-type]  # duck-typed: only .set() is called
+        shutdown_grace_period=settings.sse_shutdown_grace_seconds,
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _job_stream(
+    jobs: AsyncJobStore, hub: EventHub, settings: Settings, job_id: str, last: str | None
+) -> Response:
+    try:
+        last = await check_job_stream_start(jobs, job_id, last)
+    except AlreadyFinished:
+        return Response(status_code=204)
+    return _event_stream(jobs, hub, settings, Feed.for_job(job_id), last)
+
+
+LastEventIdHeader = Annotated[
+    str | None, Header(alias="Last-Event-ID", description="Sent by EventSource on reconnects")
+]
+LastEventIdQuery = Annotated[
+    str | None, Query(max_length=64, description="Resume after this event id (first connect)")
+]
+
+
 @router.get(
     "/analysis-result/{job_id}",
     response_model=JobSnapshot,
-    summary="The job's current state; `?wait=N` holds until it is finished or N seconds pass",
+    responses={200: {"content": {"text/event-stream": {}}}},
+    summary="The job's current state; `?wait=N` holds until it is finished or N seconds pass; "
+    "with `Accept: text/event-stream`, the live stream",
 )
 async def analysis_result(
     job_id: JobId,
+    request: Request,
     jobs: JobsDep,
     hub: HubDep,
+    settings: SettingsDep,
     wait: Annotated[float, Query(ge=0, le=60, description="Long-poll up to N seconds")] = 0,
-) -> JobSnapshot:
+    last_event_id_header: LastEventIdHeader = None,
+    last_event_id: LastEventIdQuery = None,
+) -> Response | JobSnapshot:
+    if "text/event-stream" in request.headers.get("accept", ""):
+        return await _job_stream(jobs, hub, settings, job_id, last_event_id_header or last_event_id)
     return await wait_for_snapshot(jobs, hub, job_id, wait=wait)
 
 
@@ -103,16 +154,25 @@ async def analysis_progress(
     jobs: JobsDep,
     hub: HubDep,
     settings: SettingsDep,
-    last_event_id_header: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
-    last_event_id: Annotated[str | None, Query(max_length=64)] = None,
+    last_event_id_header: LastEventIdHeader = None,
+    last_event_id: LastEventIdQuery = None,
 ) -> Response:
-    try:
-        start = await check_stream_start(jobs, job_id, last_event_id_header or last_event_id)
-    except AlreadyFinished:
-        return Response(status_code=204)
-    return EventSourceResponse(
-        job_events(jobs, hub, start, retry_ms=settings.sse_retry_ms),
-        ping=settings.sse_ping_seconds,
-        send_timeout=settings.sse_send_timeout_seconds,
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
+    return await _job_stream(jobs, hub, settings, job_id, last_event_id_header or last_event_id)
+
+
+@router.get(
+    "/{token_id}/analysis-progress",
+    response_class=EventSourceResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+    summary="Server-Sent Events for every job of a token (new uploads appear as they come)",
+)
+async def token_progress(
+    token_id: TokenId,
+    jobs: JobsDep,
+    hub: HubDep,
+    settings: SettingsDep,
+    last_event_id_header: LastEventIdHeader = None,
+    last_event_id: LastEventIdQuery = None,
+) -> Response:
+    last = await check_token_stream_start(last_event_id_header or last_event_id)
+    return _event_stream(jobs, hub, settings, Feed.for_token(token_id), last)

@@ -19,7 +19,7 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Final
 
@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 class Notification:
     job_id: str
     token_id: str
-    id: str
+    id: str  # the entry id in the job's Stream
+    token_event_id: str  # the entry id in the token's Stream
     fields: dict[str, str]
 
     @cached_property
@@ -49,35 +50,64 @@ class Notification:
         return JobStatus(self.fields["status"]).terminal
 
 
-class _Resync:
-    """Marker: re-read the Stream after your last delivered id."""
+class _Control:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
 
 
-RESYNC: Final = _Resync()
+# Re-read the Stream after your last delivered id (overflow, or the hub reconnected).
+RESYNC: Final = _Control("RESYNC")
+# The server is shutting down: say so and end the stream; the client resumes elsewhere.
+SHUTDOWN: Final = _Control("SHUTDOWN")
 
 
 @dataclass(eq=False)
 class Subscription:
-    queue: asyncio.Queue[Notification | _Resync] = field(
-        default_factory=lambda: asyncio.Queue(maxsize=64)
-    )
+    queue: asyncio.Queue[Notification | _Control]
     resyncs: int = 0
 
-    def offer(self, item: Notification | _Resync) -> None:
+    def offer(self, item: Notification | _Control) -> None:
         try:
             self.queue.put_nowait(item)
         except asyncio.QueueFull:
-            # Drop what is queued and ask for one read from the Stream instead of blocking
-            # the hub (and with it every other client) on this slow reader.
+            # Drop what is queued and leave one marker instead of blocking the hub (and with
+            # it every other client) on this slow reader: RESYNC re-reads the Stream from the
+            # client's last delivered id, so nothing is lost to it.
             while not self.queue.empty():
                 self.queue.get_nowait()
-            self.queue.put_nowait(RESYNC)
+            self.queue.put_nowait(SHUTDOWN if item is SHUTDOWN else RESYNC)
 
-    async def get(self) -> Notification | _Resync:
+    async def get(self) -> Notification | _Control:
         item = await self.queue.get()
-        if isinstance(item, _Resync):
+        if item is RESYNC:
             self.resyncs += 1
         return item
+
+
+class ShutdownSignal:
+    """Given to sse-starlette as `shutdown_event`: on server shutdown the library calls `set()`,
+    which wakes this client's queue with SHUTDOWN, so no extra task per connection waits on it."""
+
+    def __init__(self) -> None:
+        self._set = False
+        self._subscription: Subscription | None = None
+
+    def attach(self, subscription: Subscription) -> None:
+        self._subscription = subscription
+        if self._set:
+            subscription.offer(SHUTDOWN)
+
+    def set(self) -> None:
+        if not self._set:
+            self._set = True
+            if self._subscription is not None:
+                self._subscription.offer(SHUTDOWN)
+
+    def is_set(self) -> bool:
+        return self._set
 
 
 def parse_stream_id(value: str) -> tuple[int, int]:
@@ -170,6 +200,7 @@ class EventHub:
                 job_id=payload["job_id"],
                 token_id=payload["token_id"],
                 id=payload["id"],
+                token_event_id=payload["token_event_id"],
                 fields=payload["snapshot"],
             )
         except (ValueError, KeyError, TypeError):

@@ -20,7 +20,7 @@ from services import keys
 from services.models import SNAPSHOT_FIELDS, JobSnapshot, JobStatus, Stage, encode_fields
 
 _WRITE_SCRIPT = """
-local hash, stream, token_jobs = KEYS[1], KEYS[2], KEYS[3]
+local hash, stream, token_jobs, token_stream, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local mode, active_ttl, terminal_ttl, maxlen, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local TERMINAL = {completed = true, failed = true, cancelled = true}
 local SNAP = cjson.decode(ARGV[6])
@@ -34,9 +34,19 @@ if mode == 'reopen' then
 elseif cur_status and TERMINAL[cur_status] then
   return {0, 'terminal'}
 end
+if mode == 'stall' then
+  -- Only a running job that is not already marked can stall; the next real write clears it.
+  if cur_status ~= 'processing' then return {0, 'not_running'} end
+  if redis.call('HGET', hash, 'stalled') == '1' then return {0, 'already_stalled'} end
+end
 local cur_progress = tonumber(redis.call('HGET', hash, 'progress') or '0')
 
+-- Transient markers are cleared by any real write that does not set them again
+-- (HSET applies pairs in order, so a value given below wins).
 local pairs_ = {}
+if mode ~= 'stall' then
+  pairs_ = {'stalled', '', 'next_retry_in', ''}
+end
 local new_status = cur_status
 for i = 7, #ARGV, 2 do
   local k, v = ARGV[i], ARGV[i + 1]
@@ -58,16 +68,24 @@ for i, name in ipairs(SNAP) do
   end
 end
 local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(entry))
+local token_id = redis.call('XADD', token_stream, 'MAXLEN', '~', maxlen * 5, '*', unpack(entry))
 redis.call('HSET', hash, 'last_event_id', id)
 local ttl = TERMINAL[new_status] and terminal_ttl or active_ttl
 redis.call('EXPIRE', hash, ttl)
 redis.call('EXPIRE', stream, ttl)
+redis.call('EXPIRE', token_stream, active_ttl)
 if mode == 'create' then
   redis.call('ZADD', token_jobs, redis.call('TIME')[1], snapshot['job_id'])
   redis.call('EXPIRE', token_jobs, active_ttl)
 end
-redis.call('PUBLISH', channel, cjson.encode(
-  {job_id = snapshot['job_id'], token_id = snapshot['token_id'], id = id, snapshot = snapshot}))
+if TERMINAL[new_status] then
+  redis.call('ZREM', active, snapshot['job_id'])
+else
+  local now = redis.call('TIME')
+  redis.call('ZADD', active, tonumber(now[1]) + tonumber(now[2]) / 1e6, snapshot['job_id'])
+end
+redis.call('PUBLISH', channel, cjson.encode({job_id = snapshot['job_id'],
+  token_id = snapshot['token_id'], id = id, token_event_id = token_id, snapshot = snapshot}))
 return {1, id}
 """
 
@@ -121,7 +139,14 @@ def _write_args(
     ]
     for name, value in fields.items():
         argv += [name, value]
-    return [keys.job(job_id), keys.job_events(job_id), keys.token_jobs(token_id)], argv
+    key_list = [
+        keys.job(job_id),
+        keys.job_events(job_id),
+        keys.token_jobs(token_id),
+        keys.token_events(token_id),
+        keys.ACTIVE_JOBS,
+    ]
+    return key_list, argv
 
 
 _SNAPSHOT_FIELDS_JSON = "[" + ",".join(f'"{name}"' for name in SNAPSHOT_FIELDS) + "]"
@@ -188,9 +213,17 @@ class JobStore:
         flat = [item for pair in encode_fields(markers).items() for item in pair]
         return bool(self._set_markers(keys=[keys.job(job_id)], args=flat))
 
-    def events_after(self, job_id: str, last_id: str = "-") -> list[Event]:
-        start = "-" if last_id == "-" else f"({last_id}"
-        return _events(self._client.xrange(keys.job_events(job_id), min=start))
+    def stage_history(self) -> dict[str, float]:
+        """Mean stage durations by size bucket, for ETAs of stages not yet started."""
+        raw = _decode(self._client.hgetall(keys.STAGE_STATS))
+        return {name: float(value) for name, value in raw.items()}
+
+    def record_stage(self, name: str, seconds: float, *, weight: float = 0.3) -> None:
+        """Exponentially weighted: recent jobs count most; a lost race between two workers
+        only drops one sample."""
+        previous = self._client.hget(keys.STAGE_STATS, name)
+        value = seconds if previous is None else (1 - weight) * float(previous) + weight * seconds
+        self._client.hset(keys.STAGE_STATS, name, f"{value:.4f}")
 
 
 class AsyncJobStore:
@@ -211,6 +244,10 @@ class AsyncJobStore:
         key_list, argv = _write_args(self._settings, "update", job_id, token_id, values)
         return _checked(job_id, await self._write(keys=key_list, args=argv))
 
+    async def mark_stalled(self, job_id: str, token_id: str) -> str:
+        key_list, argv = _write_args(self._settings, "stall", job_id, token_id, {"stalled": True})
+        return _checked(job_id, await self._write(keys=key_list, args=argv))
+
     async def set_markers(self, job_id: str, **markers: Any) -> bool:
         flat = [item for pair in encode_fields(markers).items() for item in pair]
         return bool(await self._set_markers(keys=[keys.job(job_id)], args=flat))
@@ -225,13 +262,13 @@ class AsyncJobStore:
     async def get(self, job_id: str) -> dict[str, str]:
         return _decode(await self._client.hgetall(keys.job(job_id)))
 
-    async def latest_event(self, job_id: str) -> Event | None:
-        entries = _events(await self._client.xrevrange(keys.job_events(job_id), count=1))
-        return entries[0] if entries else None
-
-    async def events_after(
-        self, job_id: str, last_id: str, count: int | None = None
+    async def stream_tail(
+        self, stream_key: str, *, count: int = 1, newest_first: bool = False
     ) -> list[Event]:
-        return _events(
-            await self._client.xrange(keys.job_events(job_id), min=f"({last_id}", count=count)
-        )
+        """The last `count` entries of a Stream, oldest first unless `newest_first`."""
+        entries = _events(await self._client.xrevrange(stream_key, count=count))
+        return entries if newest_first else entries[::-1]
+
+    async def read_after(self, stream_key: str, last_id: str) -> list[Event]:
+        """Every entry after `last_id` (exclusive): a reconnect's replay or a resync."""
+        return _events(await self._client.xrange(stream_key, min=f"({last_id}"))

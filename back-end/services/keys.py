@@ -23,6 +23,19 @@ def token_jobs(token_id: str) -> str:
     return f"{PREFIX}:token:{token_id}:jobs"
 
 
+def token_events(token_id: str) -> str:
+    """Stream of every event of the token's jobs, in one order (the multi-job SSE stream)."""
+    return f"{PREFIX}:token:{token_id}:events"
+
+
+# Sorted set: running jobs scored by their last write time (stall detection).
+ACTIVE_JOBS = f"{PREFIX}:active"
+
+
+# Hash: recent mean duration of each stage by upload size bucket (ETA of stages not started).
+STAGE_STATS = f"{PREFIX}:stats:stage_seconds"
+
+
 def dedupe(token_id: str, sha256: str) -> str:
     """Job id of a completed identical upload for the token."""
     return f"{PREFIX}:dedupe:{token_id}:{sha256}"

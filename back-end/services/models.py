@@ -48,6 +48,10 @@ SNAPSHOT_FIELDS = (
     "error",
     "created_at",
     "updated_at",
+    # Beyond the seed's fields: stall marker and retry visibility.
+    "stalled",
+    "attempt",
+    "next_retry_in",
 )
 _JSON_FIELDS = frozenset({"result", "error"})
 
@@ -73,6 +77,9 @@ class JobSnapshot(BaseModel):
     error: JobError | None = None
     created_at: str
     updated_at: str
+    stalled: bool = False
+    attempt: int = 0
+    next_retry_in: float | None = None
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> JobSnapshot:

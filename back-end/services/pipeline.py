@@ -19,6 +19,7 @@ from config import Settings
 from services import audio
 from services.analysis_client import AnalysisClient
 from services.errors import PermanentError, StageError
+from services.eta import EtaEstimator
 from services.jobs import JobStore, Refused
 from services.models import JobStatus, Stage
 from services.progress import ProgressReporter
@@ -51,6 +52,9 @@ class Pipeline:
             token_id,
             start=int(job.get("progress") or 0),
             min_interval=self.settings.progress_min_interval_seconds,
+            eta=EtaEstimator(
+                size_bytes=int(job.get("size_bytes") or 0), history=self.store.stage_history()
+            ),
         )
         reporter.report(5, Stage.PREPARING, "Decoding and preparing the audio", force=True)
         prepared = self._prepare(job_id, job)
@@ -93,6 +97,7 @@ class Pipeline:
             s3_url=s3_url,
             eta_seconds=None,
         )
+        reporter.finish()
         self.discard_spool(job_id)
         return JobStatus.COMPLETED.value
 
@@ -149,8 +154,9 @@ class Pipeline:
                 job["token_id"],
                 status=JobStatus.PROCESSING,
                 message=f"{error.message} — retry {attempt} in {delay:.0f}s",
+                attempt=attempt,
+                next_retry_in=round(delay, 2),
             )
-            self.store.set_markers(job_id, attempt=attempt, next_retry_in=round(delay, 2))
 
     def discard_spool(self, job_id: str) -> None:
         """Delete the upload and its prepared copy once no retry can need them. Paths derive

@@ -11,15 +11,24 @@ import threading
 import time
 from typing import Any
 
+from services.eta import EtaEstimator, history_key
 from services.jobs import JobStore
 from services.models import JobStatus, Stage
 
 
 class ProgressReporter:
     def __init__(
-        self, store: JobStore, job_id: str, token_id: str, *, start: int, min_interval: float
+        self,
+        store: JobStore,
+        job_id: str,
+        token_id: str,
+        *,
+        start: int,
+        min_interval: float,
+        eta: EtaEstimator,
     ) -> None:
         self._store = store
+        self._eta = eta
         self._job_id = job_id
         self._token_id = token_id
         self._min_interval = min_interval
@@ -40,6 +49,8 @@ class ProgressReporter:
             self.progress = max(self.progress, percent)
             self._last_write = now
             self.writes += 1
+            self._enter(stage)
+            extra.setdefault("eta_seconds", self._eta.estimate(stage, progress))
             self._store.update(
                 self._job_id,
                 self._token_id,
@@ -49,6 +60,17 @@ class ProgressReporter:
                 message=message,
                 **extra,
             )
+
+    def _enter(self, stage: Stage) -> None:
+        finished = self._eta.enter(stage)
+        if finished is not None:
+            done, seconds = finished
+            self._store.record_stage(history_key(done, self._eta.bucket), seconds)
+
+    def finish(self) -> None:
+        """Record the last stage's duration once the job completed."""
+        with self._lock:
+            self._enter(Stage.DONE)
 
     def span(self, start: int, end: int, stage: Stage, message: str) -> Any:
         """A callback mapping a 0–1 fraction of one stage onto [start, end] percent."""
