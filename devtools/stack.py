@@ -137,7 +137,8 @@ def redis_server_binary() -> str:
     return found
 
 
-def redis_proc(workdir: Path, port: int | None = None) -> Proc:
+def redis_proc(workdir: Path, port: int | None = None, *, persistent: bool = False) -> Proc:
+    """`persistent` keeps an append-only file, so a restart (kill + start) keeps the data."""
     port = port or free_port()
     import redis
 
@@ -155,7 +156,11 @@ def redis_proc(workdir: Path, port: int | None = None) -> Proc:
             "--save",
             "",
             "--appendonly",
-            "no",
+            "yes" if persistent else "no",
+            "--appendfsync",
+            "always",
+            "--appenddirname",
+            f"aof-{port}",
             "--dir",
             str(workdir),
         ],
