@@ -43,6 +43,7 @@ dev: setup
 	@bash scripts/dev.sh
 
 test: setup
+	@bash scripts/ensure_system_deps.sh browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Both checks run even when the first fails, so one run shows every problem.

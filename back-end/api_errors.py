@@ -14,6 +14,10 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from services import metrics
+from services.auth import Forbidden, Unauthorized
+from services.control import JobConflict
+from services.limits import TooManyStreams, TooManyUploads
 from services.progress_stream import InvalidLastEventId, JobNotFound
 from services.submission import ServiceUnavailable
 from services.uploads import UploadRejected
@@ -57,12 +61,42 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(UploadRejected)
     async def _upload_rejected(_: Request, exc: UploadRejected) -> JSONResponse:
+        metrics.upload_rejected(exc.code)
         # The body may be only partly read: close the connection rather than drain gigabytes.
         return error_response(exc.status, exc.code, exc.detail, {"Connection": "close"})
 
     @app.exception_handler(ServiceUnavailable)
     async def _unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
+        metrics.upload_rejected(exc.code)
         return error_response(503, exc.code, exc.detail, {"Retry-After": "5"})
+
+    @app.exception_handler(JobConflict)
+    async def _conflict(_: Request, exc: JobConflict) -> JSONResponse:
+        return error_response(409, exc.code, exc.detail)
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(_: Request, exc: Unauthorized) -> JSONResponse:
+        if isinstance(exc, Forbidden):
+            return error_response(403, exc.code, exc.detail)
+        return error_response(401, exc.code, exc.detail, {"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(TooManyStreams)
+    async def _too_many_streams(_: Request, exc: TooManyStreams) -> JSONResponse:
+        return error_response(
+            503,
+            "too_many_streams",
+            "This server holds its maximum of streams; retry shortly",
+            {"Retry-After": "5"},
+        )
+
+    @app.exception_handler(TooManyUploads)
+    async def _too_many_uploads(_: Request, exc: TooManyUploads) -> JSONResponse:
+        return error_response(
+            429,
+            "too_many_uploads",
+            "Too many uploads at once from this client",
+            {"Retry-After": "2", "Connection": "close"},
+        )
 
     @app.exception_handler(JobNotFound)
     async def _job_not_found(_: Request, exc: JobNotFound) -> JSONResponse:

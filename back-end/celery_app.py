@@ -11,15 +11,21 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready
+from celery.signals import beat_init, worker_ready
 
-from config import get_settings
+from config import REPO_ROOT, get_settings
+from services import worker_telemetry
 
 AUDIO_QUEUE = "audio_queue"
+# Beat's sweeps (tasks/maintenance.py) have their own queue, so a backlog of long analyses does
+# not hold them up; `make dev`'s worker consumes both.
+MAINTENANCE_QUEUE = "maintenance"
 
 settings = get_settings()
 
-celery_app = Celery("yousync", broker=settings.broker_url, include=["tasks.audio_tasks"])
+celery_app = Celery(
+    "yousync", broker=settings.broker_url, include=["tasks.audio_tasks", "tasks.maintenance"]
+)
 _transport_options: dict[str, Any] = {
     "visibility_timeout": settings.broker_visibility_timeout,
     "socket_connect_timeout": 3,
@@ -33,7 +39,10 @@ celery_app.conf.update(
     result_expires=3600,
     task_ignore_result=False,
     task_default_queue=AUDIO_QUEUE,
-    task_routes={"tasks.audio_tasks.*": {"queue": AUDIO_QUEUE}},
+    task_routes={
+        "tasks.audio_tasks.*": {"queue": AUDIO_QUEUE},
+        "tasks.maintenance.*": {"queue": MAINTENANCE_QUEUE},
+    },
     task_acks_late=True,
     task_reject_on_worker_lost=True,
     worker_prefetch_multiplier=1,
@@ -58,6 +67,18 @@ celery_app.conf.update(
     enable_utc=True,
 )
 
+# Celery Beat (`celery -A celery_app beat`) sends the maintenance sweeps; `expires` drops a
+# sweep nobody ran before the next one was due instead of stacking them up.
+_every = settings.maintenance_interval_seconds
+celery_app.conf.beat_schedule = {
+    name: {"task": f"tasks.maintenance.{name}", "schedule": _every, "options": {"expires": _every}}
+    for name in ("sweep_spool", "mark_stuck_jobs", "abort_stale_multipart_uploads")
+}
+celery_app.conf.beat_schedule_filename = str(REPO_ROOT / "var" / "celerybeat-schedule")
+
+# Structured logs with job_id, task/stage lines and stage timings (services/worker_telemetry.py).
+worker_telemetry.install()
+
 # `celery -A celery_app` looks for an attribute named `app` (or `celery`).
 app = celery_app
 
@@ -67,3 +88,8 @@ def _mark_ready(**_: Any) -> None:
     """Lets supervisors and the test fixtures know the worker consumes, without polling it."""
     if settings.worker_ready_file:
         Path(settings.worker_ready_file).touch()
+
+
+@beat_init.connect
+def _schedule_dir(**_: Any) -> None:
+    Path(celery_app.conf.beat_schedule_filename).parent.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ or a second process changes behaviour by changing the environment of the process
 
 from __future__ import annotations
 
+import hashlib
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -49,6 +50,15 @@ class Settings(BaseSettings):
     spool_dir: Path = Path("var/spool")
     max_upload_mb: float = 100.0
     audio_store_format: AudioStoreFormat = "flac"
+    # Preparation (services/audio.py). Ceilings, not targets (0 = keep the source's): a take is
+    # downmixed to at most this many channels and resampled down to at most this rate, never
+    # up. Mono by default: a dub is one voice, and mono halves what is stored.
+    prepare_channels: int = Field(1, ge=0)
+    prepare_sample_rate: int = Field(48000, ge=0)
+    # Above this much decoded PCM (estimated by ffprobe before decoding), the worker streams
+    # the file through an ffmpeg subprocess instead of decoding it into memory with pydub,
+    # whose peak is ≈ 3× the decoded size (README "Analysis" has the measurements).
+    prepare_stream_threshold_mb: float = Field(64.0, ge=0)
 
     job_ttl_seconds: int = 3600
     # While a job runs its keys live this long, so a stuck job still has a record to inspect.
@@ -56,6 +66,8 @@ class Settings(BaseSettings):
     events_maxlen: int = 200
 
     task_max_retries: int = 3
+    # Deliveries that crashed their worker before a job counts as a poison pill.
+    task_max_deliveries: int = 3
     task_retry_delay: float = 60.0
     task_soft_time_limit: int = 840
     task_time_limit: int = 900
@@ -75,6 +87,9 @@ class Settings(BaseSettings):
 
     api_keys: str = ""
     stream_token_secret: str = ""
+    stream_token_ttl_seconds: int = 6 * 3600
+    sse_max_clients: int = 20000
+    upload_max_concurrent_per_client: int = 4
     cors_origins: str = "http://127.0.0.1:8000,http://localhost:8000"
     flower_basic_auth: str = ""
 
@@ -83,6 +98,21 @@ class Settings(BaseSettings):
     stall_check_seconds: float = 1.0
 
     progress_min_interval_seconds: float = Field(0.1, ge=0)
+
+    # Logs (services/logging_setup.py): `text` is key=value lines, `json` one object per line.
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    # Celery Beat maintenance (tasks/maintenance.py).
+    maintenance_interval_seconds: float = Field(300.0, gt=0)
+    # A spool file with no job record is an upload still arriving until it is this old.
+    spool_orphan_grace_seconds: float = 600.0
+    # A failed/cancelled job keeps its spool file this long after it ended, for a retry.
+    spool_retention_seconds: float = 3600.0
+    # A `queued` job untouched this long is stuck (its message was lost); `processing` jobs use
+    # the hard time limit plus the longest retry backoff.
+    stuck_queued_seconds: float = 3600.0
+    multipart_max_age_seconds: float = 86400.0
 
     @field_validator("spool_dir")
     @classmethod
@@ -117,6 +147,22 @@ class Settings(BaseSettings):
             return self.celery_broker_url
         base, _, _db = self.redis_url.rpartition("/")
         return f"{base}/1" if _db.isdigit() else self.redis_url
+
+    @property
+    def prepare_stream_threshold_bytes(self) -> int:
+        return int(self.prepare_stream_threshold_mb * 1024 * 1024)
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(key.strip() for key in self.api_keys.split(",") if key.strip())
+
+    @property
+    def stream_secret(self) -> str:
+        """Outside prod an unset secret is derived from the API keys, so every local API
+        process agrees on it; prod refuses an empty STREAM_TOKEN_SECRET (validator above)."""
+        if self.stream_token_secret:
+            return self.stream_token_secret
+        return hashlib.sha256(f"yousync-stream:{self.api_keys}".encode()).hexdigest()
 
     @property
     def max_upload_bytes(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated
 
@@ -10,6 +11,7 @@ from fastapi import Depends, Request
 from config import Settings
 from services.events import EventHub
 from services.jobs import AsyncJobStore
+from services.limits import UploadSlots
 from services.submission import Enqueue
 
 
@@ -19,6 +21,8 @@ class AppServices:
     jobs: AsyncJobStore
     hub: EventHub
     enqueue: Enqueue
+    revoke: Callable[[str], None]
+    upload_slots: UploadSlots
 
 
 def get_services(request: Request) -> AppServices:
@@ -42,6 +46,16 @@ def get_enqueue(request: Request) -> Enqueue:
     return get_services(request).enqueue
 
 
+def get_revoke(request: Request) -> Callable[[str], None]:
+    return get_services(request).revoke
+
+
+def get_upload_slots(request: Request) -> UploadSlots:
+    return get_services(request).upload_slots
+
+
+UploadSlotsDep = Annotated[UploadSlots, Depends(get_upload_slots)]
+RevokeDep = Annotated[Callable[[str], None], Depends(get_revoke)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 JobsDep = Annotated[AsyncJobStore, Depends(get_jobs)]
 HubDep = Annotated[EventHub, Depends(get_hub)]

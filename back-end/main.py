@@ -16,16 +16,20 @@ import aioboto3
 import anyio
 import httpx
 import redis.asyncio as aioredis
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 
 import api_errors
 from config import get_settings
 from deps import AppServices
-from router import health, pages, user_audio_router
+from router import health, metrics, pages, user_audio_router
+from router.security import require_auth
+from services import logging_setup
 from services.events import EventHub
 from services.jobs import AsyncJobStore
+from services.limits import UploadSlots
+from services.metrics import bind as bind_metrics
 from services.stall_watch import watch_stalls
 from services.storage import s3_client_kwargs
 
@@ -37,6 +41,13 @@ def _enqueue(job_id: str, task_id: str) -> None:
     from tasks.audio_tasks import analyze_audio
 
     analyze_audio.apply_async(args=[job_id], task_id=task_id)
+
+
+def _revoke(task_id: str) -> None:
+    """Blocking broadcast to the workers: a queued task is dropped when it is received."""
+    from celery_app import celery_app
+
+    celery_app.control.revoke(task_id)
 
 
 def _broker_ping() -> None:
@@ -106,12 +117,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "s3": s3_ready,
             "analysis_server": analysis_ready,
         }
-        app.state.services = AppServices(settings=settings, jobs=store, hub=hub, enqueue=_enqueue)
+        app.state.services = AppServices(
+            settings=settings,
+            jobs=store,
+            hub=hub,
+            enqueue=_enqueue,
+            revoke=_revoke,
+            upload_slots=UploadSlots(settings.upload_max_concurrent_per_client),
+        )
+        app.state.metrics = bind_metrics(hub=hub, redis=client)
         yield
 
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    logging_setup.configure("api", level=settings.log_level, log_format=settings.log_format)
     app = FastAPI(
         title="YouSync API",
         version="0.1.0",
@@ -125,9 +145,12 @@ def create_app() -> FastAPI:
         allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
         expose_headers=["Location"],
     )
+    # Outermost: one log line (and the HTTP metrics) per request, preflights included.
+    app.add_middleware(logging_setup.RequestLogMiddleware)
     api_errors.install(app)
     app.include_router(health.router)
-    app.include_router(user_audio_router.router)
+    app.include_router(metrics.router, dependencies=[Depends(require_auth)])
+    app.include_router(user_audio_router.router, dependencies=[Depends(require_auth)])
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=pages.STATIC_DIR), name="static")
     return app

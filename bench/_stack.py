@@ -1,14 +1,18 @@
-"""A private stack for one benchmark run (the same launchers the tests use)."""
+"""A private stack for one benchmark run (the same launchers the tests use), plus the small
+helpers every benchmark shares: percentiles, /proc readings, and result files with table rows.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import os
 import platform
+import resource
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from devtools import stack
@@ -75,14 +79,64 @@ def percentile(values: list[float], pct: float) -> float:
     return ordered[index]
 
 
-def write_result(name: str, figures: dict[str, object]) -> Path:
+@dataclass(frozen=True)
+class Row:
+    """One line of bench/results/summary.md (and of CELERY_GUIDE.md §6): a measured figure,
+    the target the benchmark issue set for it (empty when it has none) and whether it was met."""
+
+    figure: str
+    value: str
+    target: str = ""
+    met: bool | None = None
+    command: str = ""
+
+
+def write_result(name: str, figures: dict[str, object], rows: list[Row] | None = None) -> Path:
     RESULTS.mkdir(exist_ok=True)
     path = RESULTS / f"{name}.json"
     payload = {
         "benchmark": name,
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "machine": {"python": platform.python_version(), "cpus": __import__("os").cpu_count()},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count()},
         "figures": figures,
+        "rows": [asdict(row) for row in rows or []],
     }
     path.write_text(json.dumps(payload, indent=2))
     return path
+
+
+def command_for(script: str) -> str:
+    """How to reproduce one benchmark alone (what `make bench` runs for every script)."""
+    return f"PYTHONPATH=.:back-end:analysis-server .venv/bin/python bench/{script}"
+
+
+# --- /proc readings of child processes (Linux only, like the benchmarks) -----------------
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def rss_kb(pid: int) -> int:
+    """Resident set size (VmRSS) of a process in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may contain spaces
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit; children inherit it.
+    Thousands of sockets need it on both ends. Returns the new soft limit."""
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard

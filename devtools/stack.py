@@ -252,7 +252,11 @@ def api_proc(env: Mapping[str, str], workdir: Path, port: int | None = None) -> 
 
 
 def worker_proc(
-    env: Mapping[str, str], workdir: Path, name: str = "w1", concurrency: int = 2
+    env: Mapping[str, str],
+    workdir: Path,
+    name: str = "w1",
+    concurrency: int = 2,
+    queues: str = "audio_queue,maintenance",
 ) -> Proc:
     hostname = f"{name}@%h"
     ready_marker = workdir / f"worker-{name}.ready"
@@ -270,7 +274,7 @@ def worker_proc(
             "celery_app",
             "worker",
             "--loglevel=info",
-            "--queues=audio_queue",
+            f"--queues={queues}",
             f"--concurrency={concurrency}",
             "--pool=prefork",
             f"--hostname={hostname}",
@@ -283,4 +287,52 @@ def worker_proc(
         log_path=workdir / f"worker-{name}.log",
         ready=ready,
         ready_timeout=60.0,
+    )
+
+
+def flower_proc(
+    env: Mapping[str, str], workdir: Path, *, basic_auth: str, port: int | None = None
+) -> Proc:
+    """Flower against the stack's broker (`celery -A celery_app flower`, as in Procfile.dev)."""
+    port = port or free_port()
+    return Proc(
+        name=f"flower:{port}",
+        argv=[
+            str(BIN / "celery"),
+            "-A",
+            "celery_app",
+            "flower",
+            "--address=127.0.0.1",
+            f"--port={port}",
+            f"--basic-auth={basic_auth}",
+        ],
+        env=service_env(env),
+        cwd=BACK_END,
+        log_path=workdir / f"flower-{port}.log",
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthcheck"),
+        ready_timeout=30.0,
+    )
+
+
+def beat_proc(env: Mapping[str, str], workdir: Path) -> Proc:
+    """Celery Beat (as in Procfile.dev), its schedule file in `workdir`; ready once it logs
+    that it started, since Beat serves nothing to poll."""
+    log_path = workdir / "beat.log"
+    with contextlib.suppress(FileNotFoundError):
+        log_path.unlink()
+    return Proc(
+        name="beat",
+        argv=[
+            str(BIN / "celery"),
+            "-A",
+            "celery_app",
+            "beat",
+            "--loglevel=info",
+            f"--schedule={workdir / 'celerybeat-schedule'}",
+        ],
+        env=service_env(env),
+        cwd=BACK_END,
+        log_path=log_path,
+        ready=lambda: "beat: Starting" in log_path.read_text(errors="replace"),
+        ready_timeout=30.0,
     )

@@ -2,9 +2,10 @@
 # Install the Debian packages the project needs, but only those whose command is missing, so
 # `make setup` can call this on every run: silent and instant when everything is there.
 #
-# Usage: scripts/ensure_system_deps.sh [python] [services]     (no argument: services)
+# Usage: scripts/ensure_system_deps.sh [python] [services] [browser]   (no argument: services)
 #   python    python3 and python3-venv (Debian's python3 has no venv/ensurepip without it)
 #   services  redis-server (tests and `make dev` start private ones) and ffmpeg (pydub decodes)
+#   browser   chromium, which the Playwright tests drive (`make test`; never `playwright install`)
 set -euo pipefail
 
 missing=()
@@ -34,8 +35,11 @@ for group in "${groups[@]}"; do
             need_cmd redis-server redis-server
             need_cmd ffmpeg ffmpeg
             ;;
+        browser)
+            need_cmd chromium chromium
+            ;;
         *)
-            echo "ensure_system_deps: unknown group '$group' (python|services)" >&2
+            echo "ensure_system_deps: unknown group '$group' (python|services|browser)" >&2
             exit 2
             ;;
     esac
@@ -77,6 +81,9 @@ for group in "${groups[@]}"; do
         services)
             command -v redis-server >/dev/null 2>&1 || still_missing+=(redis-server)
             command -v ffmpeg >/dev/null 2>&1 || still_missing+=(ffmpeg)
+            ;;
+        browser)
+            command -v chromium >/dev/null 2>&1 || still_missing+=(chromium)
             ;;
     esac
 done

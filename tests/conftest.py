@@ -160,3 +160,41 @@ def pipeline(api_url: str, worker_service: stack.Proc, analysis_service: stack.P
 @pytest.fixture
 def token_id() -> str:
     return f"tok-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def flower_auth() -> tuple[str, str]:
+    return ("flower-test", "flower-secret")
+
+
+@pytest.fixture(scope="session")
+def flower_service(
+    backend_env: dict[str, str],
+    workdir: Path,
+    worker_service: stack.Proc,
+    flower_auth: tuple[str, str],
+) -> Iterator[stack.Proc]:
+    """Flower against the test broker with basic auth `flower_auth` (as `make dev` runs it)."""
+    proc = stack.flower_proc(backend_env, workdir, basic_auth=":".join(flower_auth)).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def flower_url(flower_service: stack.Proc) -> str:
+    return f"http://127.0.0.1:{flower_service.name.split(':')[1]}"
+
+
+@pytest.fixture(scope="session")
+def celery_client(backend_env: dict[str, str], worker_service: stack.Proc) -> Iterator[object]:
+    """A bare Celery client (`celery.Celery`) of the test broker: sends tasks by name, as Beat
+    does, to the session's worker and reads their results back."""
+    from celery import Celery
+
+    from config import Settings
+
+    broker = Settings(redis_url=backend_env["REDIS_URL"]).broker_url
+    app = Celery("test-client", broker=broker, backend=broker)
+    app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    yield app
+    app.close()

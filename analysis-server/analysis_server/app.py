@@ -1,6 +1,7 @@
-"""The analysis HTTP service: POST /analyze, /healthz, /readyz.
+"""The analysis HTTP service: POST /analyze, /references/{token_id}, /healthz, /readyz.
 
-Run with `cd analysis-server && uvicorn analysis_server.app:app --port 8001`.
+Run with `cd analysis-server && uvicorn analysis_server.app:app --port 8001`; the OpenAPI
+document is at /openapi.json and browsable at /docs.
 
 POST /analyze answers JSON by default. With `Accept: application/x-ndjson` it streams one JSON
 object per line instead:
@@ -10,6 +11,10 @@ object per line instead:
     {"error": {"code": "...", "message": "..."}} last line if a stage fails mid-stream
 Fetch and decode happen before the response starts, so a missing object, an oversized or
 undecodable file, or unreachable storage still get their 4xx/5xx status, never a 200 stream.
+
+References: `PUT /references/{token_id}` (raw audio body) stores the original line a token's
+takes are compared with; `GET` returns it, `DELETE` removes it. While one exists, every
+analysis for that token carries a `sync` block (offset, timing, 0–100 score).
 """
 
 from __future__ import annotations
@@ -22,13 +27,32 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import anyio
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from analysis_server.analysis import Pacing, Progress, analyse, fetch_and_decode
+from analysis_server.analysis import (
+    Inputs,
+    Pacing,
+    Progress,
+    analyse,
+    fetch_and_decode,
+    fetch_reference,
+)
 from analysis_server.config import Settings, get_settings
-from analysis_server.errors import AnalysisError, install_error_handlers
-from analysis_server.models import AnalysisResult, AnalyzeRequest, ErrorBody
+from analysis_server.errors import AnalysisError, AudioTooLarge, install_error_handlers
+from analysis_server.models import (
+    TOKEN_ID_PATTERN,
+    AnalysisResult,
+    AnalyzeRequest,
+    ErrorBody,
+    ReferenceInfo,
+)
+from analysis_server.references import (
+    delete_reference,
+    open_reference,
+    reference_key,
+    store_reference,
+)
 from analysis_server.storage import S3Client, check_bucket, open_s3_client
 
 log = logging.getLogger(__name__)
@@ -52,6 +76,7 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+TokenId = Annotated[str, Path(pattern=TOKEN_ID_PATTERN, description="The token's id.")]
 
 
 def wants_ndjson(accept: str) -> bool:
@@ -136,14 +161,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             min_seconds=settings.analysis_min_seconds,
             interval=settings.analysis_progress_interval_seconds,
         )
+        limits = {
+            "max_bytes": settings.analysis_max_bytes,
+            "max_duration_seconds": settings.analysis_max_duration_seconds,
+            "limiter": services.limiter,
+        }
         audio, size = await fetch_and_decode(
-            services.s3,
-            request=body,
-            max_bytes=settings.analysis_max_bytes,
-            max_duration_seconds=settings.analysis_max_duration_seconds,
-            limiter=services.limiter,
+            services.s3, bucket=body.bucket, key=body.key, **limits
         )
-        events = analyse(audio, request=body, size=size, pacing=pacing, limiter=services.limiter)
+        reference = await fetch_reference(
+            services.s3, bucket=settings.s3_bucket, key=reference_key(body.token_id), **limits
+        )
+        inputs = Inputs(audio=audio, reference=reference, max_offset_ms=settings.sync_max_offset_ms)
+        events = analyse(inputs, request=body, size=size, pacing=pacing, limiter=services.limiter)
         if wants_ndjson(request.headers.get("accept", "")):
             return StreamingResponse(
                 ndjson_lines(events),
@@ -156,6 +186,90 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 result = event
         assert result is not None, "analyse() always ends with a result"
         return result
+
+    @app.put(
+        "/references/{token_id}",
+        status_code=201,
+        response_model=ReferenceInfo,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "The original line, as an audio file (any format ffmpeg reads).",
+                "content": {"audio/*": {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+        responses={
+            200: {"model": ReferenceInfo, "description": "replaced the token's reference"},
+            201: {"description": "stored the token's first reference"},
+            413: {"model": ErrorBody, "description": "audio_too_large"},
+            422: {
+                "model": ErrorBody,
+                "description": "invalid_request, undecodable_audio, audio_too_long, empty_audio",
+            },
+            503: {"model": ErrorBody, "description": "storage_unavailable, decoder_unavailable"},
+        },
+    )
+    async def put_reference(
+        token_id: TokenId, request: Request, response: Response, services: ServicesDep
+    ) -> ReferenceInfo:
+        """Store (or replace) the original line of `token_id`; it must decode as audio."""
+        settings = services.settings
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > settings.analysis_max_bytes:
+            # Refused before reading a byte; the streamed count below catches liars.
+            raise AudioTooLarge(
+                f"the reference is {declared} bytes; the limit is {settings.analysis_max_bytes}"
+            )
+        info, created = await store_reference(
+            services.s3,
+            bucket=settings.s3_bucket,
+            token_id=token_id,
+            chunks=request.stream(),
+            declared_type=request.headers.get("content-type"),
+            max_bytes=settings.analysis_max_bytes,
+            max_duration_seconds=settings.analysis_max_duration_seconds,
+            limiter=services.limiter,
+        )
+        response.status_code = 201 if created else 200
+        return info
+
+    @app.get(
+        "/references/{token_id}",
+        response_class=StreamingResponse,
+        responses={
+            200: {"content": {"audio/*": {}}, "description": "the stored audio, as uploaded"},
+            404: {"model": ErrorBody, "description": "reference_not_found"},
+            503: {"model": ErrorBody, "description": "storage_unavailable"},
+        },
+    )
+    async def get_reference(token_id: TokenId, services: ServicesDep) -> StreamingResponse:
+        """The stored original line, streamed from storage as it was uploaded."""
+        stored = await open_reference(
+            services.s3, bucket=services.settings.s3_bucket, token_id=token_id
+        )
+        headers = {"Content-Length": str(stored.size)}
+        headers.update(
+            {
+                f"X-Reference-{name.title()}": value
+                for name, value in stored.metadata.items()
+                if name in {"duration-ms", "sample-rate", "channels"}
+            }
+        )
+        return StreamingResponse(stored.chunks(), media_type=stored.content_type, headers=headers)
+
+    @app.delete(
+        "/references/{token_id}",
+        status_code=204,
+        response_class=Response,
+        responses={
+            404: {"model": ErrorBody, "description": "reference_not_found"},
+            503: {"model": ErrorBody, "description": "storage_unavailable"},
+        },
+    )
+    async def remove_reference(token_id: TokenId, services: ServicesDep) -> Response:
+        """Forget the token's reference; later analyses carry no `sync` block."""
+        await delete_reference(services.s3, bucket=services.settings.s3_bucket, token_id=token_id)
+        return Response(status_code=204)
 
     return app
 

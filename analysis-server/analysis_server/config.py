@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     analysis_max_duration_seconds: float = Field(600.0, gt=0)
     # Decodes and feature passes running at once (each holds a decoded clip in memory).
     analysis_max_concurrency: int = Field(4, ge=1)
+    # How far apart a take and its reference may start and still be aligned: the lags the
+    # cross-correlation searches. Recordings start when the user presses the button, so a
+    # second or two of lead-in is normal; beyond 5 s an alignment is more likely a coincidence.
+    sync_max_offset_ms: float = Field(5000.0, gt=0)
 
     @model_validator(mode="after")
     def _refuse_local_dummies_in_prod(self) -> Settings:

@@ -31,6 +31,11 @@ class ObjectNotFound(AnalysisError):
     code = "object_not_found"
 
 
+class ReferenceNotFound(AnalysisError):
+    status_code = 404
+    code = "reference_not_found"
+
+
 class AudioTooLarge(AnalysisError):
     status_code = 413
     code = "audio_too_large"

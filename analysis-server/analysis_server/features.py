@@ -10,7 +10,7 @@ Nothing here knows about pydub, files or HTTP, so each function is tested on syn
 
 from __future__ import annotations
 
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -179,7 +179,7 @@ def voiced_segments(
     ]
 
 
-def estimate_pitch_hz(
+def pitch_track(
     mono: FloatArray,
     sample_rate: int,
     *,
@@ -190,22 +190,24 @@ def estimate_pitch_hz(
     voicing_threshold: float = 0.5,
     silence_threshold_dbfs: float = SILENCE_THRESHOLD_DBFS,
     block_frames: int = 512,
-) -> float | None:
-    """Median fundamental frequency over periodic frames, by per-frame autocorrelation.
+) -> npt.NDArray[np.float64]:
+    """Fundamental frequency (Hz) of each periodic frame, in time order, by autocorrelation.
 
     A frame counts when it is above the silence threshold and its normalised autocorrelation
     peak within [fmin, fmax] reaches `voicing_threshold` (noise stays far below). The first
     peak within 90 % of the best one is taken, not the best itself, which avoids the classic
     octave-down error (every multiple of the period correlates as well as the period); a
-    parabola through the peak and its neighbours gives sub-sample lag precision. None when no
-    frame is periodic enough.
+    parabola through the peak and its neighbours gives sub-sample lag precision. Empty when
+    no frame is periodic enough. Frames are processed `block_frames` at a time, so memory
+    stays bounded on long clips.
     """
+    none = np.empty(0, dtype=np.float64)
     frame_len = round(sample_rate * frame_ms / 1000)
     hop = max(1, round(sample_rate * hop_ms / 1000))
     lag_min = max(2, int(np.floor(sample_rate / fmax)))
     lag_max = int(np.ceil(sample_rate / fmin))
     if mono.size < frame_len or lag_max + 2 >= frame_len:
-        return None
+        return none
     n_frames = 1 + (mono.size - frame_len) // hop
     n_fft = 1 << int(np.ceil(np.log2(2 * frame_len)))
     threshold_power = 10 ** (silence_threshold_dbfs / 10)
@@ -258,6 +260,148 @@ def estimate_pitch_hz(
         peak_lags = lag_min + index + np.clip(shift, -0.5, 0.5)
         estimates.append(sample_rate / peak_lags)
 
-    if not estimates:
+    return np.concatenate(estimates) if estimates else none
+
+
+def estimate_pitch_hz(mono: FloatArray, sample_rate: int, **options: Any) -> float | None:
+    """Median F0 over periodic frames (see `pitch_track` for the options); None if none.
+
+    The median, not the mean: a few octave errors or a consonant's stray period must not
+    move the answer."""
+    track = pitch_track(mono, sample_rate, **options)
+    return float(np.median(track)) if track.size else None
+
+
+def pitch_range_hz(
+    track: npt.NDArray[np.float64], *, low_percentile: float = 5.0, high_percentile: float = 95.0
+) -> tuple[float, float] | None:
+    """The spread of a pitch track as (low, high) percentiles; None for an empty track.
+
+    Percentiles rather than min/max, because a single mis-tracked frame would otherwise set
+    the range: the 5th–95th percentile is what a listener would call the voice's range."""
+    if track.size == 0:
         return None
-    return float(np.median(np.concatenate(estimates)))
+    low, high = np.percentile(track, [low_percentile, high_percentile])
+    return float(low), float(high)
+
+
+def segments_per_minute(segment_count: int, total_ms: int) -> float | None:
+    """Speech-rate proxy: voiced stretches per minute of audio; None when there is no audio.
+
+    Real speech rate is syllables per minute, which needs a phonetic model; stretches of
+    sound between pauses rise and fall with it (a hurried take has more, shorter ones per
+    minute than a measured one), which is what comparing a take with the original needs."""
+    if total_ms <= 0:
+        return None
+    return segment_count * 60_000 / total_ms
+
+
+# --- integrated loudness (ITU-R BS.1770-4 / EBU R 128) --------------------------------------
+
+# The K-weighting filter as libebur128 and ffmpeg define it: the analogue parameters that
+# reproduce BS.1770's published 48 kHz coefficients exactly, so any sample rate gets the
+# filter the standard means (re-using the 48 kHz coefficients at 16 kHz would be wrong).
+_SHELF_HZ, _SHELF_GAIN_DB, _SHELF_Q = 1681.974450955533, 3.999843853973347, 0.7071752369554196
+_HIGHPASS_HZ, _HIGHPASS_Q = 38.13547087602444, 0.5003270373238773
+LOUDNESS_BLOCK_MS = 400
+LOUDNESS_STEP_MS = 100  # 75 % overlap between gating blocks
+ABSOLUTE_GATE_LUFS = -70.0
+RELATIVE_GATE_LU = -10.0
+
+
+def k_weighting_biquads(sample_rate: int) -> tuple[tuple[list[float], list[float]], ...]:
+    """(b, a) of BS.1770's two stages at `sample_rate`: a high shelf (+4 dB above ≈ 1.7 kHz,
+    the head's effect) then a high-pass at ≈ 38 Hz (RLB weighting)."""
+    k = np.tan(np.pi * _SHELF_HZ / sample_rate)
+    vh = 10 ** (_SHELF_GAIN_DB / 20)
+    vb = vh**0.4996667741545416
+    a0 = 1 + k / _SHELF_Q + k * k
+    shelf_b = [
+        (vh + vb * k / _SHELF_Q + k * k) / a0,
+        2 * (k * k - vh) / a0,
+        (vh - vb * k / _SHELF_Q + k * k) / a0,
+    ]
+    shelf = (shelf_b, [1.0, 2 * (k * k - 1) / a0, (1 - k / _SHELF_Q + k * k) / a0])
+    k = np.tan(np.pi * _HIGHPASS_HZ / sample_rate)
+    a0 = 1 + k / _HIGHPASS_Q + k * k
+    highpass = ([1.0, -2.0, 1.0], [1.0, 2 * (k * k - 1) / a0, (1 - k / _HIGHPASS_Q + k * k) / a0])
+    return shelf, highpass
+
+
+def k_weighting_response(n_fft: int, sample_rate: int) -> npt.NDArray[np.complex128]:
+    """The K filter's complex frequency response at the `n_fft`-point rfft bins."""
+    z = np.exp(-1j * np.pi * np.arange(n_fft // 2 + 1) / (n_fft // 2))  # z^-1 per bin
+    response = np.ones(z.size, dtype=np.complex128)
+    for b, a in k_weighting_biquads(sample_rate):
+        response *= (b[0] + b[1] * z + b[2] * z * z) / (a[0] + a[1] * z + a[2] * z * z)
+    return response
+
+
+def _k_weighting_taps(sample_rate: int) -> int:
+    """How long the filter rings: until its slowest pole has decayed by 160 dB."""
+    radii = [np.sqrt(abs(a[2])) for _b, a in k_weighting_biquads(sample_rate)]
+    return int(np.ceil(np.log(1e-8) / np.log(max(radii)))) + 1
+
+
+def k_weighted_block_power(
+    channel: FloatArray, sample_rate: int, *, step_len: int, chunk_steps: int = 64
+) -> npt.NDArray[np.float64]:
+    """Mean square of the K-weighted channel per `step_len` samples (the last step partial).
+
+    The IIR filter is applied as its (decayed-to-nothing) impulse response by FFT overlap-add,
+    chunk by chunk: numpy has no vectorised recursive filter, a Python loop over samples
+    would take minutes, and the whole filtered signal is never held in memory (only the
+    per-step sums are kept)."""
+    taps = _k_weighting_taps(sample_rate)
+    chunk = step_len * chunk_steps
+    n_fft = 1 << int(np.ceil(np.log2(chunk + taps)))
+    response = k_weighting_response(n_fft, sample_rate)
+    sums: list[npt.NDArray[np.float64]] = []
+    carry = np.zeros(taps, dtype=np.float64)
+    for start in range(0, channel.size, chunk):
+        piece = channel[start : start + chunk].astype(np.float64)
+        filtered = np.fft.irfft(np.fft.rfft(piece, n_fft) * response, n_fft)[: piece.size + taps]
+        filtered[:taps] += carry
+        carry = filtered[piece.size : piece.size + taps].copy()
+        out = filtered[: piece.size]
+        whole = out.size // step_len * step_len
+        steps = out[:whole].reshape(-1, step_len)
+        sums.append(np.einsum("ij,ij->i", steps, steps) / step_len)
+        if whole < out.size:
+            tail = out[whole:]
+            sums.append(np.array([float(tail @ tail) / tail.size]))
+    return np.concatenate(sums) if sums else np.empty(0, dtype=np.float64)
+
+
+def integrated_loudness_lufs(samples: FloatArray, sample_rate: int) -> float | None:
+    """Integrated loudness in LUFS (BS.1770-4 gating), every channel weighted 1.0.
+
+    400 ms blocks every 100 ms; blocks under -70 LUFS are dropped (absolute gate), then those
+    more than 10 LU below the mean of the rest (relative gate), so pauses do not drag a
+    spoken line's loudness down the way they drag its RMS level. A full-scale 997 Hz sine in
+    one channel reads -3.01 LUFS. Channel weights are all 1.0 because uploads carry no
+    surround layout (the standard's 1.41 applies to surround channels only). None when the
+    clip is shorter than one block or every block is gated out (silence).
+    """
+    frames = samples.reshape(samples.shape[0], -1)
+    step_len = round(sample_rate * LOUDNESS_STEP_MS / 1000)
+    steps_per_block = LOUDNESS_BLOCK_MS // LOUDNESS_STEP_MS
+    whole_steps = frames.shape[0] // step_len
+    if whole_steps < steps_per_block:
+        return None
+    total = np.zeros(whole_steps, dtype=np.float64)
+    for index in range(frames.shape[1]):
+        power = k_weighted_block_power(
+            np.ascontiguousarray(frames[:, index]), sample_rate, step_len=step_len
+        )
+        total += power[:whole_steps]  # a trailing partial step belongs to no complete block
+    kernel = np.ones(steps_per_block) / steps_per_block
+    blocks = np.convolve(total, kernel, mode="valid")  # mean power of each 400 ms block
+    with np.errstate(divide="ignore"):
+        loudness = -0.691 + 10 * np.log10(blocks)
+    kept = blocks[loudness > ABSOLUTE_GATE_LUFS]
+    if kept.size == 0:
+        return None
+    relative_gate = -0.691 + 10 * np.log10(kept.mean()) + RELATIVE_GATE_LU
+    gated = kept[-0.691 + 10 * np.log10(kept) > relative_gate]
+    return float(-0.691 + 10 * np.log10(gated.mean()))

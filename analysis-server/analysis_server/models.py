@@ -5,7 +5,12 @@ from __future__ import annotations
 from pydantic import BaseModel, Field
 
 # Bumped whenever a feature's definition changes, so stored results can be told apart.
-ANALYSIS_VERSION = "1"
+# 2: integrated loudness, pitch range, speech rate, quality warnings, sync against a reference.
+ANALYSIS_VERSION = "2"
+
+# Token ids become part of an S3 key (references/{token_id}): letters, digits and . _ - only,
+# so no id can climb out of the prefix or need escaping.
+TOKEN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
 class AnalyzeRequest(BaseModel):
@@ -28,6 +33,38 @@ class VoicedSegment(BaseModel):
     end_ms: int
 
 
+class QualityWarning(BaseModel):
+    code: str = Field(description="too_quiet, clipped, mostly_silence or too_short.")
+    message: str = Field(description="Plain language, fit to show the person who recorded.")
+
+
+class Quality(BaseModel):
+    ok: bool = Field(description="True when there is nothing to warn about.")
+    warnings: list[QualityWarning]
+
+
+class SyncComponents(BaseModel):
+    """Each in [0, 1]; the score is their weighted geometric mean × 100."""
+
+    envelope: float = Field(description="Squared correlation of the aligned energy envelopes.")
+    timing: float = Field(description="1 / (1 + drift / 80 ms), drift from DTW after alignment.")
+    sound_balance: float = Field(description="Shorter over longer total time with sound.")
+
+
+class SyncResult(BaseModel):
+    reference_duration_ms: int
+    offset_ms: float = Field(
+        description="How late the take starts against the reference (negative: early), from "
+        "cross-correlating energy envelopes. A constant offset does not lower the score."
+    )
+    envelope_correlation: float = Field(ge=-1, le=1)
+    timing_deviation_ms: float = Field(
+        ge=0, description="Mean drift of the DTW path from perfect timing, after alignment."
+    )
+    sync_score: float = Field(ge=0, le=100)
+    components: SyncComponents
+
+
 class AnalysisResult(BaseModel):
     job_id: str
     token_id: str
@@ -40,8 +77,33 @@ class AnalysisResult(BaseModel):
     channels: int
     sample_width: int = Field(description="Bytes per sample of the decoded PCM.")
     loudness_dbfs: float | None = Field(description="RMS level of the whole clip; null if silent.")
+    loudness_lufs: float | None = Field(
+        description="Integrated loudness (ITU-R BS.1770 / EBU R 128 gating); null if silent "
+        "or shorter than one 400 ms block."
+    )
     peak_dbfs: float | None
     silence_ratio: float = Field(ge=0, le=1)
     clipping_ratio: float = Field(ge=0, le=1)
     voiced_segments: list[VoicedSegment]
+    segments_per_minute: float | None = Field(
+        description="Speech-rate proxy: voiced segments per minute of audio."
+    )
     pitch_hz: float | None = Field(description="Median F0 of periodic frames; null if none.")
+    pitch_low_hz: float | None = Field(description="5th percentile of F0 over periodic frames.")
+    pitch_high_hz: float | None = Field(description="95th percentile of F0 over periodic frames.")
+    quality: Quality
+    sync: SyncResult | None = Field(
+        description="Only when a reference is stored for the token (PUT /references/{token_id})."
+    )
+
+
+class ReferenceInfo(BaseModel):
+    """What PUT /references/{token_id} stored."""
+
+    token_id: str
+    key: str
+    bytes: int
+    content_type: str
+    duration_ms: int
+    sample_rate: int
+    channels: int

@@ -146,3 +146,82 @@ async def check_bucket(s3: S3Client, *, bucket: str, within_seconds: float) -> B
         error = f"{type(exc).__name__}: {exc}"
     latency_ms = round((time.perf_counter() - started) * 1000, 1)
     return BucketCheck(ok=error is None, latency_ms=latency_ms, error=error)
+
+
+def _map_errors(exc: Exception, *, bucket: str, key: str) -> AnalysisError:
+    if isinstance(exc, ClientError):
+        return _client_error_to_analysis_error(exc, bucket=bucket, key=key)
+    return StorageUnavailable(f"storage unreachable: {type(exc).__name__}: {exc}")
+
+
+async def head_object(s3: S3Client, *, bucket: str, key: str) -> dict[str, Any] | None:
+    """The object's metadata (HeadObject's answer), or None when there is no such object."""
+    try:
+        response: dict[str, Any] = await s3.head_object(Bucket=bucket, Key=key)
+    except (ClientError, *_TRANSIENT_ERRORS) as exc:
+        error = _map_errors(exc, bucket=bucket, key=key)
+        if isinstance(error, ObjectNotFound):
+            return None
+        raise error from exc
+    return response
+
+
+async def upload_file(
+    s3: S3Client,
+    *,
+    path: str,
+    bucket: str,
+    key: str,
+    content_type: str,
+    metadata: dict[str, str],
+) -> None:
+    """Upload a local file; multipart above boto's threshold, read through an async file so
+    no disk read blocks the event loop."""
+    try:
+        async with await anyio.open_file(path, "rb") as handle:
+            await s3.upload_fileobj(
+                handle,
+                bucket,
+                key,
+                ExtraArgs={"ContentType": content_type, "Metadata": metadata},
+            )
+    except (ClientError, *_TRANSIENT_ERRORS) as exc:
+        raise _map_errors(exc, bucket=bucket, key=key) from exc
+
+
+async def delete_object(s3: S3Client, *, bucket: str, key: str) -> None:
+    try:
+        await s3.delete_object(Bucket=bucket, Key=key)
+    except (ClientError, *_TRANSIENT_ERRORS) as exc:
+        raise _map_errors(exc, bucket=bucket, key=key) from exc
+
+
+@dataclass(frozen=True)
+class ObjectStream:
+    """An open GetObject: headers known, body still to be read with `chunks()`."""
+
+    size: int
+    content_type: str
+    metadata: dict[str, str]
+    body: Any
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The body in pieces; the connection is released when this ends or is cancelled
+        (a client that hangs up mid-download)."""
+        async with self.body:
+            while chunk := await self.body.read(READ_CHUNK_BYTES):
+                yield chunk
+
+
+async def open_object(s3: S3Client, *, bucket: str, key: str) -> ObjectStream:
+    """Start a GetObject; raises ObjectNotFound, StorageUnavailable or StorageError."""
+    try:
+        response = await s3.get_object(Bucket=bucket, Key=key)
+    except (ClientError, *_TRANSIENT_ERRORS) as exc:
+        raise _map_errors(exc, bucket=bucket, key=key) from exc
+    return ObjectStream(
+        size=int(response.get("ContentLength") or 0),
+        content_type=str(response.get("ContentType") or "application/octet-stream"),
+        metadata=dict(response.get("Metadata") or {}),
+        body=response["Body"],
+    )

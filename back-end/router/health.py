@@ -1,12 +1,13 @@
 """Liveness and readiness. /healthz never touches a dependency (a load balancer must not kill a
-healthy process because Redis blinked); /readyz reports each dependency separately."""
+healthy process because Redis blinked); /readyz reports each dependency separately — status,
+latency, error — and answers 503 while any required one is down."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from services.readiness import check_all
+from services.readiness import check_all, is_ready
 
 router = APIRouter(tags=["health"])
 
@@ -16,11 +17,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Redis, broker, S3 and the analysis server, each reported")
+@router.get(
+    "/readyz",
+    summary="Redis, broker, S3 bucket and the analysis server, each reported; 503 if one is down",
+    responses={503: {"description": "A required dependency is down (named in `checks`)"}},
+)
 async def readyz(request: Request) -> JSONResponse:
     checks = await check_all(request.app.state.readiness_checks)
-    ready = all(check["ok"] for check in checks.values())
+    ready = is_ready(checks)
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks},
         status_code=200 if ready else 503,
+        headers={"Cache-Control": "no-store"},
     )

@@ -29,6 +29,7 @@ class UploadAccepted(BaseModel):
     progress_url: str
     result_url: str
     stream_token: str | None = None
+    deduplicated: bool = False
 
 
 class ErrorBody(BaseModel):

@@ -10,10 +10,13 @@ from fastapi.responses import JSONResponse
 from sse_starlette import EventSourceResponse
 
 from config import Settings
-from deps import EnqueueDep, HubDep, JobsDep, SettingsDep
+from deps import EnqueueDep, HubDep, JobsDep, RevokeDep, SettingsDep, UploadSlotsDep
 from router.schemas import ERROR_RESPONSES, JobId, TokenId, UploadAccepted
+from services.auth import issue_stream_token
+from services.control import cancel_job, retry_job
 from services.events import EventHub, ShutdownSignal
 from services.jobs import AsyncJobStore
+from services.limits import TooManyStreams
 from services.models import JobSnapshot
 from services.progress_stream import (
     AlreadyFinished,
@@ -23,7 +26,7 @@ from services.progress_stream import (
     feed_events,
 )
 from services.results import wait_for_snapshot
-from services.submission import submit_upload
+from services.submission import Enqueue, submit_upload
 
 router = APIRouter(prefix="/tokens", tags=["audio analysis"], responses=ERROR_RESPONSES)
 
@@ -61,13 +64,35 @@ def result_path(job_id: str) -> str:
     summary="Upload a recording; answers 202 at once with the job id",
 )
 async def upload_audio(
-    token_id: TokenId, request: Request, settings: SettingsDep, jobs: JobsDep, enqueue: EnqueueDep
+    token_id: TokenId,
+    request: Request,
+    settings: SettingsDep,
+    jobs: JobsDep,
+    enqueue: EnqueueDep,
+    slots: UploadSlotsDep,
+    idempotency_key: Annotated[
+        str | None, Header(description="Same key within 24 h: the same job, not a new one")
+    ] = None,
+) -> JSONResponse:
+    client = request.headers.get("authorization") or (request.client.host if request.client else "")
+    with slots.hold(client):
+        return await _upload(token_id, request, settings, jobs, enqueue, idempotency_key)
+
+
+async def _upload(
+    token_id: str,
+    request: Request,
+    settings: Settings,
+    jobs: AsyncJobStore,
+    enqueue: Enqueue,
+    idempotency_key: str | None,
 ) -> JSONResponse:
     accepted = await submit_upload(
         token_id=token_id,
         chunks=request.stream(),
         content_type=request.headers.get("content-type"),
         content_length=request.headers.get("content-length"),
+        idempotency_key=idempotency_key,
         settings=settings,
         store=jobs,
         enqueue=enqueue,
@@ -79,17 +104,24 @@ async def upload_audio(
         message=ACCEPTED_MESSAGE,
         progress_url=progress_path(accepted.job_id),
         result_url=result_path(accepted.job_id),
+        deduplicated=accepted.deduplicated,
+        stream_token=issue_stream_token(
+            settings.stream_secret, accepted.job_id, ttl_seconds=settings.stream_token_ttl_seconds
+        )
+        if settings.api_key_set
+        else None,
     )
-    return JSONResponse(
-        body.model_dump(exclude_none=True),
-        status_code=202,
-        headers={"Location": body.result_url},
-    )
+    headers = {"Location": body.result_url}
+    if accepted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=202, headers=headers)
 
 
 def _event_stream(
     jobs: AsyncJobStore, hub: EventHub, settings: Settings, feed: Feed, last: str | None
 ) -> EventSourceResponse:
+    if hub.client_count >= settings.sse_max_clients:
+        raise TooManyStreams()
     shutdown = ShutdownSignal()
     return EventSourceResponse(
         feed_events(
@@ -176,3 +208,31 @@ async def token_progress(
 ) -> Response:
     last = await check_token_stream_start(last_event_id_header or last_event_id)
     return _event_stream(jobs, hub, settings, Feed.for_token(token_id), last)
+
+
+@router.post(
+    "/analysis-cancel/{job_id}",
+    response_model=JobSnapshot,
+    summary="Cancel a queued or running job (409 when it already finished)",
+)
+async def cancel_analysis(
+    job_id: JobId, jobs: JobsDep, settings: SettingsDep, revoke: RevokeDep
+) -> JobSnapshot:
+    return await cancel_job(store=jobs, settings=settings, job_id=job_id, revoke=revoke)
+
+
+@router.post(
+    "/analysis-retry/{job_id}",
+    status_code=202,
+    response_model=JobSnapshot,
+    summary="Run a failed or cancelled job again from its first unfinished stage",
+)
+async def retry_analysis(
+    job_id: JobId, jobs: JobsDep, settings: SettingsDep, enqueue: EnqueueDep
+) -> JSONResponse:
+    retried = await retry_job(store=jobs, settings=settings, job_id=job_id, enqueue=enqueue)
+    return JSONResponse(
+        retried.snapshot.model_dump(mode="json"),
+        status_code=202,
+        headers={"Location": result_path(job_id)},
+    )

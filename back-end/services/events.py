@@ -26,7 +26,7 @@ from typing import Final
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from services import keys
+from services import keys, metrics
 from services.models import JobSnapshot, JobStatus
 
 log = logging.getLogger(__name__)
@@ -78,6 +78,7 @@ class Subscription:
             # client's last delivered id, so nothing is lost to it.
             while not self.queue.empty():
                 self.queue.get_nowait()
+            metrics.hub_resync("overflow")
             self.queue.put_nowait(SHUTDOWN if item is SHUTDOWN else RESYNC)
 
     async def get(self) -> Notification | _Control:
@@ -187,6 +188,7 @@ class EventHub:
                     await pubsub.aclose()
 
     def _resync_all(self) -> None:
+        metrics.hub_resync("resubscribe", self.client_count)
         for index in (self._by_job, self._by_token):
             for subs in index.values():
                 for sub in subs:

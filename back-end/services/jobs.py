@@ -80,6 +80,7 @@ if mode == 'create' then
 end
 if TERMINAL[new_status] then
   redis.call('ZREM', active, snapshot['job_id'])
+  if not TERMINAL[cur_status] then redis.call('HINCRBY', KEYS[6], new_status, 1) end
 else
   local now = redis.call('TIME')
   redis.call('ZADD', active, tonumber(now[1]) + tonumber(now[2]) / 1e6, snapshot['job_id'])
@@ -95,6 +96,9 @@ if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
+
+
+IDEMPOTENCY_TTL = 24 * 3600
 
 
 def now_iso() -> str:
@@ -145,6 +149,7 @@ def _write_args(
         keys.token_jobs(token_id),
         keys.token_events(token_id),
         keys.ACTIVE_JOBS,
+        keys.METRICS_JOBS_FINISHED,
     ]
     return key_list, argv
 
@@ -213,6 +218,20 @@ class JobStore:
         flat = [item for pair in encode_fields(markers).items() for item in pair]
         return bool(self._set_markers(keys=[keys.job(job_id)], args=flat))
 
+    def remember_result(self, token_id: str, sha256: str, job_id: str) -> None:
+        """An identical upload of this token within the TTL gets this job's result at once."""
+        self._client.set(keys.dedupe(token_id, sha256), job_id, ex=self._settings.job_ttl_seconds)
+
+    def count_delivery(self, job_id: str, delta: int) -> int:
+        """In-flight delivery counter, kept only while the job exists."""
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.exists(keys.job(job_id))
+            pipe.hincrby(keys.job(job_id), "deliveries", delta)
+            exists, value = pipe.execute()
+        if not exists:
+            self._client.delete(keys.job(job_id))  # HINCRBY must not create a stray hash
+        return int(value)
+
     def stage_history(self) -> dict[str, float]:
         """Mean stage durations by size bucket, for ETAs of stages not yet started."""
         raw = _decode(self._client.hgetall(keys.STAGE_STATS))
@@ -238,6 +257,34 @@ class AsyncJobStore:
     async def create(self, job_id: str, token_id: str, **markers: Any) -> str:
         values = _initial_values(job_id, token_id, markers)
         key_list, argv = _write_args(self._settings, "create", job_id, token_id, values)
+        return _checked(job_id, await self._write(keys=key_list, args=argv))
+
+    async def claim_idempotency(self, token_id: str, key: str, job_id: str) -> str | None:
+        """Claim `key` for a new job; returns the value already there when it was taken."""
+        redis_key = keys.idempotency(token_id, key)
+        if await self._client.set(redis_key, f"pending:{job_id}", nx=True, ex=IDEMPOTENCY_TTL):
+            return None
+        existing = await self._client.get(redis_key)
+        return existing.decode() if isinstance(existing, bytes) else existing
+
+    async def settle_idempotency(self, token_id: str, key: str, job_id: str | None) -> None:
+        """The claimed request ended: remember its job (24 h), or free the key on failure."""
+        redis_key = keys.idempotency(token_id, key)
+        if job_id is None:
+            await self._client.delete(redis_key)
+        else:
+            await self._client.set(redis_key, job_id, ex=IDEMPOTENCY_TTL)
+
+    async def deduplicate(self, token_id: str, sha256: str) -> dict[str, str] | None:
+        """The completed job of an identical earlier upload of this token, if still known."""
+        job_id = await self._client.get(keys.dedupe(token_id, sha256))
+        if not job_id:
+            return None
+        job = await self.get(job_id.decode() if isinstance(job_id, bytes) else job_id)
+        return job if job.get("status") == JobStatus.COMPLETED else None
+
+    async def reopen(self, job_id: str, token_id: str, **values: Any) -> str:
+        key_list, argv = _write_args(self._settings, "reopen", job_id, token_id, values)
         return _checked(job_id, await self._write(keys=key_list, args=argv))
 
     async def update(self, job_id: str, token_id: str, **values: Any) -> str:

@@ -36,6 +36,18 @@ ACTIVE_JOBS = f"{PREFIX}:active"
 STAGE_STATS = f"{PREFIX}:stats:stage_seconds"
 
 
+def idempotency(token_id: str, key: str) -> str:
+    """Job id answered for an `Idempotency-Key` (24 h), or `pending:<job id>` while in flight."""
+    return f"{PREFIX}:idem:{token_id}:{key}"
+
+
 def dedupe(token_id: str, sha256: str) -> str:
     """Job id of a completed identical upload for the token."""
     return f"{PREFIX}:dedupe:{token_id}:{sha256}"
+
+
+# Cluster-wide metrics, read by every API's /metrics (services/metrics.py).
+# Hash: final status -> number of jobs that reached it (HINCRBY in the job-state Lua script).
+METRICS_JOBS_FINISHED = f"{PREFIX}:metrics:jobs_finished"
+# Hash: `{stage}|count`, `{stage}|sum`, `{stage}|le|{bound}` -> a histogram of stage durations.
+METRICS_STAGE_SECONDS = f"{PREFIX}:metrics:stage_seconds"

@@ -52,6 +52,7 @@ SNAPSHOT_FIELDS = (
     "stalled",
     "attempt",
     "next_retry_in",
+    "deduplicated",
 )
 _JSON_FIELDS = frozenset({"result", "error"})
 
@@ -80,6 +81,7 @@ class JobSnapshot(BaseModel):
     stalled: bool = False
     attempt: int = 0
     next_retry_in: float | None = None
+    deduplicated: bool = False
 
     @classmethod
     def from_fields(cls, fields: dict[str, str]) -> JobSnapshot:

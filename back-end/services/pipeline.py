@@ -56,15 +56,20 @@ class Pipeline:
                 size_bytes=int(job.get("size_bytes") or 0), history=self.store.stage_history()
             ),
         )
-        reporter.report(5, Stage.PREPARING, "Decoding and preparing the audio", force=True)
-        prepared = self._prepare(job_id, job)
-        reporter.report(10, Stage.PREPARING, "Audio prepared", force=True)
-
-        key = object_key(token_id, job_id, prepared["extension"])
-        s3_url = self.storage.url(key)
-        if job.get("s3_key") == key and self.storage.size_of(key) == int(prepared["size"]):
-            log.info("job %s: S3 object already uploaded; skipping upload", job_id)
+        if self._already_uploaded(job):
+            # A previous delivery stored the object: prepare and upload are done.
+            log.info("job %s: S3 object already uploaded; resuming at analysis", job_id)
+            prepared = {
+                k: job[f"prepared_{k}"] for k in ("path", "extension", "content_type", "size")
+            }
+            key = job["s3_key"]
+            s3_url = self.storage.url(key)
         else:
+            reporter.report(5, Stage.PREPARING, "Decoding and preparing the audio", force=True)
+            prepared = self._prepare(job_id, job)
+            reporter.report(10, Stage.PREPARING, "Audio prepared", force=True)
+            key = object_key(token_id, job_id, prepared["extension"])
+            s3_url = self.storage.url(key)
             on_bytes = reporter.span(10, 40, Stage.UPLOADING, "Uploading to storage")
             reporter.report(10, Stage.UPLOADING, "Uploading to storage", force=True)
             self.storage.upload(
@@ -74,9 +79,9 @@ class Pipeline:
                 on_progress=on_bytes,
             )
             self.store.set_markers(job_id, s3_key=key)
-        reporter.report(
-            40, Stage.UPLOADING, "Stored; requesting analysis", force=True, s3_url=s3_url
-        )
+            reporter.report(
+                40, Stage.UPLOADING, "Stored; requesting analysis", force=True, s3_url=s3_url
+            )
 
         on_analysis = reporter.span(40, 95, Stage.ANALYZING, "Analysing")
         reporter.report(40, Stage.ANALYZING, "Analysing", force=True)
@@ -98,8 +103,14 @@ class Pipeline:
             eta_seconds=None,
         )
         reporter.finish()
+        if job.get("sha256"):
+            self.store.remember_result(token_id, job["sha256"], job_id)
         self.discard_spool(job_id)
         return JobStatus.COMPLETED.value
+
+    def _already_uploaded(self, job: dict[str, str]) -> bool:
+        key, size = job.get("s3_key"), job.get("prepared_size")
+        return bool(key and size and self.storage.size_of(key) == int(size))
 
     def _prepare(self, job_id: str, job: dict[str, str]) -> dict[str, str]:
         """Decode and convert, unless a previous delivery left the prepared file behind."""
@@ -114,6 +125,9 @@ class Pipeline:
             source_format=job["source_format"],
             store_format=self.settings.audio_store_format,
             dest=spool.with_name(f"{spool.name}.prepared"),
+            sample_rate=self.settings.prepare_sample_rate,
+            channels=self.settings.prepare_channels,
+            stream_threshold_bytes=self.settings.prepare_stream_threshold_bytes,
         )
         markers = {
             "path": str(prepared.path),
@@ -157,6 +171,25 @@ class Pipeline:
                 attempt=attempt,
                 next_retry_in=round(delay, 2),
             )
+
+    def begin_delivery(self, job_id: str, *, worker_pid: int) -> int:
+        """Returns how many deliveries of this job started without ending (this one included)."""
+        self.store.set_markers(job_id, worker_pid=worker_pid)
+        return self.store.count_delivery(job_id, +1)
+
+    def end_delivery(self, job_id: str) -> None:
+        self.store.count_delivery(job_id, -1)
+
+    def clean_up_if_cancelled(self, job_id: str) -> None:
+        """After a cancellation: delete the spool and abort an unfinished multipart upload. A
+        completely stored object stays, so a retry can resume at the analysis."""
+        job = self.store.get(job_id)
+        if job.get("status") != JobStatus.CANCELLED:
+            return
+        self.discard_spool(job_id)
+        if job.get("prepared_extension"):
+            key = object_key(job["token_id"], job_id, job["prepared_extension"])
+            self.storage.abort_multipart_uploads(key)
 
     def discard_spool(self, job_id: str) -> None:
         """Delete the upload and its prepared copy once no retry can need them. Paths derive

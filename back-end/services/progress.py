@@ -11,6 +11,7 @@ import threading
 import time
 from typing import Any
 
+from services import worker_telemetry
 from services.eta import EtaEstimator, history_key
 from services.jobs import JobStore
 from services.models import JobStatus, Stage
@@ -66,6 +67,7 @@ class ProgressReporter:
         if finished is not None:
             done, seconds = finished
             self._store.record_stage(history_key(done, self._eta.bucket), seconds)
+            worker_telemetry.stage_finished(self._job_id, done.value, seconds, next_stage=stage)
 
     def finish(self) -> None:
         """Record the last stage's duration once the job completed."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sse_starlette import ServerSentEvent
 
-from services import keys
+from services import keys, metrics
 from services.events import (
     RESYNC,
     SHUTDOWN,
@@ -130,12 +130,15 @@ async def feed_events(
         shutdown.attach(sub)
         last = last_event_id or "0-0"
         pending = [_from_event(event) for event in await _initial(store, feed, last_event_id)]
+        if last_event_id:
+            metrics.sse_replay(len(pending))
         retry: int | None = retry_ms
         while True:
             for event_id, data, terminal in pending:
                 if parse_stream_id(event_id) <= parse_stream_id(last):
                     continue
                 yield ServerSentEvent(data=data, id=event_id, retry=retry)
+                metrics.sse_event_delivered()
                 retry = None
                 last = event_id
                 if terminal and feed.ends_at_terminal:

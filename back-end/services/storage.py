@@ -104,3 +104,19 @@ class Storage:
         except (BotoCoreError, ClientError, boto3.exceptions.S3UploadFailedError) as exc:
             raise TransientError("storage_unavailable", f"S3 upload failed: {exc}") from exc
         return size
+
+    def abort_multipart_uploads(self, key: str, *, attempts: int = 3) -> int:
+        """Abort every unfinished multipart upload of `key` (leftovers are billed). Listing
+        again after aborting, because an abort racing a part upload may need repeating."""
+        aborted = 0
+        for _ in range(attempts):
+            listed = self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            uploads = [u for u in listed.get("Uploads", []) if u["Key"] == key]
+            if not uploads:
+                break
+            for upload in uploads:
+                self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+                )
+                aborted += 1
+        return aborted

@@ -4,6 +4,7 @@ what to retry and what to fail is decided here from the error's kind (DESIGN §5
 from __future__ import annotations
 
 import logging
+import os
 import random
 from functools import lru_cache
 
@@ -53,11 +54,30 @@ def retry_delay(retries: int) -> float:
 )
 def analyze_audio(self: Task, job_id: str) -> str:
     runner = pipeline()
+    # Counts starts that never ended cleanly (the process died mid-task): a task that kills its
+    # own worker would otherwise be redelivered forever (DESIGN §10, poison pills).
+    crashes = runner.begin_delivery(job_id, worker_pid=os.getpid())
+    if crashes > settings.task_max_deliveries:
+        runner.fail(
+            job_id,
+            StageError("poison", f"The job crashed its worker {crashes - 1} times"),
+            retryable=False,
+        )
+        return "failed"
+    try:
+        return _run(self, runner, job_id)
+    finally:
+        runner.end_delivery(job_id)
+
+
+def _run(self: Task, runner: Pipeline, job_id: str) -> str:
     try:
         return runner.run(job_id)
     except Refused as refused:
-        # The job was cancelled or finished elsewhere while we worked: stop quietly.
+        # The job was cancelled or finished elsewhere while we worked: stop, clean up after a
+        # cancellation (spool, stored object, any multipart upload), write nothing more.
         log.info("job %s: stopped, state refused the write (%s)", job_id, refused.reason)
+        runner.clean_up_if_cancelled(job_id)
         return refused.reason
     except PermanentError as error:
         log.warning("job %s: failed permanently: %s", job_id, error)

@@ -17,6 +17,7 @@ import pytest
 from analysis_server.analysis import (
     FINAL_PROGRESS,
     STAGES,
+    Inputs,
     Pacing,
     Progress,
     Stage,
@@ -47,7 +48,7 @@ def run_analysis(
         events = [
             event
             async for event in analyse(
-                decoded_sine(),
+                Inputs(decoded_sine()),
                 request=REQUEST,
                 size=1234,
                 pacing=Pacing(started=started, min_seconds=min_seconds, interval=interval),
@@ -63,7 +64,7 @@ def run_analysis(
 def encode(stages: tuple[Stage, ...]) -> list[dict[str, Any]]:
     async def main() -> list[bytes]:
         events = analyse(
-            decoded_sine(),
+            Inputs(decoded_sine()),
             request=REQUEST,
             size=1,
             pacing=Pacing(started=anyio.current_time()),
@@ -116,7 +117,7 @@ def test_ndjson_lines_when_success_then_progress_lines_then_result_line() -> Non
 
 
 def test_ndjson_lines_when_stage_raises_analysis_error_then_last_line_carries_its_code() -> None:
-    def broken(_audio: DecodedAudio) -> dict[str, Any]:
+    def broken(_inputs: Inputs, _found: dict[str, Any]) -> dict[str, Any]:
         raise UndecodableAudio("frame 12 is corrupt")
 
     lines = encode((STAGES[0], Stage("broken", broken)))
@@ -126,7 +127,7 @@ def test_ndjson_lines_when_stage_raises_analysis_error_then_last_line_carries_it
 
 
 def test_ndjson_lines_when_stage_crashes_then_internal_error_line_not_a_broken_stream() -> None:
-    def crash(_audio: DecodedAudio) -> dict[str, Any]:
+    def crash(_inputs: Inputs, _found: dict[str, Any]) -> dict[str, Any]:
         raise RuntimeError("bug")
 
     lines = encode((Stage("crash", crash),))

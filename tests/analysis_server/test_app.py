@@ -1,8 +1,8 @@
 """The analysis server over real HTTP: a uvicorn process reading from moto's S3 server.
 
 The session server runs with ANALYSIS_MIN_SECONDS=1.0 (conftest's stack_env). Two more servers
-are started here with other settings: one with tiny limits (413/too long), one pointed at a
-port where no S3 listens (503s).
+run with other settings (this package's conftest): one with tiny limits (413/too long), one
+pointed at a port where no S3 listens (503s).
 """
 
 from __future__ import annotations
@@ -10,23 +10,15 @@ from __future__ import annotations
 import io
 import json
 import time
-import uuid
 import warnings
 import wave
-from collections.abc import Callable, Iterator
 from itertools import pairwise
-from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
-
-from devtools import stack
-
-NDJSON = "application/x-ndjson"
-
-Upload = Callable[[bytes], str]
+from tests.analysis_server.http import NDJSON, Upload, assert_error, body_for
 
 
 def wav_bytes(
@@ -51,38 +43,6 @@ def mp3_bytes(wav: bytes) -> bytes:
     out = io.BytesIO()
     AudioSegment.from_file(io.BytesIO(wav), format="wav").export(out, format="mp3")
     return out.getvalue()
-
-
-@pytest.fixture
-def upload(s3_client: Any, s3_bucket: str) -> Upload:
-    """Put bytes into the test bucket under a fresh key and return the key."""
-
-    def put(body: bytes) -> str:
-        key = f"uploads/{uuid.uuid4().hex}"
-        s3_client.put_object(Bucket=s3_bucket, Key=key, Body=body)
-        return key
-
-    return put
-
-
-@pytest.fixture
-def client(analysis_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=analysis_url, timeout=30.0) as http:
-        yield http
-
-
-def body_for(key: str, bucket: str, **overrides: Any) -> dict[str, Any]:
-    return {"job_id": "job-1", "token_id": "tok-1", "bucket": bucket, "key": key, **overrides}
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"detail", "code"}
-    assert body["code"] == code
-    assert isinstance(body["detail"], str)
-    assert body["detail"]
 
 
 # --- health --------------------------------------------------------------------------------
@@ -131,9 +91,39 @@ def test_analyze_when_wav_then_200_with_duration_rate_channels_and_features(
     assert result["silence_ratio"] == 0.0
     assert result["clipping_ratio"] == 0.0
     assert len(result["voiced_segments"]) == 1
+    assert result["segments_per_minute"] == pytest.approx(40, abs=1)  # one in 1.5 s
     assert result["pitch_hz"] == pytest.approx(440, rel=0.02)
+    assert result["pitch_low_hz"] == pytest.approx(440, rel=0.02)
+    assert result["pitch_high_hz"] == pytest.approx(440, rel=0.02)
+    # A half-scale sine reads -9.03 LUFS per channel at 997 Hz (BS.1770's calibration), +3.01
+    # for two channels; at 440 Hz the K filter's shelf lifts ≈ 0.63 dB less: -6.65.
+    assert result["loudness_lufs"] == pytest.approx(-6.65, abs=0.1)
+    assert result["quality"] == {"ok": True, "warnings": []}
+    assert result["sync"] is None  # no reference stored for tok-1
     # The stack runs with ANALYSIS_MIN_SECONDS=1.0: the floor holds for plain JSON too.
     assert elapsed >= 1.0
+
+
+def test_analyze_when_short_clipped_take_then_quality_warns_in_plain_language(
+    limited_url: str, upload: Upload, s3_bucket: str
+) -> None:
+    t = np.arange(8_000) / 16_000
+    clipped = np.clip(2 * np.sin(2 * np.pi * 300 * t), -1, 1)
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as out:
+        out.setnchannels(1)
+        out.setsampwidth(2)
+        out.setframerate(16_000)
+        out.writeframes((clipped * 32767).astype("<i2").tobytes())
+    key = upload(buffer.getvalue())
+
+    response = httpx.post(f"{limited_url}/analyze", json=body_for(key, s3_bucket), timeout=30)
+
+    assert response.status_code == 200, response.text
+    quality = response.json()["quality"]
+    assert quality["ok"] is False
+    assert [warning["code"] for warning in quality["warnings"]] == ["clipped", "too_short"]
+    assert all(warning["message"].endswith(".") for warning in quality["warnings"])
 
 
 def test_analyze_when_accept_ndjson_then_rising_progress_lines_then_result_line(
@@ -268,29 +258,7 @@ def test_unknown_path_when_requested_then_404_in_the_error_shape(client: httpx.C
     assert_error(client.get("/nope"), 404, "not_found")
 
 
-# --- servers with other settings ----------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def limited_url(stack_env: dict[str, str], workdir: Path) -> Iterator[str]:
-    env = {
-        **stack_env,
-        "ANALYSIS_MIN_SECONDS": "0",
-        "ANALYSIS_MAX_BYTES": "50000",
-        "ANALYSIS_MAX_DURATION_SECONDS": "1.5",
-    }
-    proc = stack.analysis_proc(env, workdir).start()
-    yield f"http://127.0.0.1:{proc.name.split(':')[1]}"
-    proc.kill()
-
-
-@pytest.fixture(scope="module")
-def no_storage_url(stack_env: dict[str, str], workdir: Path) -> Iterator[str]:
-    dead_port = stack.free_port()  # nothing listens there
-    env = {**stack_env, "S3_ENDPOINT_URL": f"http://127.0.0.1:{dead_port}"}
-    proc = stack.analysis_proc(env, workdir).start()
-    yield f"http://127.0.0.1:{proc.name.split(':')[1]}"
-    proc.kill()
+# --- servers with other settings (tests/analysis_server/conftest.py) -------------------
 
 
 def test_analyze_when_object_over_max_bytes_then_413_audio_too_large(

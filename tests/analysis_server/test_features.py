@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
+
 import numpy as np
 import pytest
+from tests.analysis_server.signals import needs_ffmpeg, to_wav, tone_bursts
 
 from analysis_server import features
 
@@ -229,3 +233,115 @@ def test_estimate_pitch_hz_when_white_noise_then_none() -> None:
 def test_estimate_pitch_hz_when_silence_or_too_short_then_none() -> None:
     assert features.estimate_pitch_hz(silence(1.0), RATE) is None
     assert features.estimate_pitch_hz(sine(440, 0.01), RATE) is None
+
+
+def test_pitch_track_when_glide_from_200_to_300_hz_then_range_spans_it() -> None:
+    t = np.arange(2 * RATE) / RATE
+    hz = 200 + 50 * t  # instantaneous frequency, 200 → 300 Hz over 2 s
+    glide = (0.5 * np.sin(2 * np.pi * np.cumsum(hz) / RATE)).astype(np.float32)
+
+    track = features.pitch_track(glide, RATE)
+    spread = features.pitch_range_hz(track)
+
+    assert track.size > 80  # one estimate per 20 ms hop
+    assert np.all(np.diff(track) > -2), "a rising glide tracks as rising"
+    assert spread is not None
+    assert spread[0] == pytest.approx(205, rel=0.02)  # 5th percentile of a linear sweep
+    assert spread[1] == pytest.approx(295, rel=0.02)
+    assert float(np.median(track)) == pytest.approx(250, rel=0.02)
+
+
+def test_pitch_range_hz_when_one_frame_is_an_octave_error_then_it_does_not_set_the_range() -> None:
+    track = np.concatenate([np.full(99, 150.0), [300.0]])
+
+    assert features.pitch_range_hz(track) == (150.0, 150.0)
+
+
+def test_pitch_range_hz_when_no_periodic_frames_then_none() -> None:
+    assert features.pitch_range_hz(features.pitch_track(silence(1.0), RATE)) is None
+
+
+def test_segments_per_minute_when_4_segments_in_30_s_then_8() -> None:
+    assert features.segments_per_minute(4, 30_000) == pytest.approx(8.0)
+
+
+def test_segments_per_minute_when_no_audio_then_none() -> None:
+    assert features.segments_per_minute(0, 0) is None
+
+
+# --- integrated loudness -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rate", [16_000, 44_100, 48_000])
+def test_integrated_loudness_when_full_scale_997_hz_sine_then_minus_3_01_lufs(rate: int) -> None:
+    # BS.1770's own calibration point: a 0 dBFS 997 Hz sine in one channel reads -3.01 LKFS.
+    tone = sine(997, 3.0, amplitude=1.0, rate=rate)
+
+    assert features.integrated_loudness_lufs(tone[:, None], rate) == pytest.approx(-3.01, abs=0.05)
+
+
+def test_integrated_loudness_when_two_identical_channels_then_3_db_louder_than_one() -> None:
+    tone = sine(997, 2.0, amplitude=0.1)
+
+    mono = features.integrated_loudness_lufs(tone[:, None], RATE)
+    stereo = features.integrated_loudness_lufs(np.stack([tone, tone], axis=1), RATE)
+
+    assert mono == pytest.approx(-23.01, abs=0.05)
+    assert stereo is not None and mono is not None
+    assert stereo - mono == pytest.approx(3.01, abs=0.02)
+
+
+def test_integrated_loudness_when_pauses_inserted_then_gating_keeps_it_while_rms_drops() -> None:
+    tone = sine(997, 2.0, amplitude=0.1)
+    with_pauses = np.concatenate([tone, silence(6.0), tone])
+
+    plain = features.integrated_loudness_lufs(tone[:, None], RATE)
+    paused = features.integrated_loudness_lufs(with_pauses[:, None], RATE)
+
+    # Only the few 400 ms blocks straddling a pause's edges count, slightly lower.
+    assert paused == pytest.approx(plain, abs=0.5)
+    rms_plain, rms_paused = features.rms_dbfs(tone), features.rms_dbfs(with_pauses)
+    assert rms_plain is not None and rms_paused is not None
+    assert rms_plain - rms_paused > 3  # what RMS would have reported instead
+
+
+def test_integrated_loudness_when_low_tone_then_high_pass_weighting_lowers_it() -> None:
+    # The RLB high-pass: at 30 Hz the K filter is ≈ 8.4 dB down on the same level at 997 Hz.
+    low = features.integrated_loudness_lufs(sine(30, 3.0, amplitude=0.5)[:, None], RATE)
+    mid = features.integrated_loudness_lufs(sine(997, 3.0, amplitude=0.5)[:, None], RATE)
+
+    assert low is not None and mid is not None
+    assert mid - low == pytest.approx(8.4, abs=0.6)
+
+
+def test_integrated_loudness_when_silence_or_shorter_than_one_block_then_none() -> None:
+    assert features.integrated_loudness_lufs(silence(2.0)[:, None], RATE) is None
+    assert features.integrated_loudness_lufs(sine(997, 0.3)[:, None], RATE) is None
+
+
+def ffmpeg_ebur128_lufs(samples: np.ndarray, rate: int) -> float:
+    """ffmpeg's own EBU R 128 meter on the same samples (it prints to 0.1 LU)."""
+    command = ["ffmpeg", "-nostats", "-hide_banner", "-f", "wav", "-i", "pipe:0"]
+    result = subprocess.run(
+        [*command, "-af", "ebur128", "-f", "null", "-"],
+        input=to_wav(samples, rate),
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    found = re.findall(r"I:\s+(-?[\d.]+) LUFS", result.stderr.decode())
+    return float(found[-1])
+
+
+@needs_ffmpeg
+@pytest.mark.parametrize("rate", [16_000, 48_000])
+def test_integrated_loudness_when_noise_and_bursts_then_agrees_with_ffmpeg_ebur128(
+    rate: int,
+) -> None:
+    rng = np.random.default_rng(7)
+    noise = rng.normal(0, 0.1, (3 * rate, 2)).astype(np.float32)
+    bursts = tone_bursts(3, 4.0, rate=rate)
+
+    for signal in (noise, bursts):
+        ours = features.integrated_loudness_lufs(signal.reshape(signal.shape[0], -1), rate)
+        assert ours == pytest.approx(ffmpeg_ebur128_lufs(signal, rate), abs=0.1)

@@ -146,11 +146,3 @@ def test_upload_when_header_is_audio_but_body_is_not_then_job_fails_undecodable_
     listed = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=f"audio/{token_id}/")
     assert listed.get("KeyCount", 0) == 0
     assert not list(spool_dir.glob(f"{body['job_id']}*"))
-
-
-def test_index_when_requested_then_serves_the_progress_page(api_url: str) -> None:
-    page = httpx.get(f"{api_url}/")
-    assert page.status_code == 200
-    assert '<progress id="bar"' in page.text
-    script = httpx.get(f"{api_url}/static/progress.js")
-    assert script.status_code == 200 and "new EventSource(progressUrl)" in script.text

@@ -14,10 +14,10 @@ from tests.helpers.audio import wav_bytes
 from devtools import stack
 
 
-def upload(base: str, token_id: str, seconds: float) -> dict[str, str]:
+def upload(base: str, token_id: str, seconds: float, freq: float = 440.0) -> dict[str, str]:
     response = httpx.post(
         f"{base}/tokens/{token_id}/upload-audio",
-        files={"file": ("a.wav", wav_bytes(seconds), "audio/wav")},
+        files={"file": ("a.wav", wav_bytes(seconds, freq=freq), "audio/wav")},
     )
     assert response.status_code == 202
     return dict(response.json())
@@ -55,7 +55,7 @@ def test_eta_when_similar_jobs_ran_before_then_running_events_carry_eta(
         "completed"
     )
     time.sleep(0.2)
-    second = upload(pipeline, token_id, 1.0)
+    second = upload(pipeline, token_id, 1.0, freq=445.0)  # same size, not a duplicate
     events = [event.json for event in sse.stream(f"{pipeline}{second['progress_url']}")]
     running = [snap for snap in events if snap["status"] == "processing"]
     etas = [snap["eta_seconds"] for snap in running if snap["eta_seconds"] is not None]

@@ -1,0 +1,203 @@
+"""Thousands of SSE clients in one process, for the fan-out benchmark.
+
+Why raw protocols instead of httpx or aiohttp: an HTTP client library costs tens of KB and a
+task per stream, so at 10,000 streams the client side would be the bottleneck and would distort
+the delivery latency we want to measure on the server. Each connection here is one
+`asyncio.Protocol` with a few slots; it sends one `GET` and scans what arrives for the
+timestamp the benchmark embedded in each event (`"message":"t=<epoch seconds>"`).
+
+The orchestrator drives a client process through a `multiprocessing` pipe with commands
+(`connect`, `record`, `latencies`, `close`, `stop`) so that it can sample the server's memory,
+CPU and Redis counters between phases while the connections stay open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+# The job snapshot JSON is compact (pydantic's model_dump_json, or json.dumps with
+# separators in the naive reference app), so the marker never contains whitespace.
+MARKER = re.compile(rb'"message":"t=(\d+\.\d+)"')
+
+
+@dataclass
+class _Fleet:
+    """State shared by all connections of this process."""
+
+    connections: list[SseConnection] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    first_event_seconds: list[float] = field(default_factory=list)
+    failures: Counter[str] = field(default_factory=Counter)
+    record_from: float = math.inf
+    held: int = 0
+    lost: int = 0
+
+
+class SseConnection(asyncio.Protocol):
+    """One EventSource-like client: `GET path`, then count events as they arrive."""
+
+    __slots__ = (
+        "first",
+        "first_event",
+        "fleet",
+        "gone",
+        "request",
+        "started",
+        "status",
+        "tail",
+        "transport",
+    )
+
+    def __init__(self, fleet: _Fleet, host: str, port: int, path: str) -> None:
+        self.fleet = fleet
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
+            "Cache-Control: no-cache\r\n\r\n"
+        ).encode()
+        self.transport: asyncio.Transport | None = None
+        self.status: bytes | None = None
+        self.first = False
+        self.tail = b""
+        self.started = time.time()
+        loop = asyncio.get_running_loop()
+        self.first_event: asyncio.Future[bool] = loop.create_future()
+        self.gone: asyncio.Future[None] = loop.create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = transport  # type: ignore[assignment]
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        if self.status is None:
+            self.status = data[9:12]  # "HTTP/1.1 200 OK"
+            if self.status != b"200":
+                self.fleet.failures[f"http_{self.status.decode(errors='replace')}"] += 1
+                self._resolve_first(False)
+                assert self.transport is not None
+                self.transport.close()
+                return
+        buffer = self.tail + data if self.tail else data
+        # A marker never spans a newline, so everything before the last one is complete.
+        cut = buffer.rfind(b"\n")
+        if cut < 0:
+            self.tail = buffer
+            return
+        complete, self.tail = buffer[:cut], buffer[cut + 1 :]
+        if not self.first and b"data:" in complete:
+            self.first = True
+            self.fleet.held += 1
+            self.fleet.first_event_seconds.append(now - self.started)
+            self._resolve_first(True)
+        fleet = self.fleet
+        if now >= fleet.record_from:
+            for match in MARKER.finditer(complete):
+                written = float(match.group(1))
+                if written >= fleet.record_from:
+                    fleet.latencies.append(now - written)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.first:
+            self.fleet.held -= 1
+            self.fleet.lost += 1
+        self._resolve_first(False)
+        if not self.gone.done():
+            self.gone.set_result(None)
+
+    def _resolve_first(self, ok: bool) -> None:
+        if not self.first_event.done():
+            self.first_event.set_result(ok)
+
+
+async def _open(fleet: _Fleet, host: str, port: int, path: str, limit: float) -> None:
+    loop = asyncio.get_running_loop()
+    connection = SseConnection(fleet, host, port, path)
+    try:
+        await asyncio.wait_for(
+            loop.create_connection(lambda: connection, host, port), timeout=limit
+        )
+    except (OSError, TimeoutError) as exc:
+        fleet.failures[f"connect_{type(exc).__name__}_{getattr(exc, 'errno', '')}"] += 1
+        return
+    fleet.connections.append(connection)
+    try:
+        await asyncio.wait_for(asyncio.shield(connection.first_event), timeout=limit)
+    except TimeoutError:
+        fleet.failures["no_first_event"] += 1
+
+
+async def connect(
+    fleet: _Fleet, host: str, port: int, paths: list[str], batch: int, limit: float
+) -> dict[str, Any]:
+    """Open one connection per path, `batch` at a time (a burst of 10,000 SYNs would overflow
+    the listen backlog and measure the kernel's retry timer instead of the server)."""
+    started = time.perf_counter()
+    for offset in range(0, len(paths), batch):
+        chunk = paths[offset : offset + batch]
+        await asyncio.gather(*(_open(fleet, host, port, path, limit) for path in chunk))
+    return {
+        "held": fleet.held,
+        "open": sum(1 for c in fleet.connections if not c.gone.done()),
+        "failures": dict(fleet.failures),
+        "seconds": time.perf_counter() - started,
+        "first_event_seconds": fleet.first_event_seconds,
+    }
+
+
+async def close_all(fleet: _Fleet, limit: float) -> dict[str, Any]:
+    for connection in fleet.connections:
+        if connection.transport is not None:
+            connection.transport.close()
+    pending = [c.gone for c in fleet.connections if not c.gone.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=limit)
+    closed = len(fleet.connections)
+    fleet.connections.clear()
+    fleet.held = 0
+    fleet.first_event_seconds.clear()
+    fleet.failures.clear()
+    return {"closed": closed}
+
+
+async def _serve(pipe: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    fleet = _Fleet()
+    while True:
+        command, args = await loop.run_in_executor(None, pipe.recv)
+        reply: Any
+        if command == "connect":
+            reply = await connect(fleet, *args)
+        elif command == "record":
+            fleet.latencies.clear()
+            fleet.record_from = float(args[0])
+            reply = True
+        elif command == "latencies":
+            reply = {"latencies": fleet.latencies, "held": fleet.held, "lost": fleet.lost}
+            fleet.latencies = []
+            fleet.record_from = math.inf
+        elif command == "close":
+            reply = await close_all(fleet, *args)
+        elif command == "stop":
+            pipe.send(True)
+            return
+        else:
+            reply = {"error": f"unknown command {command!r}"}
+        pipe.send(reply)
+
+
+def serve(pipe: Connection) -> None:
+    """Entry point of a client process (multiprocessing target)."""
+    try:
+        import uvloop  # the server's loop too; keeps the client side from being the bottleneck
+    except ImportError:
+        asyncio.run(_serve(pipe))
+    else:
+        uvloop.run(_serve(pipe))

@@ -1,0 +1,634 @@
+"""SSE fan-out: how many live progress streams one API process holds, what each costs, and how
+fast an event reaches them — against a naive per-client polling loop in the same run.
+
+Why this shape: the product's claim (ARCHITECTURE "Why Streams + pub/sub") is that an idle SSE
+client costs Redis nothing and a live event costs one pub/sub message per API process, not one
+read per client. That is only true if it holds at thousands of clients on one process, so this
+benchmark measures exactly that on loopback, with bounded phases:
+
+  per N (1,000 / 5,000 / 10,000 clients), on a fresh API process (uvicorn, one process):
+    connect   N raw SSE clients in batches        → held, time to first event, API CPU
+    held      API RSS and fds before/after        → KB per client; Redis connections of the API
+    idle      10 s, no writes                     → Redis commands/s caused by idle clients
+    load      1,000 events/s for 5 s (1,000 jobs, N/1,000 clients per job, so every client
+              gets one event per second)          → delivery latency p50/p99, API CPU
+    leave     all clients disconnect              → RSS and fds after they left
+  then the naive reference (bench/naive_polling_app.py: HGETALL per client per second) with
+  the same 1,000 clients and the same load, and the ratios naive / ours.
+
+Delivery latency is receipt time in the client process minus the `time.time()` the writer
+embedded in the event's message just before running the product's write script
+(`JobStore.update`: HSET + XADD + PUBLISH), so it covers Redis, the hub, sse-starlette, uvicorn
+and the loopback socket. Redis commands are `INFO` deltas; the writer's own share (a fixed
+number of commands per write, calibrated at the start) and the probe's `INFO` calls are
+subtracted, so what is reported is what the server under test caused.
+
+Run: `make bench`, or alone: PYTHONPATH=.:back-end:analysis-server .venv/bin/python
+bench/bench_sse_fanout.py [--sizes 1000,5000,10000] [--client-procs 1] (about 4 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import multiprocessing
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench import _sse_clients
+from bench._jobs import BENCH_CLIENT_PREFIX, create_jobs, sync_store
+from bench._stack import (
+    Row,
+    command_for,
+    cpu_seconds,
+    open_fds,
+    percentile,
+    raise_fd_limit,
+    rss_kb,
+    write_result,
+)
+from bench.summary import write_summary
+
+from devtools import stack
+from services.jobs import JobStore
+
+HOST = "127.0.0.1"
+TOKEN = "bench-fanout"
+BENCH_DIR = Path(__file__).resolve().parent
+SCRIPT = Path(__file__).name
+# The API's Redis pool cap (Settings.redis_max_connections) plus the hub's subscription.
+API_REDIS_CONNECTION_CAP = 50 + 1
+CONNECT_TIMEOUT = 10.0  # per connection: TCP connect, then the first event
+PHASE_TIMEOUT = 240.0  # any single command to the client processes
+
+
+class ClientFleet:
+    """One or more client processes (bench/_sse_clients.py) driven as one."""
+
+    def __init__(self, processes: int) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._pipes: list[Any] = []
+        self._procs: list[Any] = []
+        for _ in range(processes):
+            parent, child = context.Pipe()
+            proc = context.Process(target=_sse_clients.serve, args=(child,), daemon=True)
+            proc.start()
+            self._pipes.append(parent)
+            self._procs.append(proc)
+
+    @property
+    def pids(self) -> list[int]:
+        return [proc.pid for proc in self._procs]
+
+    def _call(self, command: str, per_process: list[tuple[Any, ...]], timeout: float) -> list[Any]:
+        for pipe, args in zip(self._pipes, per_process, strict=True):
+            pipe.send((command, args))
+        deadline = time.monotonic() + timeout
+        replies = []
+        for pipe in self._pipes:
+            if not pipe.poll(max(0.0, deadline - time.monotonic())):
+                raise TimeoutError(f"client process: no answer to {command!r} in {timeout:.0f}s")
+            replies.append(pipe.recv())
+        return replies
+
+    def call(self, command: str, *args: Any, timeout: float = PHASE_TIMEOUT) -> list[Any]:
+        return self._call(command, [args] * len(self._pipes), timeout)
+
+    def connect(self, port: int, paths: list[str], batch: int) -> dict[str, Any]:
+        count = len(self._pipes)
+        shares = [paths[index::count] for index in range(count)]
+        per_process = [
+            (HOST, port, share, max(1, batch // count), CONNECT_TIMEOUT) for share in shares
+        ]
+        replies = self._call("connect", per_process, PHASE_TIMEOUT)
+        failures: dict[str, int] = {}
+        for reply in replies:
+            for reason, number in reply["failures"].items():
+                failures[reason] = failures.get(reason, 0) + number
+        return {
+            "held": sum(reply["held"] for reply in replies),
+            "open": sum(reply["open"] for reply in replies),
+            "failures": failures,
+            "seconds": max(reply["seconds"] for reply in replies),
+            "first_event_seconds": [s for reply in replies for s in reply["first_event_seconds"]],
+        }
+
+    def latencies(self) -> tuple[list[float], int]:
+        replies = self.call("latencies")
+        return [v for reply in replies for v in reply["latencies"]], sum(r["held"] for r in replies)
+
+    def close(self) -> None:
+        self.call("close", 30.0)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.call("stop", timeout=10)
+        for proc in self._procs:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+
+
+class RedisProbe:
+    """Redis's own counters; every reading is one command (INFO), subtracted from deltas."""
+
+    def __init__(self, url: str) -> None:
+        self.client = redis.Redis.from_url(url, client_name=f"{BENCH_CLIENT_PREFIX}probe")
+
+    def snapshot(self) -> dict[str, Any]:
+        info = self.client.execute_command("INFO", "stats", "commandstats", "cpu")
+        return {
+            "commands": int(info["total_commands_processed"]),
+            "cpu": float(info["used_cpu_user"]) + float(info["used_cpu_sys"]),
+            "calls": {
+                name.removeprefix("cmdstat_"): int(value["calls"])
+                for name, value in info.items()
+                if name.startswith("cmdstat_")
+            },
+        }
+
+    def server_connections(self) -> int:
+        """Connections that are not this benchmark's own (all of ours are named bench-…)."""
+        return sum(
+            1
+            for client in self.client.client_list()
+            if not client.get("name", "").startswith(BENCH_CLIENT_PREFIX)
+        )
+
+
+class Window:
+    """Counters at the start of a measuring window; `end()` turns them into per-second rates."""
+
+    def __init__(self, probe: RedisProbe, pids: dict[str, int]) -> None:
+        self.probe = probe
+        self.pids = pids
+        self.started = time.perf_counter()
+        self.redis = probe.snapshot()
+        self.cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+
+    def end(self, writes: int = 0, commands_per_write: float = 0.0) -> dict[str, Any]:
+        seconds = time.perf_counter() - self.started
+        after = self.probe.snapshot()
+        # The INFO that opened the window is counted in `after`; the writer's share is known.
+        commands = after["commands"] - self.redis["commands"] - 1 - writes * commands_per_write
+        calls = {
+            name: count - self.redis["calls"].get(name, 0)
+            for name, count in after["calls"].items()
+            if count - self.redis["calls"].get(name, 0) > 0 and name != "info"
+        }
+        return {
+            "seconds": round(seconds, 2),
+            "server_redis_commands_per_s": round(commands / seconds, 1),
+            "redis_calls_by_command": calls,
+            "redis_cpu_cores": round((after["cpu"] - self.redis["cpu"]) / seconds, 3),
+            "cpu_cores": {
+                name: round((cpu_seconds(pid) - self.cpu[name]) / seconds, 3)
+                for name, pid in self.pids.items()
+            },
+        }
+
+
+def write_load(
+    store: JobStore, job_ids: list[str], progress: dict[str, int], *, rate: float, seconds: float
+) -> dict[str, Any]:
+    """`rate` events/s, round-robin over the jobs, each carrying its write time. Paced against
+    a schedule, so a slow write is caught up rather than lowering the rate."""
+    total = int(rate * seconds)
+    started = time.perf_counter()
+    behind = 0.0
+    for index in range(total):
+        delay = started + index / rate - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        else:
+            behind = max(behind, -delay)
+        job_id = job_ids[index % len(job_ids)]
+        # Progress never decreases and stays below 100 (reserved for `completed`).
+        progress[job_id] = min(99, progress.get(job_id, 0) + 1)
+        store.update(
+            job_id,
+            TOKEN,
+            status="processing",
+            progress=progress[job_id],
+            stage="analyzing",
+            message=f"t={time.time():.6f}",
+        )
+    elapsed = time.perf_counter() - started
+    return {
+        "events": total,
+        "seconds": round(elapsed, 2),
+        "events_per_s": round(total / elapsed, 1),
+        "max_behind_schedule_ms": round(behind * 1000, 1),
+    }
+
+
+def calibrate_writer(store: JobStore, probe: RedisProbe, redis_url: str) -> float:
+    """Commands Redis counts per `JobStore.update` (the script plus each redis.call in it),
+    measured while nothing else talks to Redis."""
+    [job_id] = create_jobs(redis_url, TOKEN, 1)
+    store.update(job_id, TOKEN, status="processing", progress=1, stage="analyzing", message="x")
+    before = probe.snapshot()["commands"]
+    writes = 200
+    for _ in range(writes):
+        store.update(job_id, TOKEN, status="processing", progress=1, stage="analyzing", message="x")
+    store.update(job_id, TOKEN, status="completed", progress=100, stage="done", message="x")
+    after = probe.snapshot()["commands"]
+    return round((after - before - 1) / (writes + 1), 2)
+
+
+def hub_clients(base_url: str) -> int | None:
+    """The API's own count of subscribed streams (GET /metrics), to cross-check `held`."""
+    try:
+        text = httpx.get(f"{base_url}/metrics", timeout=10).text
+    except httpx.HTTPError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("yousync_sse_clients "):
+            return int(float(line.split()[1]))
+    return None
+
+
+def wait_for_fds(pid: int, at_most: int, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        fds = open_fds(pid)
+        if fds <= at_most:
+            return fds
+        time.sleep(0.2)
+    return open_fds(pid)
+
+
+def latency_figures(values: list[float], expected: int) -> dict[str, Any]:
+    if not values:
+        return {"received": 0, "expected": expected}
+    ms = [v * 1000 for v in values]
+    return {
+        "received": len(ms),
+        "expected": expected,
+        "p50_ms": round(percentile(ms, 50), 2),
+        "p90_ms": round(percentile(ms, 90), 2),
+        "p99_ms": round(percentile(ms, 99), 2),
+        "max_ms": round(max(ms), 2),
+    }
+
+
+def run_round(
+    *,
+    label: str,
+    server: stack.Proc,
+    base_url: str,
+    path_prefix: str,
+    clients: int,
+    fleet: ClientFleet,
+    probe: RedisProbe,
+    store: JobStore,
+    redis_url: str,
+    commands_per_write: float,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One server, `clients` streams: connect, idle, load, leave (see the module docstring)."""
+    port = int(base_url.rsplit(":", 1)[1])
+    per_job = max(1, clients // 1000)
+    job_ids = create_jobs(redis_url, TOKEN, clients // per_job)
+    paths = [f"{path_prefix}{job_ids[i % len(job_ids)]}" for i in range(clients)]
+    progress: dict[str, int] = {}
+    pid = server.pid
+    pids = {"server": pid, **{f"client{i}": p for i, p in enumerate(fleet.pids)}}
+    figures: dict[str, Any] = {"clients": clients, "jobs": len(job_ids), "clients_per_job": per_job}
+    print(f"[{label}] {clients} clients on {len(job_ids)} jobs", flush=True)
+
+    # Warm-up: first requests import and build lazily; the baseline should not include that.
+    fleet.connect(port, paths[:20], 20)
+    fleet.close()
+    time.sleep(1.0)
+    fds_before = open_fds(pid)
+    rss_before = rss_kb(pid)
+    baseline = Window(probe, pids)
+    time.sleep(min(5.0, args.idle))
+    figures["no_clients"] = baseline.end()
+    figures["rss_before_kb"] = rss_before
+    figures["fds_before"] = fds_before
+
+    connect_window = Window(probe, pids)
+    connected = fleet.connect(port, paths, args.batch)
+    connect_stats = connect_window.end()
+    first = [s * 1000 for s in connected.pop("first_event_seconds")]
+    figures["connect"] = {
+        **connected,
+        "connects_per_s": round(clients / connected["seconds"], 1),
+        "first_event_ms_p50": round(percentile(first, 50), 1) if first else None,
+        "first_event_ms_p99": round(percentile(first, 99), 1) if first else None,
+        "server_cpu_ms_per_connect": round(
+            connect_stats["cpu_cores"]["server"] * connect_stats["seconds"] * 1000 / clients, 3
+        ),
+    }
+    print(f"[{label}] held {connected['held']} in {connected['seconds']:.1f}s", flush=True)
+    time.sleep(2.0)
+    held = connected["held"]
+    rss_held = rss_kb(pid)
+    figures["rss_held_kb"] = rss_held
+    figures["rss_per_client_kb"] = round((rss_held - rss_before) / max(held, 1), 1)
+    figures["fds_held"] = open_fds(pid)
+    figures["server_redis_connections"] = probe.server_connections()
+    figures["hub_clients"] = hub_clients(base_url) if path_prefix.startswith("/tokens") else None
+
+    idle = Window(probe, pids)
+    time.sleep(args.idle)
+    figures["idle"] = idle.end()
+    figures["idle"]["redis_commands_per_s_from_clients"] = round(
+        figures["idle"]["server_redis_commands_per_s"]
+        - figures["no_clients"]["server_redis_commands_per_s"],
+        1,
+    )
+
+    fleet.call("record", time.time())
+    load = Window(probe, pids)
+    written = write_load(store, job_ids, progress, rate=args.rate, seconds=args.seconds)
+    figures["load"] = {"writer": written, **load.end(written["events"], commands_per_write)}
+    time.sleep(1.5)  # deliveries still in flight when the writer stopped
+    values, still_held = fleet.latencies()
+    figures["load"]["latency"] = latency_figures(values, written["events"] * per_job)
+    figures["load"]["held_at_end"] = still_held
+    figures["rss_after_load_kb"] = rss_kb(pid)
+    print(f"[{label}] latency {figures['load']['latency']}", flush=True)
+
+    fleet.close()
+    figures["fds_after_leave"] = wait_for_fds(pid, fds_before + 2, timeout=30)
+    time.sleep(1.0)
+    figures["rss_after_leave_kb"] = rss_kb(pid)
+    figures["hub_clients_after_leave"] = (
+        hub_clients(base_url) if path_prefix.startswith("/tokens") else None
+    )
+    # Finish the jobs, so no API process's stall watcher writes events for them later.
+    for job_id in job_ids:
+        store.update(job_id, TOKEN, status="completed", progress=100, stage="done", message="-")
+    return figures
+
+
+def api_server(env: dict[str, str], workdir: Path) -> stack.Proc:
+    return stack.api_proc(env, workdir).start()
+
+
+def naive_server(env: dict[str, str], workdir: Path) -> stack.Proc:
+    port = stack.free_port()
+    return stack.Proc(
+        name=f"naive:{port}",
+        argv=[
+            str(stack.BIN / "uvicorn"),
+            "naive_polling_app:app",
+            "--host",
+            HOST,
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--timeout-graceful-shutdown",
+            "5",
+        ],
+        env=stack.service_env(env),
+        cwd=BENCH_DIR,
+        log_path=workdir / f"naive-{port}.log",
+        ready=lambda: stack.http_ok(f"http://{HOST}:{port}/healthz"),
+    ).start()
+
+
+@contextlib.contextmanager
+def serving(proc: stack.Proc) -> Iterator[str]:
+    try:
+        yield f"http://{HOST}:{proc.name.split(':')[1]}"
+    finally:
+        proc.stop()
+
+
+def ratio(naive: float, ours: float) -> float | None:
+    return round(naive / ours, 1) if ours > 0 else None
+
+
+def table(figures: dict[str, Any]) -> list[Row]:
+    cmd = command_for(SCRIPT)
+    rows: list[Row] = []
+    for key, round_ in figures["rounds"].items():
+        if not key.startswith("ours_"):
+            continue
+        n = round_["clients"]
+        held = round_["connect"]["held"]
+        lat = round_["load"]["latency"]
+        rows.append(
+            Row(
+                f"SSE clients held on one API process (N={n:,})",
+                f"{held:,}",
+                f"{n:,} held" if n == 10000 else "all held",
+                held == n,
+                cmd,
+            )
+        )
+        rows.append(
+            Row(
+                f"API RSS per idle SSE client (N={n:,})",
+                f"{round_['rss_per_client_kb']:.1f} KB",
+                "≤ 20 KB",
+                round_["rss_per_client_kb"] <= 20,
+                cmd,
+            )
+        )
+        idle_cmds = round_["idle"]["redis_commands_per_s_from_clients"]
+        rows.append(
+            Row(
+                f"Redis commands/s caused by idle clients (N={n:,})",
+                f"{idle_cmds:.1f}/s",
+                "≈ 0/s",
+                abs(idle_cmds) < 1,
+                cmd,
+            )
+        )
+        conns = round_["server_redis_connections"]
+        rows.append(
+            Row(
+                f"Redis connections of the API (N={n:,})",
+                str(conns),
+                f"independent of N (≤ pool cap {API_REDIS_CONNECTION_CAP})",
+                conns <= API_REDIS_CONNECTION_CAP,
+                cmd,
+            )
+        )
+        if lat.get("received"):
+            rows.append(
+                Row(
+                    f"Delivery latency p50 / p99, {figures['rate']:,} events/s (N={n:,}, "
+                    f"{round_['clients_per_job']} client(s)/job)",
+                    f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} ms",
+                    "p99 ≤ 20 ms" if n == 1000 else "",
+                    lat["p99_ms"] <= 20 if n == 1000 else None,
+                    cmd,
+                )
+            )
+        rows.append(
+            Row(
+                f"API CPU under load / idle (N={n:,})",
+                f"{round_['load']['cpu_cores']['server'] * 100:.0f} % / "
+                f"{round_['idle']['cpu_cores']['server'] * 100:.1f} % of a core",
+                "",
+                None,
+                cmd,
+            )
+        )
+        rows.append(
+            Row(
+                f"API RSS before → held → after clients left (N={n:,})",
+                f"{round_['rss_before_kb'] / 1024:.0f} → {round_['rss_held_kb'] / 1024:.0f} → "
+                f"{round_['rss_after_leave_kb'] / 1024:.0f} MB",
+                "",
+                None,
+                cmd,
+            )
+        )
+    comparison = figures.get("naive_vs_ours")
+    if comparison:
+        n = figures["naive_clients"]
+        for name, values in comparison.items():
+            rows.append(
+                Row(
+                    f"Naive polling vs ours, N={n:,}: {name}",
+                    f"{values['naive']} vs {values['ours']} (× {values['ratio']})",
+                    "",
+                    None,
+                    cmd,
+                )
+            )
+    return rows
+
+
+def compare(naive: dict[str, Any], ours: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Ratios naive / ours for the same clients and load (measured in this run)."""
+    pairs = {
+        "latency p50 (ms)": (naive["load"]["latency"]["p50_ms"], ours["load"]["latency"]["p50_ms"]),
+        "latency p99 (ms)": (naive["load"]["latency"]["p99_ms"], ours["load"]["latency"]["p99_ms"]),
+        "server Redis commands/s under load": (
+            naive["load"]["server_redis_commands_per_s"],
+            ours["load"]["server_redis_commands_per_s"],
+        ),
+        "server Redis commands/s idle": (
+            naive["idle"]["server_redis_commands_per_s"],
+            ours["idle"]["server_redis_commands_per_s"],
+        ),
+        "server CPU under load (cores)": (
+            naive["load"]["cpu_cores"]["server"],
+            ours["load"]["cpu_cores"]["server"],
+        ),
+        "server CPU idle (cores)": (
+            naive["idle"]["cpu_cores"]["server"],
+            ours["idle"]["cpu_cores"]["server"],
+        ),
+        "Redis CPU under load (cores)": (
+            naive["load"]["redis_cpu_cores"],
+            ours["load"]["redis_cpu_cores"],
+        ),
+    }
+    return {
+        name: {"naive": n, "ours": o, "ratio": ratio(float(n), float(o))}
+        for name, (n, o) in pairs.items()
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="1000,5000,10000", help="client counts, comma-separated")
+    parser.add_argument("--naive-clients", type=int, default=1000, help="0 skips the reference")
+    parser.add_argument("--client-procs", type=int, default=1, help="client processes")
+    parser.add_argument("--rate", type=float, default=1000.0, help="events written per second")
+    parser.add_argument("--seconds", type=float, default=5.0, help="load phase length")
+    parser.add_argument("--idle", type=float, default=10.0, help="idle phase length")
+    parser.add_argument("--batch", type=int, default=500, help="connections opened at a time")
+    args = parser.parse_args()
+    sizes = [int(size) for size in args.sizes.split(",") if size]
+
+    fd_limit = raise_fd_limit()  # before any child starts: they inherit it
+    figures: dict[str, Any] = {
+        "fd_limit": fd_limit,
+        "rate": int(args.rate),
+        "load_seconds": args.seconds,
+        "idle_seconds": args.idle,
+        "client_processes": args.client_procs,
+        "connect_batch": args.batch,
+        "naive_clients": args.naive_clients,
+        "rounds": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="yousync-fanout-") as tmp:
+        workdir = Path(tmp)
+        redis_server = stack.redis_proc(workdir).start()
+        fleet = ClientFleet(args.client_procs)
+        try:
+            redis_url = f"redis://{HOST}:{redis_server.name.split(':')[1]}/0"
+            probe = RedisProbe(redis_url)
+            store = sync_store(redis_url)
+            figures["writer_commands_per_event"] = calibrate_writer(store, probe, redis_url)
+            spool = workdir / "spool"
+            spool.mkdir()
+            env = {
+                "ENVIRONMENT": "test",
+                "REDIS_URL": redis_url,
+                "S3_ENDPOINT_URL": "http://127.0.0.1:9",  # never called by the SSE path
+                "S3_BUCKET": "bench-unused",
+                "AWS_ACCESS_KEY_ID": "bench",
+                "AWS_SECRET_ACCESS_KEY": "bench",
+                "ANALYSIS_SERVER_URL": "http://127.0.0.1:9",
+                "SPOOL_DIR": str(spool),
+            }
+            common = {
+                "fleet": fleet,
+                "probe": probe,
+                "store": store,
+                "redis_url": redis_url,
+                "commands_per_write": figures["writer_commands_per_event"],
+                "args": args,
+            }
+            plan: list[tuple[str, int]] = [(f"ours_{n}", n) for n in sizes]
+            if args.naive_clients:
+                plan.insert(1 if plan else 0, (f"naive_{args.naive_clients}", args.naive_clients))
+            for label, clients in plan:
+                naive = label.startswith("naive")
+                server = naive_server(env, workdir) if naive else api_server(env, workdir)
+                with serving(server) as base_url:
+                    try:
+                        figures["rounds"][label] = run_round(
+                            label=label,
+                            server=server,
+                            base_url=base_url,
+                            path_prefix="/naive/" if naive else "/tokens/analysis-progress/",
+                            clients=clients,
+                            **common,
+                        )
+                    except (TimeoutError, OSError) as exc:
+                        # Report what broke instead of hiding the round (e.g. an fd limit).
+                        figures["rounds"][label] = {"clients": clients, "error": repr(exc)}
+                        fleet.close()
+            ours = figures["rounds"].get(f"ours_{args.naive_clients}")
+            naive_round = figures["rounds"].get(f"naive_{args.naive_clients}")
+            if (
+                ours
+                and naive_round
+                and all(
+                    "p50_ms" in r.get("load", {}).get("latency", {}) for r in (ours, naive_round)
+                )
+            ):
+                figures["naive_vs_ours"] = compare(naive_round, ours)
+        finally:
+            fleet.stop()
+            redis_server.stop()
+    rounds_ok = {k: v for k, v in figures["rounds"].items() if "error" not in v}
+    path = write_result("sse_fanout", figures, table({**figures, "rounds": rounds_ok}))
+    print(path.read_text())
+    write_summary()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,289 @@
+"""Uploads under concurrency: 202 latency of 1 MB files at 20 concurrent clients, time-to-202
+of a 50 MB file against merely receiving and writing 50 MB, and the API's memory while 20
+clients upload 100 MB each at once.
+
+Why these three: the API must answer 202 in milliseconds however many users upload at once
+(DESIGN §1), its upload path must cost little beyond moving the bytes (streaming multipart
+parse + hash + spool, DESIGN §10), and its memory must stay flat whatever the file size
+(ARCHITECTURE "Why spool to disk").
+
+The stack runs with **no Celery worker** (`workers=0`): every upload is still recorded in Redis
+and published to the broker, but no worker competes with the API for this machine's two cores,
+so the figures are the API's alone. The clients send a multipart body built once (so client
+CPU is only the HTTP client's), and the 50 MB baseline is bench/raw_receive_app.py under the
+same uvicorn. Spool files are deleted after each phase.
+
+Run: `make bench`, or alone: PYTHONPATH=.:back-end:analysis-server .venv/bin/python
+bench/bench_upload_concurrency.py (about 1 minute).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._stack import (
+    Row,
+    Stack,
+    command_for,
+    cpu_seconds,
+    percentile,
+    rss_kb,
+    running_stack,
+    write_result,
+)
+from bench.bench_upload_latency import wav_of_size
+from bench.summary import write_summary
+from devtools import stack
+
+SCRIPT = Path(__file__).name
+BENCH_DIR = Path(__file__).resolve().parent
+BOUNDARY = "yousync-bench-boundary"
+CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+SMALL_UPLOADS = 200
+CONCURRENCY = 20
+LARGE_RUNS = 5
+
+
+def multipart(wav: bytes, filename: str = "take.wav") -> bytes:
+    """The body a browser's FormData would send, built once and reused by every request."""
+    head = (
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{filename}\""
+        "\r\nContent-Type: audio/wav\r\n\r\n"
+    ).encode()
+    return head + wav + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+def clear_spool(spool: Path) -> None:
+    for path in spool.iterdir():
+        path.unlink(missing_ok=True)
+
+
+async def concurrent_uploads(
+    url: str, body: bytes, *, total: int, concurrency: int
+) -> tuple[list[float], float]:
+    """`concurrency` closed-loop clients (each sends its next upload when the previous one was
+    answered) until `total` uploads were accepted. Returns latencies and wall seconds."""
+    latencies: list[float] = []
+    remaining = total
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(timeout=120, limits=limits) as client:
+
+        async def one_client() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                started = time.perf_counter()
+                response = await client.post(
+                    url, content=body, headers={"content-type": CONTENT_TYPE}
+                )
+                latencies.append(time.perf_counter() - started)
+                if response.status_code != 202:
+                    raise RuntimeError(f"upload answered {response.status_code}: {response.text}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_client() for _ in range(concurrency)))
+    return latencies, time.perf_counter() - started
+
+
+def small_files(bench: Stack, api_pid: int) -> dict[str, Any]:
+    body = multipart(wav_of_size(1))
+    url = f"{bench.api_url}/tokens/bench/upload-audio"
+    asyncio.run(concurrent_uploads(url, body, total=20, concurrency=CONCURRENCY))  # warm-up
+    clear_spool(bench.workdir / "spool")
+    cpu_before, client_before = cpu_seconds(api_pid), time.process_time()
+    latencies, seconds = asyncio.run(
+        concurrent_uploads(url, body, total=SMALL_UPLOADS, concurrency=CONCURRENCY)
+    )
+    api_cpu, client_cpu = cpu_seconds(api_pid) - cpu_before, time.process_time() - client_before
+    clear_spool(bench.workdir / "spool")
+    ms = [value * 1000 for value in latencies]
+    return {
+        "uploads": len(ms),
+        "concurrency": CONCURRENCY,
+        "body_bytes": len(body),
+        "p50_ms": round(percentile(ms, 50), 1),
+        "p90_ms": round(percentile(ms, 90), 1),
+        "p99_ms": round(percentile(ms, 99), 1),
+        "max_ms": round(max(ms), 1),
+        "uploads_per_s": round(len(ms) / seconds, 1),
+        "api_cpu_ms_per_upload": round(api_cpu * 1000 / len(ms), 2),
+        "api_cpu_cores": round(api_cpu / seconds, 2),
+        "client_cpu_cores": round(client_cpu / seconds, 2),
+    }
+
+
+def raw_server(spool: Path, workdir: Path) -> stack.Proc:
+    port = stack.free_port()
+    return stack.Proc(
+        name=f"raw:{port}",
+        argv=[
+            str(stack.BIN / "uvicorn"),
+            "raw_receive_app:app",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+        ],
+        env=stack.service_env({"SPOOL_DIR": str(spool)}),
+        cwd=BENCH_DIR,
+        log_path=workdir / f"raw-{port}.log",
+        ready=lambda: stack.http_ok(f"http://127.0.0.1:{port}/healthz"),
+    ).start()
+
+
+def large_file(bench: Stack) -> dict[str, Any]:
+    """Median of LARGE_RUNS of each, interleaved so both see the same machine state."""
+    spool = bench.workdir / "spool"
+    raw_spool = bench.workdir / "raw-spool"
+    raw_spool.mkdir()
+    body = multipart(wav_of_size(50))
+    raw = raw_server(raw_spool, bench.workdir)
+    targets = {
+        "api": f"{bench.api_url}/tokens/bench/upload-audio",
+        "raw": f"http://127.0.0.1:{raw.name.split(':')[1]}/upload",
+    }
+    times: dict[str, list[float]] = {"api": [], "raw": []}
+    try:
+        with httpx.Client(timeout=120) as client:
+            for run in range(LARGE_RUNS + 1):  # run 0 warms both up and is not counted
+                for name, url in targets.items():
+                    started = time.perf_counter()
+                    response = client.post(
+                        url, content=body, headers={"content-type": CONTENT_TYPE}
+                    )
+                    elapsed = time.perf_counter() - started
+                    if response.status_code != 202:
+                        raise RuntimeError(f"{name} answered {response.status_code}")
+                    if run:
+                        times[name].append(elapsed)
+                    clear_spool(spool)
+                    clear_spool(raw_spool)
+    finally:
+        raw.stop()
+    api_ms = statistics.median(times["api"]) * 1000
+    raw_ms = statistics.median(times["raw"]) * 1000
+    return {
+        "body_bytes": len(body),
+        "runs": LARGE_RUNS,
+        "api_to_202_ms_median": round(api_ms, 1),
+        "raw_receive_and_write_ms_median": round(raw_ms, 1),
+        "api_runs_ms": [round(t * 1000, 1) for t in times["api"]],
+        "raw_runs_ms": [round(t * 1000, 1) for t in times["raw"]],
+        "ratio": round(api_ms / raw_ms, 2),
+    }
+
+
+class RssSampler(threading.Thread):
+    """VmRSS of one process every `every` seconds until stopped."""
+
+    def __init__(self, pid: int, every: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.every = pid, every
+        self.samples: list[int] = []
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            self.samples.append(rss_kb(self.pid))
+            self._stop_event.wait(self.every)
+
+    def stop(self) -> list[int]:
+        self._stop_event.set()
+        self.join()
+        return self.samples
+
+
+def memory_under_large_uploads(bench: Stack, api_pid: int) -> dict[str, Any]:
+    body = multipart(wav_of_size(100))
+    url = f"{bench.api_url}/tokens/bench/upload-audio"
+    time.sleep(1.0)
+    baseline = rss_kb(api_pid)
+    sampler = RssSampler(api_pid)
+    sampler.start()
+    latencies, seconds = asyncio.run(
+        concurrent_uploads(url, body, total=CONCURRENCY, concurrency=CONCURRENCY)
+    )
+    samples = sampler.stop()
+    after = rss_kb(api_pid)
+    clear_spool(bench.workdir / "spool")
+    peak = max(samples)
+    return {
+        "uploads": len(latencies),
+        "body_bytes": len(body),
+        "seconds": round(seconds, 2),
+        "samples": len(samples),
+        "rss_baseline_mb": round(baseline / 1024, 1),
+        "rss_peak_mb": round(peak / 1024, 1),
+        "rss_after_mb": round(after / 1024, 1),
+        "rss_growth_mb": round((peak - baseline) / 1024, 1),
+        "to_202_s_max": round(max(latencies), 2),
+    }
+
+
+def table(figures: dict[str, Any]) -> list[Row]:
+    cmd = command_for(SCRIPT)
+    small, large, memory = figures["1MB_x20"], figures["50MB"], figures["100MB_x20"]
+    return [
+        Row(
+            f"202 latency p50 / p99, 1 MB, {small['concurrency']} concurrent clients "
+            f"({small['uploads']} uploads, no worker)",
+            f"{small['p50_ms']:.1f} / {small['p99_ms']:.1f} ms",
+            "p99 ≤ 50 ms",
+            small["p99_ms"] <= 50,
+            cmd,
+        ),
+        Row(
+            "Upload throughput, 1 MB, 20 concurrent clients (API CPU per upload)",
+            f"{small['uploads_per_s']:.0f}/s ({small['api_cpu_ms_per_upload']:.1f} ms)",
+            "",
+            None,
+            cmd,
+        ),
+        Row(
+            "Time to 202, 50 MB, vs merely receiving + writing 50 MB (median of 5)",
+            f"{large['api_to_202_ms_median']:.0f} ms vs "
+            f"{large['raw_receive_and_write_ms_median']:.0f} ms = {large['ratio']:.2f}×",
+            "≤ 1.5×",
+            large["ratio"] <= 1.5,
+            cmd,
+        ),
+        Row(
+            "API RSS growth during 20 concurrent 100 MB uploads",
+            f"+{memory['rss_growth_mb']:.1f} MB ({memory['rss_baseline_mb']:.0f} → "
+            f"{memory['rss_peak_mb']:.0f} MB peak)",
+            "≤ 30 MB",
+            memory["rss_growth_mb"] <= 30,
+            cmd,
+        ),
+    ]
+
+
+def main() -> None:
+    figures: dict[str, Any] = {"workers": 0}
+    with running_stack(workers=0, max_upload_mb=200) as bench:
+        api_pid = bench.procs["api"].pid
+        figures["1MB_x20"] = small_files(bench, api_pid)
+        print("1 MB x20:", figures["1MB_x20"], flush=True)
+        figures["50MB"] = large_file(bench)
+        print("50 MB:", figures["50MB"], flush=True)
+        figures["100MB_x20"] = memory_under_large_uploads(bench, api_pid)
+        print("100 MB x20:", figures["100MB_x20"], flush=True)
+    path = write_result("upload_concurrency", figures, table(figures))
+    print(path.read_text())
+    write_summary()
+
+
+if __name__ == "__main__":
+    main()

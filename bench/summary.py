@@ -1,0 +1,58 @@
+"""Collect the rows of every bench/results/*.json into bench/results/summary.md: one markdown
+table of measured figures with their targets, whether each was met, and the command that
+reproduces it. Every benchmark script calls `write_summary()` when it finishes, so the table
+always reflects the latest run of each script; `make bench` prints it at the end.
+
+Run alone: PYTHONPATH=. .venv/bin/python bench/summary.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench._stack import RESULTS
+
+HEADER = "| figure | value | target | met? | command |\n|---|---|---|---|---|\n"
+
+
+def _met(value: bool | None) -> str:
+    return {True: "yes", False: "**no**", None: "—"}[value]
+
+
+def render(results_dir: Path = RESULTS) -> str:
+    lines = ["# YouSync benchmark results", ""]
+    sections = []
+    for path in sorted(results_dir.glob("*.json")):
+        payload = json.loads(path.read_text())
+        rows = payload.get("rows") or []
+        if not rows:
+            continue
+        machine = payload.get("machine", {})
+        sections.append(
+            f"## {payload['benchmark']}\n\nMeasured {payload['measured_at']} "
+            f"({machine.get('cpus')} CPUs, Python {machine.get('python')}, loopback).\n\n"
+            + HEADER
+            + "".join(
+                f"| {row['figure']} | {row['value']} | {row['target'] or '—'} | "
+                f"{_met(row['met'])} | `{row['command']}` |\n"
+                for row in rows
+            )
+        )
+    if not sections:
+        return "\n".join([*lines, "No results yet: run `make bench`.", ""])
+    return "\n".join(lines) + "\n" + "\n".join(sections)
+
+
+def write_summary() -> Path:
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / "summary.md"
+    path.write_text(render())
+    return path
+
+
+if __name__ == "__main__":
+    print(write_summary().read_text())

@@ -1,0 +1,72 @@
+"""Deduplication of identical uploads and Idempotency-Key replays, over the real stack."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import redis
+from tests.helpers.audio import wav_bytes
+
+AUDIO = wav_bytes(1.0, freq=523.0)
+
+
+def post(base: str, token_id: str, content: bytes = AUDIO, **headers: str) -> httpx.Response:
+    return httpx.post(
+        f"{base}/tokens/{token_id}/upload-audio",
+        files={"file": ("a.wav", content, "audio/wav")},
+        headers=headers,
+        timeout=30,
+    )
+
+
+def wait_done(base: str, job_id: str) -> dict[str, object]:
+    return dict(httpx.get(f"{base}/tokens/analysis-result/{job_id}?wait=30", timeout=40).json())
+
+
+def test_upload_when_identical_file_again_for_same_token_then_completed_at_once_and_deduplicated(
+    pipeline: str, token_id: str, spool_dir: Path, redis_client: redis.Redis
+) -> None:
+    first = post(pipeline, token_id).json()
+    done = wait_done(pipeline, first["job_id"])
+    assert done["status"] == "completed"
+
+    again = post(pipeline, token_id)
+    assert again.status_code == 202
+    body = again.json()
+    assert body["job_id"] != first["job_id"]
+    assert body["status"] == "completed" and body["deduplicated"] is True
+    snapshot = httpx.get(f"{pipeline}{body['result_url']}").json()
+    assert snapshot["result"] == done["result"] and snapshot["deduplicated"] is True
+    assert snapshot["progress"] == 100 and snapshot["s3_url"] == done["s3_url"]
+    assert not list(spool_dir.glob(f"{body['job_id']}*"))
+    assert redis_client.xlen(f"yousync:job:{body['job_id']}:events") == 1
+
+    other_token = post(pipeline, f"{token_id}-b").json()
+    assert other_token["status"] == "queued", "deduplication is per token"
+    wait_done(pipeline, other_token["job_id"])
+
+
+def test_upload_when_idempotency_key_repeats_then_same_job_is_answered(
+    pipeline: str, token_id: str, redis_client: redis.Redis
+) -> None:
+    first = post(pipeline, token_id, wav_bytes(1.0, freq=330.0), **{"Idempotency-Key": "k-1"})
+    second = post(pipeline, token_id, wav_bytes(1.0, freq=330.0), **{"Idempotency-Key": "k-1"})
+    assert first.status_code == second.status_code == 202
+    assert second.json()["job_id"] == first.json()["job_id"]
+    assert second.headers["idempotent-replayed"] == "true"
+    assert redis_client.zcard(f"yousync:token:{token_id}:jobs") == 1
+    other = post(pipeline, token_id, wav_bytes(1.0, freq=331.0), **{"Idempotency-Key": "k-2"})
+    assert other.json()["job_id"] != first.json()["job_id"]
+    for job in (first, other):
+        wait_done(pipeline, job.json()["job_id"])
+
+
+def test_upload_when_idempotency_key_invalid_then_422_and_key_free_after_a_rejected_upload(
+    api_url: str, token_id: str, redis_client: redis.Redis
+) -> None:
+    bad = post(api_url, token_id, **{"Idempotency-Key": "x" * 200})
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_idempotency_key"
+    rejected = post(api_url, token_id, b"not audio at all", **{"Idempotency-Key": "k-3"})
+    assert rejected.status_code == 415
+    assert redis_client.keys("yousync:idem:*") == [], "a failed request releases its key"

@@ -1,0 +1,103 @@
+"""Flower, as `make dev` runs it (`celery -A celery_app flower` from back-end/, basic auth):
+it sees every `analyze_audio` through the workers' task events, with its args (the job id only)
+and state, over its authenticated HTTP API. Also: its configuration file takes basic auth from
+the settings, so a bare `celery -A celery_app flower` is never open."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from typing import Any
+
+import httpx
+from celery import Celery
+from tests.helpers import sse
+from tests.helpers.audio import wav_bytes
+
+from devtools import stack
+
+AUTH = ("flower-test", "flower-secret")  # the `flower_auth` fixture's
+
+
+def flower_tasks(flower_url: str, **params: str) -> dict[str, Any]:
+    response = httpx.get(f"{flower_url}/api/tasks", params=params, auth=AUTH, timeout=10)
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def wait_for_events(flower_url: str, celery_client: Celery) -> None:
+    """Flower binds its event queue after it starts answering HTTP: send a quick no-op task
+    until Flower has seen one, so the test's real task cannot be missed."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        result = celery_client.send_task("tasks.maintenance.mark_stuck_jobs", queue="maintenance")
+        result.get(timeout=10)
+        time.sleep(0.3)
+        if result.id in flower_tasks(flower_url, taskname="tasks.maintenance.mark_stuck_jobs"):
+            return
+    raise TimeoutError("Flower received no task events")
+
+
+def test_flower_when_job_runs_then_its_api_shows_the_task_with_job_id_and_state(
+    pipeline: str,
+    flower_url: str,
+    flower_auth: tuple[str, str],
+    celery_client: Celery,
+    token_id: str,
+) -> None:
+    assert flower_auth == AUTH
+    unauthenticated = httpx.get(f"{flower_url}/api/tasks", timeout=10)
+    assert unauthenticated.status_code == 401
+    wrong = httpx.get(f"{flower_url}/api/tasks", auth=("flower-test", "nope"), timeout=10)
+    assert wrong.status_code == 401
+    wait_for_events(flower_url, celery_client)
+
+    body = httpx.post(
+        f"{pipeline}/tokens/{token_id}/upload-audio",
+        files={"file": ("take.wav", wav_bytes(1.0), "audio/wav")},
+    ).json()
+    events = list(sse.stream(f"{pipeline}{body['progress_url']}"))
+    assert events[-1].json["status"] == "completed"
+
+    def succeeded() -> bool:
+        task = flower_tasks(flower_url, taskname="tasks.audio_tasks.analyze_audio").get(
+            body["task_id"]
+        )
+        return bool(task) and task["state"] == "SUCCESS"
+
+    stack.wait_until(succeeded, timeout=15, what="Flower showing the finished task")
+    task = flower_tasks(flower_url)[body["task_id"]]
+    assert task["name"] == "tasks.audio_tasks.analyze_audio"
+    assert task["args"] == repr([body["job_id"]])  # the job id, never file bytes
+    assert task["kwargs"] == "{}"
+    assert task["result"] == "'completed'"
+    assert task["worker"].startswith("w1@")
+    assert task["received"] and task["started"] and task["succeeded"]
+
+
+def test_flowerconfig_when_settings_have_basic_auth_then_flower_uses_them() -> None:
+    from devtools.stack import BACK_END
+
+    def basic_auth(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import runpy; print(runpy.run_path('flowerconfig.py')['basic_auth'])",
+            ],
+            cwd=BACK_END,
+            env=stack.service_env(env),
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+
+    found = basic_auth({"FLOWER_BASIC_AUTH": "ops:s3cret,viewer:pw"})
+    assert found.returncode == 0, found.stderr
+    assert found.stdout.strip() == "['ops:s3cret', 'viewer:pw']"
+
+    # No credentials anywhere (the empty variable wins over ../.env): refuse to run open.
+    refused = basic_auth({"FLOWER_BASIC_AUTH": ""})
+    assert refused.returncode != 0
+    assert "FLOWER_BASIC_AUTH" in refused.stderr
