@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     task_max_retries: int = 3
     # Deliveries that crashed their worker before a job counts as a poison pill.
     task_max_deliveries: int = 3
+    # A worker that loses Redis mid-job waits this long for it, this many times, then gives up.
+    redis_outage_wait_seconds: float = 60.0
+    redis_outage_reruns: int = 3
     task_retry_delay: float = 60.0
     task_soft_time_limit: int = 840
     task_time_limit: int = 900

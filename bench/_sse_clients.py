@@ -7,7 +7,7 @@ the delivery latency we want to measure on the server. Each connection here is o
 timestamp the benchmark embedded in each event (`"message":"t=<epoch seconds>"`).
 
 The orchestrator drives a client process through a `multiprocessing` pipe with commands
-(`connect`, `record`, `latencies`, `close`, `stop`) so that it can sample the server's memory,
+(`connect`, `record`, `receipts`, `close`, `stop`) so that it can sample the server's memory,
 CPU and Redis counters between phases while the connections stay open.
 """
 
@@ -32,7 +32,8 @@ class _Fleet:
     """State shared by all connections of this process."""
 
     connections: list[SseConnection] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)
+    # (write time embedded in the event, receipt time), both epoch seconds
+    receipts: list[tuple[float, float]] = field(default_factory=list)
     first_event_seconds: list[float] = field(default_factory=list)
     failures: Counter[str] = field(default_factory=Counter)
     record_from: float = math.inf
@@ -102,7 +103,7 @@ class SseConnection(asyncio.Protocol):
             for match in MARKER.finditer(complete):
                 written = float(match.group(1))
                 if written >= fleet.record_from:
-                    fleet.latencies.append(now - written)
+                    fleet.receipts.append((written, now))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.first:
@@ -145,6 +146,7 @@ async def connect(
         await asyncio.gather(*(_open(fleet, host, port, path, limit) for path in chunk))
     return {
         "held": fleet.held,
+        "lost": fleet.lost,
         "open": sum(1 for c in fleet.connections if not c.gone.done()),
         "failures": dict(fleet.failures),
         "seconds": time.perf_counter() - started,
@@ -162,6 +164,7 @@ async def close_all(fleet: _Fleet, limit: float) -> dict[str, Any]:
     closed = len(fleet.connections)
     fleet.connections.clear()
     fleet.held = 0
+    fleet.lost = 0
     fleet.first_event_seconds.clear()
     fleet.failures.clear()
     return {"closed": closed}
@@ -176,12 +179,12 @@ async def _serve(pipe: Connection) -> None:
         if command == "connect":
             reply = await connect(fleet, *args)
         elif command == "record":
-            fleet.latencies.clear()
+            fleet.receipts.clear()
             fleet.record_from = float(args[0])
             reply = True
-        elif command == "latencies":
-            reply = {"latencies": fleet.latencies, "held": fleet.held, "lost": fleet.lost}
-            fleet.latencies = []
+        elif command == "receipts":
+            reply = {"receipts": fleet.receipts, "held": fleet.held, "lost": fleet.lost}
+            fleet.receipts = []
             fleet.record_from = math.inf
         elif command == "close":
             reply = await close_all(fleet, *args)

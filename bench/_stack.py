@@ -31,7 +31,11 @@ class Stack:
 
 @contextlib.contextmanager
 def running_stack(
-    *, workers: int = 1, analysis_min_seconds: float = 0.0, max_upload_mb: int = 200
+    *,
+    workers: int = 1,
+    analysis_min_seconds: float = 0.0,
+    max_upload_mb: int = 200,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     with tempfile.TemporaryDirectory(prefix="yousync-bench-") as tmp:
         workdir = Path(tmp)
@@ -55,6 +59,7 @@ def running_stack(
                 "ANALYSIS_MIN_SECONDS": str(analysis_min_seconds),
                 "MAX_UPLOAD_MB": str(max_upload_mb),
                 "AUDIO_STORE_FORMAT": "flac",
+                **(extra_env or {}),
             }
             procs["analysis"] = stack.analysis_proc(env, workdir, port=analysis_port).start()
             for index in range(workers):
@@ -132,6 +137,40 @@ def cpu_seconds(pid: int) -> float:
 
 def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def system_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot (all cores)."""
+    return _cpu_times()[0] / _TICKS
+
+
+def system_busy_cores(seconds: float = 2.0) -> float:
+    """How many cores the whole machine kept busy over the next `seconds`."""
+    busy0, total0 = _cpu_times()
+    time.sleep(seconds)
+    busy1, total1 = _cpu_times()
+    return (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
+
+
+def wait_for_quiet(*, threshold: float = 0.3, timeout: float = 900.0) -> float:
+    """Wait (bounded) until nothing else keeps this machine busy, and return the background
+    load finally measured. On a shared 2-core machine a test suite running alongside would
+    otherwise show up as our latency; the figure goes into every result file so a reader can
+    tell a quiet run from a disturbed one."""
+    deadline = time.monotonic() + timeout
+    busy = system_busy_cores()
+    while busy > threshold and time.monotonic() < deadline:
+        print(f"waiting for a quiet machine ({busy:.2f} cores busy elsewhere)", flush=True)
+        time.sleep(10)
+        busy = system_busy_cores()
+    return round(busy, 2)
 
 
 def raise_fd_limit() -> int:

@@ -32,6 +32,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing
+import os
+import shutil
 import sys
 import tempfile
 import time
@@ -45,6 +47,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _sse_clients
+from bench._gc_probe import read_pauses, request_snapshot
 from bench._jobs import BENCH_CLIENT_PREFIX, create_jobs, sync_store
 from bench._stack import (
     Row,
@@ -54,6 +57,8 @@ from bench._stack import (
     percentile,
     raise_fd_limit,
     rss_kb,
+    system_cpu_seconds,
+    wait_for_quiet,
     write_result,
 )
 from bench.summary import write_summary
@@ -69,6 +74,9 @@ SCRIPT = Path(__file__).name
 API_REDIS_CONNECTION_CAP = 50 + 1
 CONNECT_TIMEOUT = 10.0  # per connection: TCP connect, then the first event
 PHASE_TIMEOUT = 240.0  # any single command to the client processes
+SLOW_MS = 20  # the p99 target at 1,000 clients
+# The product's app object with bench/_gc_probe.py's hooks installed before it is imported.
+API_APP = "bench._gc_logged_api:app"
 
 
 class ClientFleet:
@@ -116,15 +124,17 @@ class ClientFleet:
                 failures[reason] = failures.get(reason, 0) + number
         return {
             "held": sum(reply["held"] for reply in replies),
+            "lost": sum(reply["lost"] for reply in replies),
             "open": sum(reply["open"] for reply in replies),
             "failures": failures,
             "seconds": max(reply["seconds"] for reply in replies),
             "first_event_seconds": [s for reply in replies for s in reply["first_event_seconds"]],
         }
 
-    def latencies(self) -> tuple[list[float], int]:
-        replies = self.call("latencies")
-        return [v for reply in replies for v in reply["latencies"]], sum(r["held"] for r in replies)
+    def receipts(self) -> tuple[list[tuple[float, float]], int]:
+        """(write time, receipt time) of every recorded event, and the streams still held."""
+        replies = self.call("receipts")
+        return [v for reply in replies for v in reply["receipts"]], sum(r["held"] for r in replies)
 
     def close(self) -> None:
         self.call("close", 30.0)
@@ -174,6 +184,8 @@ class Window:
         self.started = time.perf_counter()
         self.redis = probe.snapshot()
         self.cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self.own = _own_cpu()
+        self.system = system_cpu_seconds()
 
     def end(self, writes: int = 0, commands_per_write: float = 0.0) -> dict[str, Any]:
         seconds = time.perf_counter() - self.started
@@ -185,16 +197,25 @@ class Window:
             for name, count in after["calls"].items()
             if count - self.redis["calls"].get(name, 0) > 0 and name != "info"
         }
+        cpu = {name: cpu_seconds(pid) - self.cpu[name] for name, pid in self.pids.items()}
+        redis_cpu = after["cpu"] - self.redis["cpu"]
+        ours = sum(cpu.values()) + redis_cpu + _own_cpu() - self.own
+        # Whatever else ran on the machine meanwhile (another test run, say): near 0 in a
+        # clean measurement.
+        foreign = system_cpu_seconds() - self.system - ours
         return {
             "seconds": round(seconds, 2),
+            "foreign_cpu_cores": round(max(foreign, 0.0) / seconds, 2),
             "server_redis_commands_per_s": round(commands / seconds, 1),
             "redis_calls_by_command": calls,
-            "redis_cpu_cores": round((after["cpu"] - self.redis["cpu"]) / seconds, 3),
-            "cpu_cores": {
-                name: round((cpu_seconds(pid) - self.cpu[name]) / seconds, 3)
-                for name, pid in self.pids.items()
-            },
+            "redis_cpu_cores": round(redis_cpu / seconds, 3),
+            "cpu_cores": {name: round(value / seconds, 3) for name, value in cpu.items()},
         }
+
+
+def _own_cpu() -> float:
+    times = os.times()
+    return times.user + times.system
 
 
 def write_load(
@@ -267,10 +288,18 @@ def wait_for_fds(pid: int, at_most: int, timeout: float) -> int:
     return open_fds(pid)
 
 
-def latency_figures(values: list[float], expected: int) -> dict[str, Any]:
-    if not values:
+def latency_figures(receipts: list[tuple[float, float]], expected: int) -> dict[str, Any]:
+    """Percentiles, plus where in time the slow deliveries were: a handful of 100 ms write
+    windows holding all of them means the server paused; spread evenly means it queued."""
+    if not receipts:
         return {"received": 0, "expected": expected}
-    ms = [v * 1000 for v in values]
+    ms = [(received - written) * 1000 for written, received in receipts]
+    start = min(written for written, _ in receipts)
+    slow_windows: dict[int, float] = {}
+    for (written, _), value in zip(receipts, ms, strict=True):
+        if value > SLOW_MS:
+            window = int((written - start) * 10)
+            slow_windows[window] = max(slow_windows.get(window, 0.0), value)
     return {
         "received": len(ms),
         "expected": expected,
@@ -278,6 +307,9 @@ def latency_figures(values: list[float], expected: int) -> dict[str, Any]:
         "p90_ms": round(percentile(ms, 90), 2),
         "p99_ms": round(percentile(ms, 99), 2),
         "max_ms": round(max(ms), 2),
+        f"over_{SLOW_MS}ms": sum(1 for value in ms if value > SLOW_MS),
+        # 100 ms window (offset from the first write, in s) → worst latency of events in it
+        "slow_windows": {f"{w / 10:.1f}": round(v, 1) for w, v in sorted(slow_windows.items())},
     }
 
 
@@ -294,6 +326,7 @@ def run_round(
     redis_url: str,
     commands_per_write: float,
     args: argparse.Namespace,
+    gc_log: Path | None = None,
 ) -> dict[str, Any]:
     """One server, `clients` streams: connect, idle, load, leave (see the module docstring)."""
     port = int(base_url.rsplit(":", 1)[1])
@@ -350,15 +383,29 @@ def run_round(
         1,
     )
 
-    fleet.call("record", time.time())
+    load_started = time.time()
+    fleet.call("record", load_started)
     load = Window(probe, pids)
     written = write_load(store, job_ids, progress, rate=args.rate, seconds=args.seconds)
     figures["load"] = {"writer": written, **load.end(written["events"], commands_per_write)}
     time.sleep(1.5)  # deliveries still in flight when the writer stopped
-    values, still_held = fleet.latencies()
-    figures["load"]["latency"] = latency_figures(values, written["events"] * per_job)
+    receipts, still_held = fleet.receipts()
+    expected = written["events"] * per_job * held // clients
+    figures["load"]["latency"] = latency_figures(receipts, expected)
     figures["load"]["held_at_end"] = still_held
     figures["rss_after_load_kb"] = rss_kb(pid)
+    if gc_log is not None:
+        # Collections that stopped the API's event loop while events were in flight, then
+        # (only now, so a forced collection cannot suppress a natural one during the load)
+        # how long one full collection takes with N clients connected.
+        pauses = read_pauses(gc_log, load_started, time.time())
+        figures["load"]["gc_pauses"] = [
+            {"at_s": round(when - load_started, 2), "generation": gen, "ms": ms}
+            for when, gen, ms in pauses
+        ]
+        snapshot = request_snapshot(pid, gc_log, lambda: httpx.get(f"{base_url}/healthz"))
+        figures["gc_objects_held"] = snapshot["objects"]
+        figures["full_gc_ms_held"] = snapshot["full_gc_ms"]
     print(f"[{label}] latency {figures['load']['latency']}", flush=True)
 
     fleet.close()
@@ -374,17 +421,17 @@ def run_round(
     return figures
 
 
-def api_server(env: dict[str, str], workdir: Path) -> stack.Proc:
-    return stack.api_proc(env, workdir).start()
-
-
-def naive_server(env: dict[str, str], workdir: Path) -> stack.Proc:
+def uvicorn_server(
+    name: str, app: str, env: dict[str, str], cwd: Path, workdir: Path
+) -> stack.Proc:
+    """One uvicorn process, started exactly like devtools/stack.py's api_proc (same flags),
+    so the product and the reference apps run under the same server settings."""
     port = stack.free_port()
     return stack.Proc(
-        name=f"naive:{port}",
+        name=f"{name}:{port}",
         argv=[
             str(stack.BIN / "uvicorn"),
-            "naive_polling_app:app",
+            app,
             "--host",
             HOST,
             "--port",
@@ -395,8 +442,8 @@ def naive_server(env: dict[str, str], workdir: Path) -> stack.Proc:
             "5",
         ],
         env=stack.service_env(env),
-        cwd=BENCH_DIR,
-        log_path=workdir / f"naive-{port}.log",
+        cwd=cwd,
+        log_path=workdir / f"{name}-{port}.log",
         ready=lambda: stack.http_ok(f"http://{HOST}:{port}/healthz"),
     ).start()
 
@@ -468,6 +515,19 @@ def table(figures: dict[str, Any]) -> list[Row]:
                     f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} ms",
                     "p99 ≤ 20 ms" if n == 1000 else "",
                     lat["p99_ms"] <= 20 if n == 1000 else None,
+                    cmd,
+                )
+            )
+        if "full_gc_ms_held" in round_:
+            pauses = round_["load"].get("gc_pauses", [])
+            worst = max((p["ms"] for p in pauses), default=0.0)
+            rows.append(
+                Row(
+                    f"API GC: one full collection with N={n:,} clients; pauses ≥ 5 ms during load",
+                    f"{round_['full_gc_ms_held']:.0f} ms ({round_['gc_objects_held']:,} objects); "
+                    f"{len(pauses)} pause(s), worst {worst:.0f} ms",
+                    "",
+                    None,
                     cmd,
                 )
             )
@@ -548,6 +608,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=5.0, help="load phase length")
     parser.add_argument("--idle", type=float, default=10.0, help="idle phase length")
     parser.add_argument("--batch", type=int, default=500, help="connections opened at a time")
+    parser.add_argument("--keep-logs", type=Path, help="copy the server logs here at the end")
     args = parser.parse_args()
     sizes = [int(size) for size in args.sizes.split(",") if size]
 
@@ -582,6 +643,11 @@ def main() -> None:
                 "AWS_SECRET_ACCESS_KEY": "bench",
                 "ANALYSIS_SERVER_URL": "http://127.0.0.1:9",
                 "SPOOL_DIR": str(spool),
+                # The stall watcher keeps running (its 2 commands/s are the "no clients"
+                # baseline) but must not start writing `stalled` events for the benchmark's
+                # jobs, which sit idle longer than the default 30 s at 10,000 clients.
+                "STALL_SECONDS": "3600",
+                "PYTHONPATH": f"{stack.REPO_ROOT}:{stack.BACK_END}",
             }
             common = {
                 "fleet": fleet,
@@ -595,8 +661,21 @@ def main() -> None:
             if args.naive_clients:
                 plan.insert(1 if plan else 0, (f"naive_{args.naive_clients}", args.naive_clients))
             for label, clients in plan:
+                quiet = wait_for_quiet()
                 naive = label.startswith("naive")
-                server = naive_server(env, workdir) if naive else api_server(env, workdir)
+                if naive:
+                    server = uvicorn_server(
+                        "naive", "naive_polling_app:app", env, BENCH_DIR, workdir
+                    )
+                else:
+                    gc_log = workdir / f"gc-{label}.log"
+                    server = uvicorn_server(
+                        "api",
+                        API_APP,
+                        {**env, "BENCH_GC_LOG": str(gc_log)},
+                        stack.BACK_END,
+                        workdir,
+                    )
                 with serving(server) as base_url:
                     try:
                         figures["rounds"][label] = run_round(
@@ -605,8 +684,10 @@ def main() -> None:
                             base_url=base_url,
                             path_prefix="/naive/" if naive else "/tokens/analysis-progress/",
                             clients=clients,
+                            gc_log=None if naive else gc_log,
                             **common,
                         )
+                        figures["rounds"][label]["background_cpu_cores"] = quiet
                     except (TimeoutError, OSError) as exc:
                         # Report what broke instead of hiding the round (e.g. an fd limit).
                         figures["rounds"][label] = {"clients": clients, "error": repr(exc)}
@@ -624,6 +705,10 @@ def main() -> None:
         finally:
             fleet.stop()
             redis_server.stop()
+            if args.keep_logs:
+                args.keep_logs.mkdir(parents=True, exist_ok=True)
+                for log in workdir.glob("*.log"):
+                    shutil.copy(log, args.keep_logs / log.name)
     rounds_ok = {k: v for k, v in figures["rounds"].items() if "error" not in v}
     path = write_result("sse_fanout", figures, table({**figures, "rounds": rounds_ok}))
     print(path.read_text())

@@ -10,12 +10,14 @@ import sys
 import time
 import wave
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stack import percentile, running_stack, write_result
+from bench._stack import Row, command_for, percentile, running_stack, wait_for_quiet, write_result
+from bench.summary import write_summary
 
 
 def wav_of_size(megabytes: float) -> bytes:
@@ -31,7 +33,7 @@ def wav_of_size(megabytes: float) -> bytes:
     return buffer.getvalue()
 
 
-def measure(client: httpx.Client, base: str, payload: bytes, runs: int) -> dict[str, object]:
+def measure(client: httpx.Client, base: str, payload: bytes, runs: int) -> dict[str, Any]:
     to_202: list[float] = []
     to_completed: list[float] = []
     for index in range(runs):
@@ -54,9 +56,28 @@ def measure(client: httpx.Client, base: str, payload: bytes, runs: int) -> dict[
     }
 
 
+def table(figures: dict[str, Any]) -> list[Row]:
+    cmd = command_for(Path(__file__).name)
+    return [
+        Row(
+            f"One client, {label} WAV ({result['runs']} runs, 1 worker): request → 202 p50 / max;"
+            " → completed p50 / max",
+            f"{result['to_202_ms_p50']:.0f} / {result['to_202_ms_max']:.0f} ms; "
+            f"{result['to_completed_s_p50']:.2f} / {result['to_completed_s_max']:.2f} s",
+            "",
+            None,
+            cmd,
+        )
+        for label, result in ((label, figures[label]) for label in ("1MB", "50MB"))
+    ]
+
+
 def main() -> None:
     runs_small = int(os.environ.get("BENCH_RUNS", "20"))
-    figures: dict[str, object] = {"analysis_min_seconds": 0.0}
+    figures: dict[str, Any] = {
+        "analysis_min_seconds": 0.0,
+        "background_cpu_cores": wait_for_quiet(),
+    }
     with running_stack(workers=1) as stack, httpx.Client(timeout=120) as client:
         client.post(  # warm-up: first import of pydub/ffmpeg in the worker
             f"{stack.api_url}/tokens/bench/upload-audio",
@@ -65,8 +86,9 @@ def main() -> None:
         time.sleep(2)
         figures["1MB"] = measure(client, stack.api_url, wav_of_size(1), runs_small)
         figures["50MB"] = measure(client, stack.api_url, wav_of_size(50), max(3, runs_small // 5))
-    path = write_result("upload_latency", figures)
+    path = write_result("upload_latency", figures, table(figures))
     print(path.read_text())
+    write_summary()
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ hashing, no sniffing, no Redis, no broker.
 
 Why: the upload benchmark compares the product's time-to-202 for a 50 MB file with this
 server's time for the same bytes under the same uvicorn, so the ratio shows what the product's
-own work (streaming multipart parse, SHA-256, size cap, job record, enqueue) adds to the
-unavoidable cost of moving 50 MB through a socket onto disk.
+own work (streaming multipart parse, SHA-256, size cap, fsync, job record, enqueue) adds to the
+unavoidable cost of moving 50 MB through a socket onto disk. `?fsync=1` also fsyncs the file
+before answering, to separate the cost of durability from the rest.
 
 Run: `cd bench && SPOOL_DIR=/tmp/spool uvicorn raw_receive_app:app`.
 """
@@ -60,4 +61,9 @@ async def app(scope: MutableMapping[str, Any], receive: Receive, send: Send) -> 
             out.write(chunk)
             size += len(chunk)
             more = message.get("more_body", False)
+        if b"fsync=1" in scope.get("query_string", b""):
+            # The product makes the spool file durable before answering; this variant shows
+            # what that alone costs.
+            out.flush()
+            os.fsync(out.fileno())
     await _answer(send, 202, f'{{"status":"received","bytes":{size}}}'.encode())

@@ -99,6 +99,12 @@ def stack_env(
         "AUDIO_STORE_FORMAT": "flac",
         "API_KEYS": "",
         "STALL_SECONDS": "2",
+        # A SIGKILLed worker's unacked task comes back after this (DESIGN §10); it must exceed
+        # the hard time limit, as in production.
+        "BROKER_VISIBILITY_TIMEOUT": "12",
+        "TASK_TIME_LIMIT": "10",
+        "TASK_SOFT_TIME_LIMIT": "9",
+        "S3_MULTIPART_THRESHOLD_MB": "5",
     }
 
 

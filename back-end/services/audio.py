@@ -26,7 +26,9 @@ into the voice band. Channels are only ever reduced and rates only lowered (`cha
 Truncation: a file cut short still decodes up to the cut, and ffmpeg exits 0. Where the
 container declares its length exactly (FLAC, WAV, Ogg, MP4, WebM with a duration), decoding
 much less than declared fails the job as `truncated_audio`. MP3 and ADTS AAC are skipped:
-ffprobe estimates their duration from the bitrate, so a shortfall proves nothing.
+ffprobe estimates their duration from the bitrate, so a shortfall proves nothing; and a file
+whose writer could not seek back to record its length (FLAC or WebM streamed to a pipe)
+declares none, so a cut there passes as a shorter recording.
 """
 
 from __future__ import annotations

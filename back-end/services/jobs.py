@@ -205,6 +205,9 @@ class JobStore:
     def get(self, job_id: str) -> dict[str, str]:
         return _decode(self._client.hgetall(keys.job(job_id)))
 
+    def ping(self) -> bool:
+        return bool(self._client.ping())
+
     def update(self, job_id: str, token_id: str, **values: Any) -> str:
         """Write a change and its event; returns the event id or raises `Refused`."""
         key_list, argv = _write_args(self._settings, "update", job_id, token_id, values)

@@ -95,15 +95,25 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 _MARK = "_yousync_handler"
 
 
-def configure(service: str, *, level: str | int = "INFO", log_format: str = "text") -> None:
+def configure(
+    service: str,
+    *,
+    level: str | int = "INFO",
+    log_format: str = "text",
+    logfile: str | None = None,
+) -> None:
     """Install the structured handler on the root logger (replacing an earlier one of ours,
     leaving anyone else's alone) and route uvicorn's loggers through it. Uvicorn's own access
-    log is silenced: the API's request middleware writes the richer line."""
+    log is silenced: the API's request middleware writes the richer line. Lines go to stderr,
+    or to `logfile` (a worker's `--logfile`)."""
     root = logging.getLogger()
-    for handler in list(root.handlers):
-        if getattr(handler, _MARK, False):
-            root.removeHandler(handler)
-    handler = _StderrHandler()
+    for old in list(root.handlers):
+        if getattr(old, _MARK, False):
+            root.removeHandler(old)
+            old.close()
+    handler: logging.Handler = (
+        logging.FileHandler(logfile, encoding="utf-8") if logfile else _StderrHandler()
+    )
     setattr(handler, _MARK, True)
     handler.setFormatter(StructuredFormatter(service=service, json_lines=log_format == "json"))
     root.addHandler(handler)
@@ -129,9 +139,10 @@ def job_id_in(text: str | None) -> str | None:
 
 
 class RequestLogMiddleware:
-    """Pure ASGI (a `BaseHTTPMiddleware` would buffer nothing but break streaming semantics):
-    one line per request when it ends — method, path, route, status, duration_ms, job_id — and
-    the same numbers into the HTTP metrics. For an SSE stream the line comes when it ends."""
+    """One line per request when it ends — method, path, route, status, duration_ms, job_id —
+    and the same numbers into the HTTP metrics; for an SSE stream, when the stream ends. Pure
+    ASGI rather than `BaseHTTPMiddleware`, which would put every streamed response (SSE) through
+    an extra task and memory stream."""
 
     def __init__(self, app: Any) -> None:
         self.app = app

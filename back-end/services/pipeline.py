@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config import Settings
 from services import audio
@@ -72,6 +75,11 @@ class Pipeline:
             s3_url = self.storage.url(key)
             on_bytes = reporter.span(10, 40, Stage.UPLOADING, "Uploading to storage")
             reporter.report(10, Stage.UPLOADING, "Uploading to storage", force=True)
+            if job.get("upload_started"):
+                # An earlier attempt was cut off (S3 outage, killed worker) and could not abort
+                # its multipart upload; abort leftovers before starting over.
+                self.storage.abort_multipart_uploads(key)
+            self.store.set_markers(job_id, upload_started=1)
             self.storage.upload(
                 Path(prepared["path"]),
                 key,
@@ -171,6 +179,18 @@ class Pipeline:
                 attempt=attempt,
                 next_retry_in=round(delay, 2),
             )
+
+    def wait_for_state_store(self, *, timeout: float) -> None:
+        """Block until Redis answers again (it may be restarting and loading its data)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.store.ping():
+                    return
+            except RedisConnectionError:
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.5)
 
     def begin_delivery(self, job_id: str, *, worker_pid: int) -> int:
         """Returns how many deliveries of this job started without ending (this one included)."""

@@ -110,7 +110,10 @@ class Storage:
         again after aborting, because an abort racing a part upload may need repeating."""
         aborted = 0
         for _ in range(attempts):
-            listed = self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            try:
+                listed = self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            except (BotoCoreError, ClientError) as exc:
+                raise TransientError("storage_unavailable", f"S3 listing failed: {exc}") from exc
             uploads = [u for u in listed.get("Uploads", []) if u["Key"] == key]
             if not uploads:
                 break

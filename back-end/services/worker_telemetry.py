@@ -50,10 +50,12 @@ def _service_name() -> str:
     return "celery"
 
 
-def _configure_logging(loglevel: Any = None, **_: Any) -> None:
+def _configure_logging(loglevel: Any = None, logfile: str | None = None, **_: Any) -> None:
     settings = get_settings()
     level = loglevel if loglevel not in (None, "") else settings.log_level
-    logging_setup.configure(_service_name(), level=level, log_format=settings.log_format)
+    logging_setup.configure(
+        _service_name(), level=level, log_format=settings.log_format, logfile=logfile or None
+    )
 
 
 def _job_id_of(task: Any, args: Any, kwargs: Any) -> str | None:

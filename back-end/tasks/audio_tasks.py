@@ -3,6 +3,7 @@ what to retry and what to fail is decided here from the error's kind (DESIGN §5
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -11,6 +12,7 @@ from functools import lru_cache
 import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from celery_app import AUDIO_QUEUE, celery_app, settings
 from services.analysis_client import AnalysisClient
@@ -65,9 +67,23 @@ def analyze_audio(self: Task, job_id: str) -> str:
         )
         return "failed"
     try:
-        return _run(self, runner, job_id)
+        return _run_through_redis_outages(self, runner, job_id)
     finally:
-        runner.end_delivery(job_id)
+        with contextlib.suppress(RedisConnectionError):
+            runner.end_delivery(job_id)
+
+
+def _run_through_redis_outages(self: Task, runner: Pipeline, job_id: str) -> str:
+    """A Redis restart mid-job must not strand the job in `processing`: nothing can be written
+    (not even `failed`) while Redis is away, so wait for it and run again; the stage markers
+    make the rerun resume where the job was."""
+    for _ in range(settings.redis_outage_reruns):
+        try:
+            return _run(self, runner, job_id)
+        except RedisConnectionError as exc:
+            log.warning("job %s: Redis unreachable (%s); waiting to resume", job_id, exc)
+            runner.wait_for_state_store(timeout=settings.redis_outage_wait_seconds)
+    return _run(self, runner, job_id)
 
 
 def _run(self: Task, runner: Pipeline, job_id: str) -> str:

@@ -5,10 +5,13 @@ job-state script into Redis (jobs by final status, time per stage)."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import socket
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -22,6 +25,7 @@ from config import Settings
 from services.jobs import AsyncJobStore, JobStore
 
 STAGES = ("queued", "preparing", "uploading", "analyzing", "storing")
+DASHBOARD = Path(__file__).resolve().parents[3] / "deploy" / "grafana" / "yousync-dashboard.json"
 
 
 def scrape(base: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -116,6 +120,17 @@ def test_metrics_when_job_completes_then_upload_job_stage_and_sse_metrics_move(
     # The analysis server takes at least ANALYSIS_MIN_SECONDS (1 s) in the tests.
     assert value(after, "yousync_job_stage_seconds_sum", stage="analyzing") >= 1.0
     assert value(after, "yousync_job_stage_seconds_bucket", stage="analyzing", le="0.5") == 0
+
+    # Every series the Grafana dashboard in deploy/ queries is one this endpoint exports.
+    dashboard = json.loads(DASHBOARD.read_text())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", [])
+        for name in re.findall(r"yousync_[a-z_]+", target["expr"])
+    }
+    exported = {name for name, _ in after}
+    assert queried and queried <= exported, queried - exported
 
 
 def test_metrics_when_job_fails_then_counted_once_by_final_status(

@@ -1,0 +1,91 @@
+"""REFERENCE ONLY — never part of the product. Three minimal idle-stream servers, each one layer
+thinner than the product, so bench/bench_sse_memory.py can say where the API's memory per
+SSE client goes:
+
+  raw_app        pure ASGI: send the headers and one event, then wait for the disconnect
+                 (the floor: uvicorn's protocol objects, one task, the socket)
+  streaming_app  Starlette + StreamingResponse over an async generator waiting on an
+                 asyncio.Queue (what a hub subscription feeds)
+  sse_app        Starlette + sse-starlette's EventSourceResponse over the same generator,
+                 with the product's ping and send timeout (its per-connection task group)
+
+`GET /stream/{anything}` opens a stream; `GET /healthz` answers 200. When BENCH_GC_LOG is set,
+bench/_gc_probe.py's hooks are installed (the same ones the product's API gets in the bench).
+
+Run: `uvicorn bench.sse_floor_apps:sse_app` from the repository root.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from pathlib import Path
+from typing import Any
+
+from bench._gc_probe import install
+from sse_starlette import EventSourceResponse
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+if os.environ.get("BENCH_GC_LOG"):
+    install(Path(os.environ["BENCH_GC_LOG"]))
+
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# Looks like the product's first event to the benchmark's clients (they count `data:`).
+FIRST_EVENT = b'id: 0-1\r\ndata: {"status":"queued","message":"floor"}\r\n\r\n'
+SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-store")]
+
+
+async def raw_app(scope: MutableMapping[str, Any], receive: Receive, send: Send) -> None:
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["path"] == "/healthz":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": SSE_HEADERS})
+    await send({"type": "http.response.body", "body": FIRST_EVENT, "more_body": True})
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _events() -> AsyncIterator[bytes]:
+    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)  # a hub subscription's queue
+    yield FIRST_EVENT
+    while True:
+        yield await queue.get()
+
+
+async def _sse_events() -> AsyncIterator[dict[str, str]]:
+    queue: asyncio.Queue[dict[str, str]] = asyncio.Queue(maxsize=64)
+    yield {"id": "0-1", "data": '{"status":"queued","message":"floor"}'}
+    while True:
+        yield await queue.get()
+
+
+async def _healthz(_: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def _streaming(_: Request) -> Response:
+    return StreamingResponse(_events(), media_type="text/event-stream")
+
+
+async def _sse(_: Request) -> Response:
+    return EventSourceResponse(_sse_events(), ping=15, send_timeout=30)
+
+
+streaming_app = Starlette(routes=[Route("/stream/{key}", _streaming), Route("/healthz", _healthz)])
+sse_app = Starlette(routes=[Route("/stream/{key}", _sse), Route("/healthz", _healthz)])

@@ -1,0 +1,500 @@
+"""Faults, really caused: workers SIGKILLed mid-job, a poison pill, the analysis server failing
+(5xx, hanging, 4xx), S3 cut off mid-upload, Redis restarted under running jobs.
+
+Each scenario appends a row to tests/artifacts/fault_table.json (scenario, jobs run, completed,
+duplicates, events lost), the table quoted in the closing notes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import socket
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+from tests.helpers import sse
+from tests.helpers.proxy import CuttableProxy
+
+from devtools import stack
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+def record(row: dict[str, object]) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    path = ARTIFACTS / "fault_table.json"
+    rows = json.loads(path.read_text()) if path.exists() else []
+    rows = [r for r in rows if r["scenario"] != row["scenario"]] + [row]
+    path.write_text(json.dumps(rows, indent=2))
+
+
+def noisy_wav(seconds: float, seed: int, rate: int = 44100) -> bytes:
+    """Speech-like noise that FLAC cannot shrink much: uploads stay multipart-sized."""
+    rng = random.Random(seed)
+    frames = int(seconds * rate)
+    pcm = struct.pack(
+        f"<{frames}h",
+        *(int(12000 * math.sin(i / 9.0) + rng.randint(-9000, 9000)) for i in range(frames)),
+    )
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + len(pcm),
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,
+        1,
+        rate,
+        rate * 2,
+        2,
+        16,
+        b"data",
+        len(pcm),
+    )
+    return header + pcm
+
+
+def white_noise_wav(megabytes: int, rate: int = 44100) -> bytes:
+    pcm = os.urandom(megabytes * 1024 * 1024 // 2 * 2)
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + len(pcm),
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,
+        1,
+        rate,
+        rate * 2,
+        2,
+        16,
+        b"data",
+        len(pcm),
+    )
+    return header + pcm
+
+
+def upload(base: str, token_id: str, content: bytes) -> dict[str, str]:
+    response = httpx.post(
+        f"{base}/tokens/{token_id}/upload-audio",
+        files={"file": ("line.wav", content, "audio/wav")},
+        timeout=60,
+    )
+    assert response.status_code == 202, response.text
+    return dict(response.json())
+
+
+class Follower(threading.Thread):
+    """An SSE client following one job to its end, reconnecting with Last-Event-ID like a
+    browser would, so lost or duplicated events would show."""
+
+    def __init__(self, base: str, job_id: str) -> None:
+        super().__init__(daemon=True)
+        self.url = f"{base}/tokens/analysis-progress/{job_id}"
+        self.ids: list[str] = []
+        self.snapshots: list[dict[str, object]] = []
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            headers = {"Last-Event-ID": self.ids[-1]} if self.ids else {}
+            try:
+                for event in sse.stream(self.url, headers=headers, timeout=60):
+                    self.ids.append(event.id or "")
+                    self.snapshots.append(event.json)
+                if self.snapshots and self.snapshots[-1]["status"] in ("completed", "failed"):
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+
+
+@dataclass
+class JobCheck:
+    completed: bool
+    duplicates: int
+    events_lost: int
+    monotonic: bool
+
+
+def check_job(
+    r: redis.Redis,
+    s3_client,
+    bucket: str,
+    token_id: str,
+    job_id: str,
+    follower: Follower,  # type: ignore[no-untyped-def]
+) -> JobCheck:
+    events = [fields for _, fields in r.xrange(f"yousync:job:{job_id}:events")]
+    stored_ids = [entry_id for entry_id, _ in r.xrange(f"yousync:job:{job_id}:events")]
+    completed_events = sum(1 for e in events if e["status"] == "completed")
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"audio/{token_id}/{job_id}")
+    objects = listed.get("KeyCount", 0)
+    dangling = s3_client.list_multipart_uploads(Bucket=bucket, Prefix=f"audio/{token_id}/{job_id}")
+    progress = [int(e["progress"]) for e in events]
+    seen = follower.ids
+    lost = (
+        len(stored_ids[stored_ids.index(seen[0]) :]) - len(set(seen)) if seen else len(stored_ids)
+    )
+    return JobCheck(
+        completed=completed_events == 1 and events[-1]["status"] == "completed",
+        duplicates=max(completed_events - 1, 0)
+        + max(objects - 1, 0)
+        + len(dangling.get("Uploads", []))
+        + (len(seen) - len(set(seen))),
+        events_lost=lost,
+        monotonic=progress == sorted(progress),
+    )
+
+
+def job_fields(r: redis.Redis, job_id: str) -> dict[str, str]:
+    return dict(r.hgetall(f"yousync:job:{job_id}"))
+
+
+def test_worker_child_sigkilled_mid_upload_or_analysis_then_every_job_completes_exactly_once(
+    pipeline: str,
+    token_id: str,
+    redis_client: redis.Redis,
+    s3_client,
+    s3_bucket: str,  # type: ignore[no-untyped-def]
+) -> None:
+    jobs = [upload(pipeline, token_id, noisy_wav(3.0, seed))["job_id"] for seed in range(20)]
+    followers = {job_id: Follower(pipeline, job_id) for job_id in jobs}
+    for follower in followers.values():
+        follower.start()
+    # Even jobs are killed while uploading, odd ones while analysing (first moment seen).
+    targets = {
+        job_id: ("uploading" if i % 2 == 0 else "analyzing") for i, job_id in enumerate(jobs)
+    }
+    killed: dict[str, str] = {}
+    deadline = time.monotonic() + 120
+    while len(killed) < len(jobs) and time.monotonic() < deadline:
+        for job_id in jobs:
+            if job_id in killed:
+                continue
+            job = job_fields(redis_client, job_id)
+            if job.get("status") == "completed":
+                killed[job_id] = "missed"
+            elif job.get("stage") == targets[job_id] and job.get("worker_pid"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(job["worker_pid"]), signal.SIGKILL)
+                    killed[job_id] = job["stage"]
+        time.sleep(0.005)
+    for follower in followers.values():
+        follower.join(120)
+    checks = [
+        check_job(redis_client, s3_client, s3_bucket, token_id, job_id, followers[job_id])
+        for job_id in jobs
+    ]
+    kills = {stage: list(killed.values()).count(stage) for stage in ("uploading", "analyzing")}
+    record(
+        {
+            "scenario": "worker child SIGKILL mid-upload / mid-analysis",
+            "jobs": len(jobs),
+            "kills": kills,
+            "completed": sum(c.completed for c in checks),
+            "duplicates": sum(c.duplicates for c in checks),
+            "events_lost": sum(c.events_lost for c in checks),
+        }
+    )
+    assert kills["uploading"] + kills["analyzing"] >= 15, killed
+    assert all(c.completed for c in checks), checks
+    assert all(c.monotonic for c in checks)
+    assert sum(c.duplicates for c in checks) == 0
+    assert sum(c.events_lost for c in checks) == 0
+
+
+def test_worker_process_sigkilled_then_task_returns_after_visibility_timeout_and_completes(
+    pipeline: str,
+    token_id: str,
+    redis_client: redis.Redis,
+    worker_service: stack.Proc,
+    s3_client,
+    s3_bucket: str,  # type: ignore[no-untyped-def]
+) -> None:
+    jobs = [upload(pipeline, token_id, noisy_wav(2.0, 100 + i))["job_id"] for i in range(2)]
+    followers = {job_id: Follower(pipeline, job_id) for job_id in jobs}
+    for follower in followers.values():
+        follower.start()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if any(job_fields(redis_client, j).get("stage") == "analyzing" for j in jobs):
+            break
+        time.sleep(0.01)
+    worker_service.kill()  # the whole worker: parent and children, no chance to requeue
+    started = time.monotonic()
+    worker_service.start()
+    for follower in followers.values():
+        follower.join(90)
+    recovered_after = time.monotonic() - started
+    checks = [
+        check_job(redis_client, s3_client, s3_bucket, token_id, j, followers[j]) for j in jobs
+    ]
+    record(
+        {
+            "scenario": "whole worker SIGKILL mid-analysis, restarted",
+            "jobs": len(jobs),
+            "completed": sum(c.completed for c in checks),
+            "duplicates": sum(c.duplicates for c in checks),
+            "events_lost": sum(c.events_lost for c in checks),
+            "recovered_after_s": round(recovered_after, 1),
+        }
+    )
+    assert all(c.completed and c.monotonic for c in checks), checks
+    assert sum(c.duplicates for c in checks) == 0
+    assert sum(c.events_lost for c in checks) == 0
+
+
+def test_job_that_keeps_killing_its_worker_then_fails_as_poison(
+    pipeline: str, token_id: str, redis_client: redis.Redis
+) -> None:
+    job_id = upload(pipeline, token_id, noisy_wav(2.0, 999))["job_id"]
+    killed_pids: set[str] = set()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        job = job_fields(redis_client, job_id)
+        if job.get("status") == "failed":
+            break
+        pid = job.get("worker_pid")
+        if job.get("status") == "processing" and pid and pid not in killed_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+            killed_pids.add(pid)
+        time.sleep(0.005)
+    snapshot = httpx.get(f"{pipeline}/tokens/analysis-result/{job_id}").json()
+    record(
+        {
+            "scenario": "poison pill (kills its worker on every delivery)",
+            "jobs": 1,
+            "completed": 0,
+            "duplicates": 0,
+            "events_lost": 0,
+            "kills": len(killed_pids),
+            "final": f"{snapshot['status']}/{(snapshot.get('error') or {}).get('code')}",
+        }
+    )
+    assert snapshot["status"] == "failed", snapshot
+    assert snapshot["error"]["code"] == "poison" and snapshot["error"]["retryable"] is False
+    assert len(killed_pids) == 3
+
+
+# --- faults that need their own worker (its own settings) -------------------------------------
+
+
+@dataclass
+class MiniStack:
+    api_url: str
+    redis: redis.Redis
+    procs: list[stack.Proc]
+
+
+@pytest.fixture
+def mini_stack(
+    stack_env: dict[str, str], workdir: Path, analysis_service: stack.Proc
+) -> Iterator[Callable[..., MiniStack]]:
+    """Factory: a private redis + worker + API with setting overrides (shared S3 server)."""
+    started: list[stack.Proc] = []
+
+    def make(*, persistent_redis: bool = False, **overrides: str) -> MiniStack:
+        own_redis = stack.redis_proc(workdir, persistent=persistent_redis).start()
+        started.append(own_redis)
+        url = f"redis://127.0.0.1:{own_redis.name.split(':')[1]}/0"
+        env = {**stack_env, "REDIS_URL": url, **overrides}
+        worker = stack.worker_proc(env, workdir, name=f"mini{uuid.uuid4().hex[:6]}").start()
+        api = stack.api_proc(env, workdir).start()
+        started.extend([worker, api])
+        return MiniStack(
+            api_url=f"http://127.0.0.1:{api.name.split(':')[1]}",
+            redis=redis.Redis.from_url(url, decode_responses=True),
+            procs=[own_redis, worker, api],
+        )
+
+    yield make
+    for proc in reversed(started):
+        proc.kill()
+
+
+@pytest.fixture
+def broken_analysis(stack_env: dict[str, str], workdir: Path) -> Iterator[Callable[..., str]]:
+    """Factory: a real analysis server with overrides (e.g. its S3 unreachable → 503)."""
+    started: list[stack.Proc] = []
+
+    def make(**overrides: str) -> str:
+        proc = stack.analysis_proc({**stack_env, **overrides}, workdir).start()
+        started.append(proc)
+        return f"http://127.0.0.1:{proc.name.split(':')[1]}"
+
+    yield make
+    for proc in started:
+        proc.kill()
+
+
+@pytest.fixture
+def hanging_server() -> Iterator[str]:
+    """Accepts connections and never answers."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        listener.settimeout(0.2)
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError, OSError):
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    for sock in held:
+        sock.close()
+    listener.close()
+
+
+def follow_to_end(base: str, body: dict[str, str]) -> list[dict[str, object]]:
+    return [event.json for event in sse.stream(f"{base}{body['progress_url']}", timeout=60)]
+
+
+@pytest.mark.parametrize("failure", ["5xx", "hang"])
+def test_analysis_server_failing_then_retries_with_backoff_visible_and_fails_retryable(
+    failure: str,
+    mini_stack,
+    broken_analysis,
+    hanging_server: str,
+    token_id: str,  # type: ignore[no-untyped-def]
+) -> None:
+    if failure == "5xx":  # a real analysis server whose own S3 is unreachable answers 503
+        url = broken_analysis(S3_ENDPOINT_URL=f"http://127.0.0.1:{stack.free_port()}")
+    else:
+        url = hanging_server
+    mini = mini_stack(ANALYSIS_SERVER_URL=url, ANALYSIS_TIMEOUT_SECONDS="1")
+    events = follow_to_end(mini.api_url, upload(mini.api_url, token_id, noisy_wav(1.0, 5)))
+    final = events[-1]
+    assert final["status"] == "failed"
+    assert final["error"] == {
+        "code": "analysis_unavailable",
+        "message": final["error"]["message"],
+        "retryable": True,
+    }
+    retries = [(e["attempt"], e["next_retry_in"]) for e in events if e["next_retry_in"]]
+    assert [attempt for attempt, _ in retries] == [1, 2]
+    assert retries[1][1] > retries[0][1], "exponential backoff (0.2 s base, ±20 % jitter)"
+    record(
+        {
+            "scenario": f"analysis server {failure}",
+            "jobs": 1,
+            "completed": 0,
+            "duplicates": 0,
+            "events_lost": 0,
+            "final": "failed, retryable, 2 retries",
+        }
+    )
+
+
+def test_analysis_server_4xx_then_fails_at_once_not_retryable(
+    mini_stack,
+    broken_analysis,
+    token_id: str,  # type: ignore[no-untyped-def]
+) -> None:
+    url = broken_analysis(ANALYSIS_MAX_DURATION_SECONDS="0.2")
+    mini = mini_stack(ANALYSIS_SERVER_URL=url)
+    events = follow_to_end(mini.api_url, upload(mini.api_url, token_id, noisy_wav(1.0, 6)))
+    assert events[-1]["status"] == "failed"
+    assert events[-1]["error"]["code"] == "audio_too_long"
+    assert events[-1]["error"]["retryable"] is False
+    assert not any(e["next_retry_in"] for e in events), "no retry for a 4xx"
+
+
+def test_s3_cut_off_mid_upload_then_retry_completes_and_no_multipart_upload_dangles(
+    mini_stack,
+    s3_service: stack.Proc,
+    s3_client,
+    s3_bucket: str,
+    token_id: str,  # type: ignore[no-untyped-def]
+) -> None:
+    proxy = CuttableProxy(int(s3_service.name.split(":")[1]))
+    try:
+        # Retries at ~1, 3, 7 and 15 s: the 6 s outage outlasts botocore's own retries, so the
+        # task-level retry path (and the abort of the cut-off multipart upload) is exercised.
+        mini = mini_stack(
+            S3_ENDPOINT_URL=proxy.url,
+            TASK_RETRY_DELAY="1",
+            TASK_MAX_RETRIES="4",
+            MAX_UPLOAD_MB="32",
+        )
+        # 16 MB of white noise: FLAC cannot shrink it, so it goes up in 5 MB multipart parts;
+        # the proxy cuts S3 off after the first part.
+        proxy.cut_after(6 * 1024 * 1024, outage_seconds=6.0)
+        body = upload(mini.api_url, token_id, white_noise_wav(16))
+        events = [e.json for e in sse.stream(f"{mini.api_url}{body['progress_url']}", timeout=90)]
+        cut = proxy.cuts == 1
+    finally:
+        proxy.close()
+    assert cut, "the upload was cut mid-way"
+    assert events[-1]["status"] == "completed", [
+        (e["stage"], e["progress"], e["message"], e["error"]) for e in events[-6:]
+    ]
+    assert any(e["next_retry_in"] for e in events), "the cut showed as a retry"
+    prefix = f"audio/{token_id}/{body['job_id']}"
+    assert s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=prefix)["KeyCount"] == 1
+    assert s3_client.list_multipart_uploads(Bucket=s3_bucket, Prefix=prefix).get("Uploads") is None
+    record(
+        {
+            "scenario": "S3 cut off mid multipart upload",
+            "jobs": 1,
+            "completed": 1,
+            "duplicates": 0,
+            "events_lost": 0,
+        }
+    )
+
+
+def test_redis_restarted_under_a_running_job_then_api_503s_meanwhile_and_job_completes(
+    mini_stack,
+    token_id: str,  # type: ignore[no-untyped-def]
+) -> None:
+    mini = mini_stack(persistent_redis=True, ANALYSIS_MIN_SECONDS="2")
+    own_redis = mini.procs[0]
+    body = upload(mini.api_url, token_id, noisy_wav(1.0, 8))
+    follower = Follower(mini.api_url, body["job_id"])
+    follower.start()
+    deadline = time.monotonic() + 20
+    while mini.redis.hget(f"yousync:job:{body['job_id']}", "stage") != "analyzing":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    own_redis.kill()
+    during = httpx.get(f"{mini.api_url}{body['result_url']}")
+    assert during.status_code == 503 and during.json()["code"] == "redis_unavailable"
+    time.sleep(1)
+    own_redis.start()
+    follower.join(90)
+    final = follower.snapshots[-1] if follower.snapshots else {}
+    ids = mini.redis.xrange(f"yousync:job:{body['job_id']}:events")
+    stored = [entry_id for entry_id, _ in ids]
+    seen = follower.ids
+    lost = len(stored[stored.index(seen[0]) :]) - len(set(seen))
+    record(
+        {
+            "scenario": "Redis restarted mid-analysis (API 503 meanwhile)",
+            "jobs": 1,
+            "completed": int(final.get("status") == "completed"),
+            "duplicates": len(seen) - len(set(seen)),
+            "events_lost": lost,
+        }
+    )
+    assert final.get("status") == "completed", final
+    assert lost == 0 and len(seen) == len(set(seen))

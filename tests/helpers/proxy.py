@@ -1,0 +1,96 @@
+"""A loopback TCP proxy that a test can cut: existing connections are reset and new ones
+refused until it is restored. Lets a test take a service "down" mid-transfer while the service
+itself (and its state) stays alive."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+
+from devtools.stack import free_port
+
+_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"
+
+
+_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {on, 0 s}
+
+
+class CuttableProxy:
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self._target = ("127.0.0.1", target_port)
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self._open = threading.Event()
+        self._open.set()
+        self._sockets: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self.bytes_forwarded = 0
+        self._cut_at: int | None = None
+        self._outage = 0.0
+        self.cuts = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def cut(self) -> None:
+        self._open.clear()
+        with self._lock:
+            for sock in list(self._sockets):
+                with contextlib.suppress(OSError):
+                    # SO_LINGER 0: a reset, like a crashed peer. shutdown() first: a plain
+                    # close() does not wake another thread blocked in recv() on this socket.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
+                    sock.shutdown(socket.SHUT_RDWR)
+                    sock.close()
+            self._sockets.clear()
+
+    def cut_after(self, forwarded_bytes: int, *, outage_seconds: float) -> None:
+        """Cut once this many bytes went through (mid-transfer), restore after the outage."""
+        self._cut_at, self._outage = forwarded_bytes, outage_seconds
+
+    def restore(self) -> None:
+        self._open.set()
+
+    def close(self) -> None:
+        self.cut()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            if not self._open.is_set():
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(self._target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._sockets |= {client, upstream}
+            for src, dst in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                self.bytes_forwarded += len(data)
+                if self._cut_at is not None and self.bytes_forwarded >= self._cut_at:
+                    self._cut_at = None
+                    self.cuts += 1
+                    threading.Timer(self._outage, self.restore).start()
+                    self.cut()
+                    return
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.close()
