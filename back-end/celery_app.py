@@ -28,6 +28,10 @@ celery_app = Celery(
 )
 _transport_options: dict[str, Any] = {
     "visibility_timeout": settings.broker_visibility_timeout,
+    # kombu scans for unacked tasks of dead workers only every 10th tick by default (~100 s
+    # after the visibility timeout); scan every tick instead: one ZRANGE per worker per tick.
+    "unacked_restore_interval": settings.broker_restore_interval_seconds,
+    "unacked_restore_throttle": 1,
     "socket_connect_timeout": 3,
     "socket_timeout": 10,
 }

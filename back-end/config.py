@@ -77,6 +77,8 @@ class Settings(BaseSettings):
     # Must exceed task_time_limit, or Redis redelivers a running task (DESIGN §10, celery#5935).
     broker_visibility_timeout: int = 1800
     enqueue_timeout_seconds: float = 3.0
+    # How often workers look for tasks of dead workers past the visibility timeout.
+    broker_restore_interval_seconds: float = 10.0
     # Touched when a worker is ready to consume (supervisors, test fixtures).
     worker_ready_file: Path | None = Field(None, alias="YOUSYNC_WORKER_READY_FILE")
 

@@ -110,9 +110,12 @@ def write_result(name: str, figures: dict[str, object], rows: list[Row] | None =
     return path
 
 
+RUN_ONE = "PYTHONPATH=.:back-end:analysis-server .venv/bin/python bench/<script>"
+
+
 def command_for(script: str) -> str:
-    """How to reproduce one benchmark alone (what `make bench` runs for every script)."""
-    return f"PYTHONPATH=.:back-end:analysis-server .venv/bin/python bench/{script}"
+    """The script that reproduces a figure: `make bench` runs them all, `RUN_ONE` one."""
+    return f"bench/{script}"
 
 
 # --- /proc readings of child processes (Linux only, like the benchmarks) -----------------
@@ -139,38 +142,70 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def _cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs since boot, from /proc/stat."""
-    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    return sum(values) - idle, sum(values)
+def _process_table() -> dict[int, tuple[int, float]]:
+    """pid → (parent pid, CPU seconds used so far) for every process on the machine."""
+    table: dict[int, tuple[int, float]] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+        except OSError:
+            continue  # it ended meanwhile
+        fields = stat[stat.rindex(")") + 2 :].split()
+        table[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _TICKS)
+    return table
 
 
-def system_cpu_seconds() -> float:
-    """CPU seconds the whole machine has spent busy since boot (all cores)."""
-    return _cpu_times()[0] / _TICKS
+def _descendants(root: int, *tables: dict[int, tuple[int, float]]) -> set[int]:
+    children: dict[int, set[int]] = {}
+    for table in tables:
+        for pid, (ppid, _) in table.items():
+            children.setdefault(ppid, set()).add(pid)
+    found, todo = {root}, [root]
+    while todo:
+        for child in children.get(todo.pop(), ()):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
-def system_busy_cores(seconds: float = 2.0) -> float:
-    """How many cores the whole machine kept busy over the next `seconds`."""
-    busy0, total0 = _cpu_times()
-    time.sleep(seconds)
-    busy1, total1 = _cpu_times()
-    return (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
+class ForeignLoad:
+    """CPU used meanwhile by processes that are neither this benchmark nor its children.
+
+    Why: this machine is shared (other sessions run test suites on the same two cores), and
+    such load would show up as our latency. Every result records it: near 0 means a clean
+    measurement. Counted per process, so kernel time spent on our own loopback traffic (which
+    /proc/stat books as softirq, not to any process) is not mistaken for someone else's."""
+
+    def __init__(self) -> None:
+        self._start = _process_table()
+        self._started = time.perf_counter()
+
+    def cores(self) -> float:
+        end = _process_table()
+        seconds = time.perf_counter() - self._started
+        ours = _descendants(os.getpid(), self._start, end)
+        used = 0.0
+        for pid, (_, cpu) in end.items():
+            if pid not in ours:
+                used += cpu - self._start.get(pid, (0, 0.0))[1]
+        return round(max(used, 0.0) / max(seconds, 1e-6), 2)
 
 
-def wait_for_quiet(*, threshold: float = 0.3, timeout: float = 900.0) -> float:
-    """Wait (bounded) until nothing else keeps this machine busy, and return the background
-    load finally measured. On a shared 2-core machine a test suite running alongside would
-    otherwise show up as our latency; the figure goes into every result file so a reader can
-    tell a quiet run from a disturbed one."""
+def wait_for_quiet(*, threshold: float = 0.2, timeout: float = 900.0) -> float:
+    """Wait (bounded) until nothing else keeps this machine busy; returns the foreign load
+    last measured (recorded in the result, see ForeignLoad)."""
     deadline = time.monotonic() + timeout
-    busy = system_busy_cores()
-    while busy > threshold and time.monotonic() < deadline:
+    while True:
+        probe = ForeignLoad()
+        time.sleep(3.0)
+        busy = probe.cores()
+        if busy <= threshold or time.monotonic() >= deadline:
+            return busy
         print(f"waiting for a quiet machine ({busy:.2f} cores busy elsewhere)", flush=True)
-        time.sleep(10)
-        busy = system_busy_cores()
-    return round(busy, 2)
+        time.sleep(5.0)
 
 
 def raise_fd_limit() -> int:

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._jobs import create_jobs
 from bench._stack import (
+    ForeignLoad,
     Row,
     command_for,
     percentile,
@@ -51,7 +52,6 @@ from bench._stack import (
     write_result,
 )
 from bench.summary import write_summary
-
 from devtools import stack
 
 SCRIPT = Path(__file__).name
@@ -100,6 +100,7 @@ def run_jobs(client: httpx.Client, api_url: str, seeds: range) -> list[float]:
 def end_to_end(workers: int) -> dict[str, Any]:
     with running_stack(workers=workers) as bench, httpx.Client(timeout=120) as client:
         run_jobs(client, bench.api_url, range(10_000, 10_000 + 2 * workers))  # warm-up
+        foreign = ForeignLoad()
         started = time.perf_counter()
         durations = run_jobs(client, bench.api_url, range(END_TO_END_JOBS))
         elapsed = time.perf_counter() - started
@@ -111,6 +112,7 @@ def end_to_end(workers: int) -> dict[str, Any]:
         "jobs_per_min": round(END_TO_END_JOBS / elapsed * 60, 1),
         "job_seconds_p50": round(percentile(durations, 50), 2),
         "job_seconds_max": round(max(durations), 2),
+        "foreign_cpu_cores": foreign.cores(),
     }
 
 
@@ -188,6 +190,7 @@ def in_process(redis_url: str, spool: Path, *, real_prepare: bool) -> dict[str, 
     cpu: list[float] = []
     wall: list[float] = []
     children_before = os.times()
+    foreign = ForeignLoad()
     patch = (
         contextlib.nullcontext()
         if real_prepare
@@ -218,8 +221,9 @@ def in_process(redis_url: str, spool: Path, *, real_prepare: bool) -> dict[str, 
         "cpu_ms_per_job_p50": round(percentile([c * 1000 for c in cpu], 50), 2),
         "cpu_ms_per_job_mean": round(sum(cpu) * 1000 / len(cpu), 2),
         "wall_ms_per_job_p50": round(percentile([w * 1000 for w in wall], 50), 2),
-        "subprocess_cpu_ms_per_job": round(children_cpu * 1000 / len(job_ids), 2),
+        "subprocess_cpu_ms_per_job": round(max(children_cpu, 0.0) * 1000 / len(job_ids), 2),
         "redis_scripts_per_job": round(scripts, 1),
+        "foreign_cpu_cores": foreign.cores(),
     }
 
 

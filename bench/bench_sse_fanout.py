@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import multiprocessing
-import os
 import shutil
 import sys
 import tempfile
@@ -50,6 +49,7 @@ from bench import _sse_clients
 from bench._gc_probe import read_pauses, request_snapshot
 from bench._jobs import BENCH_CLIENT_PREFIX, create_jobs, sync_store
 from bench._stack import (
+    ForeignLoad,
     Row,
     command_for,
     cpu_seconds,
@@ -57,12 +57,10 @@ from bench._stack import (
     percentile,
     raise_fd_limit,
     rss_kb,
-    system_cpu_seconds,
     wait_for_quiet,
     write_result,
 )
 from bench.summary import write_summary
-
 from devtools import stack
 from services.jobs import JobStore
 
@@ -184,8 +182,7 @@ class Window:
         self.started = time.perf_counter()
         self.redis = probe.snapshot()
         self.cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
-        self.own = _own_cpu()
-        self.system = system_cpu_seconds()
+        self.foreign = ForeignLoad()
 
     def end(self, writes: int = 0, commands_per_write: float = 0.0) -> dict[str, Any]:
         seconds = time.perf_counter() - self.started
@@ -199,23 +196,14 @@ class Window:
         }
         cpu = {name: cpu_seconds(pid) - self.cpu[name] for name, pid in self.pids.items()}
         redis_cpu = after["cpu"] - self.redis["cpu"]
-        ours = sum(cpu.values()) + redis_cpu + _own_cpu() - self.own
-        # Whatever else ran on the machine meanwhile (another test run, say): near 0 in a
-        # clean measurement.
-        foreign = system_cpu_seconds() - self.system - ours
         return {
             "seconds": round(seconds, 2),
-            "foreign_cpu_cores": round(max(foreign, 0.0) / seconds, 2),
+            "foreign_cpu_cores": self.foreign.cores(),
             "server_redis_commands_per_s": round(commands / seconds, 1),
             "redis_calls_by_command": calls,
             "redis_cpu_cores": round(redis_cpu / seconds, 3),
             "cpu_cores": {name: round(value / seconds, 3) for name, value in cpu.items()},
         }
-
-
-def _own_cpu() -> float:
-    times = os.times()
-    return times.user + times.system
 
 
 def write_load(

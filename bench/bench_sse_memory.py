@@ -31,10 +31,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._gc_probe import request_snapshot
 from bench._jobs import create_jobs
-from bench._stack import Row, command_for, raise_fd_limit, rss_kb, wait_for_quiet, write_result
+from bench._stack import (
+    ForeignLoad,
+    Row,
+    command_for,
+    raise_fd_limit,
+    rss_kb,
+    wait_for_quiet,
+    write_result,
+)
 from bench.bench_sse_fanout import HOST, TOKEN, ClientFleet, uvicorn_server
 from bench.summary import write_summary
-
 from devtools import stack
 
 SCRIPT = Path(__file__).name
@@ -71,10 +78,12 @@ def measure(
         time.sleep(1.0)
         before = request_snapshot(server.pid, gc_log, poke)
         rss_before = rss_kb(server.pid)
+        foreign = ForeignLoad()
         held = fleet.connect(port, paths, 500)["held"]
         time.sleep(2.0)
         rss_held = rss_kb(server.pid)
         after = request_snapshot(server.pid, gc_log, poke)
+        foreign_cores = foreign.cores()
         fleet.close()
     finally:
         server.stop()
@@ -92,6 +101,7 @@ def measure(
         "full_gc_ms_before": before["full_gc_ms"],
         "full_gc_ms_held": after["full_gc_ms"],
         "top_types_per_client": {name: round(count / max(held, 1), 2) for name, count in top},
+        "foreign_cpu_cores": foreign_cores,
     }
 
 

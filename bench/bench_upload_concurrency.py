@@ -33,6 +33,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._stack import (
+    ForeignLoad,
     Row,
     Stack,
     command_for,
@@ -40,13 +41,11 @@ from bench._stack import (
     percentile,
     rss_kb,
     running_stack,
-    system_cpu_seconds,
     wait_for_quiet,
     write_result,
 )
 from bench.bench_upload_latency import wav_of_size
 from bench.summary import write_summary
-
 from devtools import stack
 
 SCRIPT = Path(__file__).name
@@ -99,20 +98,17 @@ async def concurrent_uploads(
     return latencies, time.perf_counter() - started
 
 
-def small_files(url: str, spool: Path, pid: int, helper_pids: list[int]) -> dict[str, Any]:
-    """SMALL_UPLOADS uploads of 1 MB by CONCURRENCY closed-loop clients against one server.
-    `helper_pids` (Redis, the broker) count as ours when telling foreign CPU load apart."""
+def small_files(url: str, spool: Path, pid: int) -> dict[str, Any]:
+    """SMALL_UPLOADS uploads of 1 MB by CONCURRENCY closed-loop clients against one server."""
     body = multipart(wav_of_size(1))
     asyncio.run(concurrent_uploads(url, body, total=20, concurrency=CONCURRENCY))  # warm-up
     clear_spool(spool)
     cpu_before, client_before = cpu_seconds(pid), time.process_time()
-    helpers_before, system_before = sum(map(cpu_seconds, helper_pids)), system_cpu_seconds()
+    foreign = ForeignLoad()
     latencies, seconds = asyncio.run(
         concurrent_uploads(url, body, total=SMALL_UPLOADS, concurrency=CONCURRENCY)
     )
     server_cpu, client_cpu = cpu_seconds(pid) - cpu_before, time.process_time() - client_before
-    helpers_cpu = sum(map(cpu_seconds, helper_pids)) - helpers_before
-    foreign = system_cpu_seconds() - system_before - server_cpu - client_cpu - helpers_cpu
     clear_spool(spool)
     ms = [value * 1000 for value in latencies]
     return {
@@ -128,7 +124,7 @@ def small_files(url: str, spool: Path, pid: int, helper_pids: list[int]) -> dict
         "server_cpu_cores": round(server_cpu / seconds, 2),
         "client_cpu_cores": round(client_cpu / seconds, 2),
         # Anything else that ran on the machine meanwhile; near 0 in a clean measurement.
-        "foreign_cpu_cores": round(max(foreign, 0.0) / seconds, 2),
+        "foreign_cpu_cores": foreign.cores(),
     }
 
 
@@ -157,6 +153,7 @@ def large_file(targets: dict[str, str], spools: list[Path]) -> dict[str, Any]:
     """Median of LARGE_RUNS per target, interleaved so all see the same machine state."""
     body = multipart(wav_of_size(50))
     times: dict[str, list[float]] = {name: [] for name in targets}
+    foreign = ForeignLoad()
     with httpx.Client(timeout=120) as client:
         for run in range(LARGE_RUNS + 1):  # run 0 warms every server up and is not counted
             for name, url in targets.items():
@@ -177,6 +174,7 @@ def large_file(targets: dict[str, str], spools: list[Path]) -> dict[str, Any]:
         **{f"{name}_runs_ms": [round(t * 1000, 1) for t in times[name]] for name in times},
         "ratio": round(medians["api"] / medians["raw"], 2),
         "ratio_vs_raw_fsync": round(medians["api"] / medians["raw_fsync"], 2),
+        "foreign_cpu_cores": foreign.cores(),
     }
 
 
@@ -206,6 +204,7 @@ def memory_under_large_uploads(bench: Stack, api_pid: int) -> dict[str, Any]:
     time.sleep(1.0)
     baseline = rss_kb(api_pid)
     sampler = RssSampler(api_pid)
+    foreign = ForeignLoad()
     sampler.start()
     latencies, seconds = asyncio.run(
         concurrent_uploads(url, body, total=CONCURRENCY, concurrency=CONCURRENCY)
@@ -224,6 +223,7 @@ def memory_under_large_uploads(bench: Stack, api_pid: int) -> dict[str, Any]:
         "rss_after_mb": round(after / 1024, 1),
         "rss_growth_mb": round((peak - baseline) / 1024, 1),
         "to_202_s_max": round(max(latencies), 2),
+        "foreign_cpu_cores": foreign.cores(),
     }
 
 
@@ -297,10 +297,9 @@ def main() -> None:
         raw_url = f"http://127.0.0.1:{raw.name.split(':')[1]}/upload"
         api_url = f"{bench.api_url}/tokens/bench/upload-audio"
         try:
-            helpers = [bench.procs["redis"].pid]
-            figures["1MB_x20"] = small_files(api_url, spool, api_pid, helpers)
+            figures["1MB_x20"] = small_files(api_url, spool, api_pid)
             print("1 MB x20, API:", figures["1MB_x20"], flush=True)
-            figures["1MB_x20_raw"] = small_files(raw_url, raw_spool, raw.pid, helpers)
+            figures["1MB_x20_raw"] = small_files(raw_url, raw_spool, raw.pid)
             print("1 MB x20, raw:", figures["1MB_x20_raw"], flush=True)
             targets = {"api": api_url, "raw": raw_url, "raw_fsync": f"{raw_url}?fsync=1"}
             figures["50MB"] = large_file(targets, [spool, raw_spool])

@@ -23,12 +23,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from bench._gc_probe import install
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from bench._gc_probe import install
 
 if os.environ.get("BENCH_GC_LOG"):
     install(Path(os.environ["BENCH_GC_LOG"]))

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stack import RESULTS
+from bench._stack import RESULTS, RUN_ONE
 
 HEADER = "| figure | value | target | met? | command |\n|---|---|---|---|---|\n"
 
@@ -23,8 +24,23 @@ def _met(value: bool | None) -> str:
     return {True: "yes", False: "**no**", None: "—"}[value]
 
 
+def _foreign_load(value: Any) -> list[float]:
+    """Every `foreign_cpu_cores` a benchmark recorded (other processes' CPU meanwhile)."""
+    if isinstance(value, dict):
+        found = [float(v) for k, v in value.items() if k == "foreign_cpu_cores"]
+        return found + [x for v in value.values() for x in _foreign_load(v)]
+    if isinstance(value, list):
+        return [x for v in value for x in _foreign_load(v)]
+    return []
+
+
 def render(results_dir: Path = RESULTS) -> str:
-    lines = ["# YouSync benchmark results", ""]
+    lines = [
+        "# YouSync benchmark results",
+        "",
+        f"Reproduce: `make bench` runs every script; one alone: `{RUN_ONE}`.",
+        "",
+    ]
     sections = []
     for path in sorted(results_dir.glob("*.json")):
         payload = json.loads(path.read_text())
@@ -32,9 +48,15 @@ def render(results_dir: Path = RESULTS) -> str:
         if not rows:
             continue
         machine = payload.get("machine", {})
+        foreign = _foreign_load(payload.get("figures", {}))
+        load = (
+            f" Other processes' CPU during the measurements: up to {max(foreign):.2f} cores."
+            if foreign
+            else ""
+        )
         sections.append(
             f"## {payload['benchmark']}\n\nMeasured {payload['measured_at']} "
-            f"({machine.get('cpus')} CPUs, Python {machine.get('python')}, loopback).\n\n"
+            f"({machine.get('cpus')} CPUs, Python {machine.get('python')}, loopback).{load}\n\n"
             + HEADER
             + "".join(
                 f"| {row['figure']} | {row['value']} | {row['target'] or '—'} | "

@@ -102,6 +102,7 @@ def stack_env(
         # A SIGKILLed worker's unacked task comes back after this (DESIGN §10); it must exceed
         # the hard time limit, as in production.
         "BROKER_VISIBILITY_TIMEOUT": "12",
+        "BROKER_RESTORE_INTERVAL_SECONDS": "2",
         "TASK_TIME_LIMIT": "10",
         "TASK_SOFT_TIME_LIMIT": "9",
         "S3_MULTIPART_THRESHOLD_MB": "5",

@@ -134,6 +134,26 @@ class _FilePart:
             self.path.unlink()
 
 
+def _checked_filename(raw: bytes) -> str:
+    """The client's file name is kept for display only (the spool path is the job id), but a
+    name that could not be a plain file name is refused rather than silently rewritten."""
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UploadRejected(422, "invalid_filename", "The file name is not UTF-8") from None
+    if (
+        len(raw) > 255
+        or "/" in name
+        or "\\" in name
+        or name in (".", "..")
+        or any(ord(char) < 32 or ord(char) == 127 for char in name)
+    ):
+        raise UploadRejected(
+            422, "invalid_filename", "The file name must be a plain name of at most 255 bytes"
+        )
+    return name
+
+
 def _boundary(content_type: str | None) -> bytes:
     mime, params = parse_options_header(content_type or "")
     if mime != b"multipart/form-data":
@@ -193,8 +213,7 @@ class _PartCollector:
             return
         if self.file is not None:
             raise UploadRejected(422, "multiple_files", "Send exactly one `file` field")
-        raw_name = params.get(b"filename", b"")
-        filename = Path(raw_name.decode("utf-8", errors="replace").replace("\\", "/")).name[:255]
+        filename = _checked_filename(params.get(b"filename", b""))
         self.file = self._current = _FilePart(self.spool_path, filename, self.max_bytes)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:

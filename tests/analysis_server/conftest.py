@@ -11,9 +11,9 @@ from typing import Any
 
 import httpx
 import pytest
-from tests.analysis_server.http import Upload
 
 from devtools import stack
+from tests.analysis_server.http import Upload
 
 
 @pytest.fixture

@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+
 from tests.analysis_server.http import NDJSON, Upload, assert_error, body_for
 
 

@@ -7,9 +7,9 @@ import subprocess
 
 import numpy as np
 import pytest
-from tests.analysis_server.signals import needs_ffmpeg, to_wav, tone_bursts
 
 from analysis_server import features
+from tests.analysis_server.signals import needs_ffmpeg, to_wav, tone_bursts
 
 RATE = 44_100
 

@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from pydub import AudioSegment
+
 from tests.analysis_server.http import NDJSON, Upload, assert_error, body_for
 from tests.analysis_server.signals import (
     LINE,

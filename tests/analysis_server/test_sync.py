@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
+from analysis_server import sync
 from tests.analysis_server.signals import (
     LINE,
     OTHER_LINE,
@@ -16,8 +18,6 @@ from tests.analysis_server.signals import (
     sine,
     tone_bursts,
 )
-
-from analysis_server import sync
 
 # --- envelope ------------------------------------------------------------------------------
 

@@ -12,10 +12,10 @@ from typing import Any
 
 import httpx
 from celery import Celery
-from tests.helpers import sse
-from tests.helpers.audio import wav_bytes
 
 from devtools import stack
+from tests.helpers import sse
+from tests.helpers.audio import wav_bytes
 
 AUTH = ("flower-test", "flower-secret")  # the `flower_auth` fixture's
 

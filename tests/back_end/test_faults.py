@@ -25,10 +25,10 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from tests.helpers import sse
-from tests.helpers.proxy import CuttableProxy
 
 from devtools import stack
+from tests.helpers import sse
+from tests.helpers.proxy import CuttableProxy
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 

@@ -12,11 +12,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+
+from devtools import stack
 from tests.analysis_server.signals import delayed, needs_ffmpeg, to_wav, tone_bursts
 from tests.helpers import sse
 from tests.helpers.audio import wav_bytes
-
-from devtools import stack
 
 
 def upload(base: str, token_id: str, content: bytes, name: str, mime: str) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import redis
+
 from tests.helpers.audio import wav_bytes
 
 WAV = wav_bytes(1.0)
@@ -30,16 +31,20 @@ class Case:
     files: list[tuple[str, tuple[str, bytes, str]]] | None = None
     content: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
+    chunked: bool = False  # send BIG_BODY with Transfer-Encoding: chunked
 
 
-def multipart(*parts: tuple[str, str, bytes], boundary: str = "XyZb0und") -> tuple[bytes, str]:
+def multipart(
+    *parts: tuple[str, str | bytes, bytes], boundary: str = "XyZb0und"
+) -> tuple[bytes, str]:
     body = b""
     for name, filename, data in parts:
+        raw_name = filename if isinstance(filename, bytes) else filename.encode()
         body += (
-            (
-                f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '
-                f'filename="{filename}"\r\nContent-Type: application/octet-stream\r\n\r\n'
-            ).encode()
+            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '.encode()
+            + b'filename="'
+            + raw_name
+            + b'"\r\nContent-Type: application/octet-stream\r\n\r\n'
             + data
             + b"\r\n"
         )
@@ -54,6 +59,18 @@ def raw(body: bytes, content_type: str, status: int, code: str, path: str = "") 
         content=body,
         headers={"Content-Type": content_type},
     )
+
+
+def named(filename: str | bytes) -> tuple[bytes, str]:
+    return multipart(("file", filename, WAV))
+
+
+BIG_BODY, BIG_TYPE = multipart(("file", "big.wav", WAV[:44] + b"\x00" * (LIMIT + 4096)))
+
+
+def chunks(data: bytes, size: int = 256 * 1024):  # type: ignore[no-untyped-def]
+    for start in range(0, len(data), size):
+        yield data[start : start + size]
 
 
 truncated_wav = WAV[:2000]
@@ -139,6 +156,31 @@ CASES: dict[str, Callable[[], Case]] = {
     "huge wait": lambda: Case(
         422, "invalid_request", "GET", f"/tokens/analysis-result/{BAD_JOB}?wait=3600"
     ),
+    "filename of 300 chars": lambda: raw(*named("a" * 300 + ".wav"), 422, "invalid_filename"),
+    "path traversal filename": lambda: raw(*named("../../etc/x.wav"), 422, "invalid_filename"),
+    "non-utf8 filename": lambda: raw(*named(b"\xff\xfe\xfd.wav"), 422, "invalid_filename"),
+    "control chars in filename": lambda: raw(*named("a\x07b.wav"), 422, "invalid_filename"),
+    "oversized body, chunked (no Content-Length)": lambda: Case(
+        413, "file_too_large", content=None, headers={"Content-Type": BIG_TYPE}, chunked=True
+    ),
+    "token of dots (encoded)": lambda: Case(
+        422,
+        "invalid_token_id",
+        path="/tokens/%2E%2E/upload-audio",
+        files=[("file", ("a.wav", WAV, "audio/wav"))],
+    ),
+    "token of 200 chars": lambda: Case(
+        422,
+        "invalid_token_id",
+        path=f"/tokens/{'t' * 200}/upload-audio",
+        files=[("file", ("a.wav", WAV, "audio/wav"))],
+    ),
+    "job id with traversal": lambda: Case(
+        404, "not_found", "GET", "/tokens/analysis-result/..%2F..%2Fetc%2Fpasswd"
+    ),
+    "progress of malformed job id": lambda: Case(
+        422, "invalid_job_id", "GET", "/tokens/analysis-progress/not-a-job"
+    ),
 }
 
 
@@ -166,7 +208,7 @@ def test_bad_input_when_sent_then_json_4xx_with_code_and_nothing_left(
             case.method,
             f"{api_url}{case.path}",
             files=case.files,
-            content=case.content,
+            content=chunks(BIG_BODY) if case.chunked else case.content,
             headers=case.headers,
             timeout=30,
         )

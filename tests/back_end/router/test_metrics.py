@@ -18,11 +18,11 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
-from tests.helpers import sse
-from tests.helpers.audio import wav_bytes
 
 from config import Settings
 from services.jobs import AsyncJobStore, JobStore
+from tests.helpers import sse
+from tests.helpers.audio import wav_bytes
 
 STAGES = ("queued", "preparing", "uploading", "analyzing", "storing")
 DASHBOARD = Path(__file__).resolve().parents[3] / "deploy" / "grafana" / "yousync-dashboard.json"

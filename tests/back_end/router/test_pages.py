@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import pytest
 import redis
-from tests.helpers.audio import wav_bytes
 
 from devtools import stack
+from tests.helpers.audio import wav_bytes
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 REPO_ROOT = Path(__file__).resolve().parents[3]

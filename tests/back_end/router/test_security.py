@@ -12,11 +12,11 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from tests.helpers import sse
-from tests.helpers.audio import wav_bytes
 
 from devtools import stack
 from services.auth import issue_stream_token
+from tests.helpers import sse
+from tests.helpers.audio import wav_bytes
 
 SECRET = "test-stream-secret"
 KEY = {"Authorization": "Bearer key-one"}

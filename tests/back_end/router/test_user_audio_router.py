@@ -9,6 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+
 from tests.helpers import sse
 from tests.helpers.audio import encoded, wav_bytes
 

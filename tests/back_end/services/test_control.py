@@ -9,10 +9,10 @@ from pathlib import Path
 
 import httpx
 import redis
-from tests.helpers import sse
-from tests.helpers.audio import wav_bytes
 
 from devtools import stack
+from tests.helpers import sse
+from tests.helpers.audio import wav_bytes
 
 
 def upload(base: str, token_id: str, seconds: float = 2.0) -> dict[str, str]:

@@ -7,11 +7,11 @@ import json
 import logging
 
 import httpx
-from tests.helpers import sse
-from tests.helpers.audio import wav_bytes
 
 from devtools import stack
 from services.logging_setup import JOB_ID, StructuredFormatter, job_id_in
+from tests.helpers import sse
+from tests.helpers.audio import wav_bytes
 
 JOB = "0b6f1c52-8a0e-4c7d-9f57-2f8e8f6f0a11"
 

@@ -14,10 +14,10 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 import redis
-from tests.helpers import sse
-from tests.helpers.jobs import create_job, sync_store
 
 from devtools import stack
+from tests.helpers import sse
+from tests.helpers.jobs import create_job, sync_store
 
 
 def stream_ids(redis_url: str, job_id: str) -> list[str]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from tests.helpers.audio import encoded, wav_bytes
 
 from services.sniff import sniff_audio_format, wav_problem
+from tests.helpers.audio import encoded, wav_bytes
 
 WAV = wav_bytes(0.5)
 

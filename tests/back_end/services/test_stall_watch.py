@@ -8,10 +8,10 @@ import threading
 import time
 
 import httpx
-from tests.helpers import sse
-from tests.helpers.audio import wav_bytes
 
 from devtools import stack
+from tests.helpers import sse
+from tests.helpers.audio import wav_bytes
 
 
 def upload(base: str, token_id: str, seconds: float, freq: float = 440.0) -> dict[str, str]:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import httpx
 import redis
+
 from tests.helpers.audio import wav_bytes
 
 AUDIO = wav_bytes(1.0, freq=523.0)

@@ -6,8 +6,6 @@ from __future__ import annotations
 import httpx
 import pytest
 import redis
-from tests.helpers import sse
-from tests.helpers.audio import wav_bytes
 
 from config import Settings
 from devtools import stack
@@ -16,6 +14,8 @@ from services.errors import PermanentError, TransientError
 from services.jobs import JobStore
 from services.pipeline import Pipeline
 from services.storage import Storage
+from tests.helpers import sse
+from tests.helpers.audio import wav_bytes
 
 
 def test_task_when_analysis_server_down_then_retries_and_fails_retryable(
