@@ -187,11 +187,13 @@ class ForeignLoad:
         end = _process_table()
         seconds = time.perf_counter() - self._started
         ours = _descendants(os.getpid(), self._start, end)
-        used = 0.0
-        for pid, (_, cpu) in end.items():
-            if pid not in ours:
-                used += cpu - self._start.get(pid, (0, 0.0))[1]
-        return round(max(used, 0.0) / max(seconds, 1e-6), 2)
+        used = {
+            pid: cpu - self._start.get(pid, (0, 0.0))[1]
+            for pid, (_, cpu) in end.items()
+            if pid not in ours
+        }
+        self.top = sorted(used.items(), key=lambda item: -item[1])[:5]
+        return round(max(sum(used.values()), 0.0) / max(seconds, 1e-6), 2)
 
 
 def wait_for_quiet(*, threshold: float = 0.2, timeout: float = 900.0) -> float:

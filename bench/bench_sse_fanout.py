@@ -199,11 +199,21 @@ class Window:
         return {
             "seconds": round(seconds, 2),
             "foreign_cpu_cores": self.foreign.cores(),
+            "foreign_top": [
+                (pid, round(cpu, 2), _cmd(pid)) for pid, cpu in self.foreign.top if cpu > 0.05
+            ],
             "server_redis_commands_per_s": round(commands / seconds, 1),
             "redis_calls_by_command": calls,
             "redis_cpu_cores": round(redis_cpu / seconds, 3),
             "cpu_cores": {name: round(value / seconds, 3) for name, value in cpu.items()},
         }
+
+
+def _cmd(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()[:100]
+    except OSError:
+        return "?"
 
 
 def write_load(

@@ -34,6 +34,8 @@ for group in "${groups[@]}"; do
         services)
             need_cmd redis-server redis-server
             need_cmd ffmpeg ffmpeg
+            # Renders real speech for the analysis accuracy tests (they skip without it).
+            need_cmd espeak-ng espeak-ng
             ;;
         browser)
             need_cmd chromium chromium
