@@ -4,9 +4,10 @@ latency, error — and answers 503 while any required one is down."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
+from router.security import require_auth
 from services.readiness import check_all, is_ready
 
 router = APIRouter(tags=["health"])
@@ -19,6 +20,8 @@ async def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
+    # Like every endpoint but /healthz, behind API_KEYS when set: it names internal hosts.
+    dependencies=[Depends(require_auth)],
     summary="Redis, broker, S3 bucket and the analysis server, each reported; 503 if one is down",
     responses={503: {"description": "A required dependency is down (named in `checks`)"}},
 )

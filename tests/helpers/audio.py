@@ -27,6 +27,27 @@ def wav_bytes(
     return buffer.getvalue()
 
 
+def pcm_wav(pcm: bytes, *, rate: int, channels: int = 1) -> bytes:
+    """A canonical 44-byte-header WAV around 16-bit PCM (fast for large, generated bodies)."""
+    header = struct.pack(
+        "<4sI4s4sIHHIIHH4sI",
+        b"RIFF",
+        36 + len(pcm),
+        b"WAVE",
+        b"fmt ",
+        16,
+        1,
+        channels,
+        rate,
+        rate * 2 * channels,
+        2 * channels,
+        16,
+        b"data",
+        len(pcm),
+    )
+    return header + pcm
+
+
 def encoded(wav: bytes, fmt: str) -> bytes:
     """`wav` re-encoded by ffmpeg through pydub (mp3, ogg, flac …)."""
     buffer = io.BytesIO()

@@ -4,25 +4,23 @@ job-state script into Redis (jobs by final status, time per stage)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import socket
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
-import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 
 from config import Settings
-from services.jobs import AsyncJobStore, JobStore
+from services.jobs import JobStore
 from tests.helpers import sse
 from tests.helpers.audio import wav_bytes
+from tests.helpers.jobs import create_job
 
 STAGES = ("queued", "preparing", "uploading", "analyzing", "storing")
 DASHBOARD = Path(__file__).resolve().parents[3] / "deploy" / "grafana" / "yousync-dashboard.json"
@@ -41,21 +39,6 @@ def scrape(base: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
 
 def value(samples: dict, name: str, **labels: str) -> float:  # type: ignore[type-arg]
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def create_job(redis_url: str, token_id: str) -> str:
-    """A job record with no task behind it: it stays `queued` for as long as the test needs."""
-    job_id = str(uuid.uuid4())
-
-    async def create() -> None:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            await AsyncJobStore(client, Settings(redis_url=redis_url)).create(job_id, token_id)
-        finally:
-            await client.aclose()
-
-    asyncio.run(create())
-    return job_id
 
 
 @pytest.fixture

@@ -55,6 +55,8 @@ def test_auth_when_no_or_wrong_key_then_401_json_and_healthz_stays_open(
     wrong = upload(secured_api, token_id, {"Authorization": "Bearer nope"})
     assert wrong.status_code == 401 and wrong.json()["code"] == "invalid_api_key"
     assert httpx.get(f"{secured_api}/metrics").status_code == 401
+    assert httpx.get(f"{secured_api}/readyz").status_code == 401
+    assert httpx.get(f"{secured_api}/readyz", headers=KEY).status_code in (200, 503)
     assert redis_client.keys("yousync:job:*") == [], "nothing was created"
 
 

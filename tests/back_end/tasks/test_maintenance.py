@@ -3,7 +3,6 @@ back), and Celery Beat itself sending them on its schedule."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 import uuid
@@ -14,13 +13,13 @@ from typing import Any
 
 import pytest
 import redis
-import redis.asyncio as aioredis
 from celery import Celery
 
 from config import Settings
 from devtools import stack
 from services import keys
-from services.jobs import AsyncJobStore, JobStore
+from services.jobs import JobStore
+from tests.helpers.jobs import create_job
 
 
 @pytest.fixture
@@ -33,20 +32,6 @@ def store(redis_url: str, redis_client: redis.Redis) -> Iterator[JobStore]:
 def run(app: Celery, name: str, **kwargs: Any) -> Any:
     result = app.send_task(f"tasks.maintenance.{name}", kwargs=kwargs, queue="maintenance")
     return result.get(timeout=30)
-
-
-def new_job(redis_url: str, token_id: str) -> str:
-    job_id = str(uuid.uuid4())
-
-    async def create() -> None:
-        client = aioredis.Redis.from_url(redis_url)
-        try:
-            await AsyncJobStore(client, Settings(redis_url=redis_url)).create(job_id, token_id)
-        finally:
-            await client.aclose()
-
-    asyncio.run(create())
-    return job_id
 
 
 def touch(path: Path, *, age_seconds: float = 0.0) -> Path:
@@ -70,15 +55,15 @@ def test_sweep_spool_when_jobs_finished_or_expired_then_only_their_files_are_del
     spool_dir: Path,
     token_id: str,
 ) -> None:
-    completed = new_job(redis_url, token_id)
+    completed = create_job(redis_url, token_id)
     store.update(completed, token_id, status="completed", progress=100, stage="done")
-    failed_recently = new_job(redis_url, token_id)
+    failed_recently = create_job(redis_url, token_id)
     error = {"code": "analysis_unavailable", "message": "down", "retryable": True}
     store.update(failed_recently, token_id, status="failed", error=error)
-    failed_long_ago = new_job(redis_url, token_id)
+    failed_long_ago = create_job(redis_url, token_id)
     store.update(failed_long_ago, token_id, status="failed", error=error)
     redis_client.hset(keys.job(failed_long_ago), "updated_at", hours_ago(2))
-    running = new_job(redis_url, token_id)
+    running = create_job(redis_url, token_id)
     store.update(running, token_id, status="processing", progress=20, stage="uploading")
     expired_old, arriving = str(uuid.uuid4()), str(uuid.uuid4())  # no job records
 
@@ -118,13 +103,13 @@ def test_mark_stuck_jobs_when_silent_past_the_limit_then_failed_stuck_with_an_ev
     redis_client: redis.Redis,
     token_id: str,
 ) -> None:
-    silent = new_job(redis_url, token_id)
+    silent = create_job(redis_url, token_id)
     store.update(silent, token_id, status="processing", progress=40, stage="analyzing")
-    waiting = new_job(redis_url, token_id)  # queued
+    waiting = create_job(redis_url, token_id)  # queued
     time.sleep(1.2)
-    busy = new_job(redis_url, token_id)
+    busy = create_job(redis_url, token_id)
     store.update(busy, token_id, status="processing", progress=10, stage="preparing")
-    done = new_job(redis_url, token_id)
+    done = create_job(redis_url, token_id)
     store.update(done, token_id, status="completed", progress=100, stage="done")
 
     marked = run(celery_client, "mark_stuck_jobs", processing_seconds=1.0)
