@@ -39,9 +39,15 @@ celery_app.conf.update(
     task_serializer="json",
     result_serializer="json",
     accept_content=["json"],
+    # Results are kept for the maintenance tasks (an operator running a sweep by hand reads
+    # what it did); `analyze_audio` ignores its result: a job's state is its Redis hash and
+    # Stream (DESIGN §4) and Flower reads task states from events. That matters in the API:
+    # for a task with a result, `apply_async` touches Celery's result backend, which is built
+    # once per thread (it is not thread-safe) — an entry-point scan and a new connection pool
+    # in the upload threads (py-spy under bench/bench_upload_concurrency.py: a third of the
+    # time spent publishing a task).
     result_backend=settings.broker_url if settings.broker_url.startswith("redis") else None,
     result_expires=3600,
-    task_ignore_result=False,
     task_default_queue=AUDIO_QUEUE,
     task_routes={
         "tasks.audio_tasks.*": {"queue": AUDIO_QUEUE},
@@ -54,7 +60,6 @@ celery_app.conf.update(
     task_soft_time_limit=settings.task_soft_time_limit,
     worker_send_task_events=True,
     task_send_sent_event=True,
-    task_track_started=True,
     broker_transport_options=_transport_options,
     result_backend_transport_options=_transport_options,
     broker_connection_retry_on_startup=True,

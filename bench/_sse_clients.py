@@ -109,6 +109,9 @@ class SseConnection(asyncio.Protocol):
         if self.first:
             self.fleet.held -= 1
             self.fleet.lost += 1
+        elif self.status is None:
+            # Closed or reset by the server before any response byte arrived.
+            self.fleet.failures[f"closed_before_response_{type(exc).__name__}"] += 1
         self._resolve_first(False)
         if not self.gone.done():
             self.gone.set_result(None)
@@ -182,6 +185,8 @@ async def _serve(pipe: Connection) -> None:
             fleet.receipts.clear()
             fleet.record_from = float(args[0])
             reply = True
+        elif command == "count":
+            reply = len(fleet.receipts)
         elif command == "receipts":
             reply = {"receipts": fleet.receipts, "held": fleet.held, "lost": fleet.lost}
             fleet.receipts = []

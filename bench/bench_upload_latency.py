@@ -1,5 +1,7 @@
-"""Upload latency: time from request start to the 202, for 1 MB and 50 MB WAV files, and the
-time to `completed` end to end. Run by `make bench`, or alone with python bench/<this file>.
+"""Upload latency for one client at a time: time from request start to the 202, for 1 MB and
+50 MB WAV files, and the time to `completed` end to end (one worker, fast analysis). Every
+upload differs by a few bytes, so none is answered from an identical earlier upload.
+Run by `make bench`, or alone with python bench/<this file>.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._stack import Row, command_for, percentile, running_stack, wait_for_quiet, write_result
+from bench._stack import (
+    ForeignLoad,
+    Row,
+    command_for,
+    percentile,
+    running_stack,
+    wait_for_quiet,
+    write_result,
+)
 from bench.summary import write_summary
 
 
@@ -33,13 +43,20 @@ def wav_of_size(megabytes: float) -> bytes:
     return buffer.getvalue()
 
 
+def unique(payload: bytes, index: int) -> bytes:
+    """The same WAV with its last 8 bytes of PCM set from `index`: the API answers an identical
+    upload of the same token from the earlier result at once, which is not what we measure."""
+    return payload[:-8] + index.to_bytes(8, "little")
+
+
 def measure(client: httpx.Client, base: str, payload: bytes, runs: int) -> dict[str, Any]:
     to_202: list[float] = []
     to_completed: list[float] = []
     for index in range(runs):
+        body = unique(payload, index)
         started = time.perf_counter()
         response = client.post(
-            f"{base}/tokens/bench/upload-audio", files={"file": (f"b{index}.wav", payload)}
+            f"{base}/tokens/bench/upload-audio", files={"file": (f"b{index}.wav", body)}
         )
         to_202.append(time.perf_counter() - started)
         assert response.status_code == 202, response.text
@@ -84,8 +101,10 @@ def main() -> None:
             files={"file": ("w.wav", wav_of_size(0.1))},
         )
         time.sleep(2)
+        foreign = ForeignLoad()
         figures["1MB"] = measure(client, stack.api_url, wav_of_size(1), runs_small)
         figures["50MB"] = measure(client, stack.api_url, wav_of_size(50), max(3, runs_small // 5))
+        figures["foreign_cpu_cores"] = foreign.cores()
     path = write_result("upload_latency", figures, table(figures))
     print(path.read_text())
     write_summary()

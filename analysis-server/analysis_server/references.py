@@ -14,21 +14,20 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
-from typing import IO
 
 import anyio
 
 from analysis_server.analysis import scratch_file
 from analysis_server.audio import decode_file
-from analysis_server.errors import AudioTooLarge, ObjectNotFound, ReferenceNotFound
+from analysis_server.errors import ObjectNotFound, ReferenceNotFound
 from analysis_server.models import ReferenceInfo
 from analysis_server.storage import (
-    WRITE_BATCH_BYTES,
     ObjectStream,
     S3Client,
     delete_object,
     head_object,
     open_object,
+    spool_body,
     upload_file,
 )
 
@@ -37,25 +36,6 @@ PREFIX = "references/"
 
 def reference_key(token_id: str) -> str:
     return f"{PREFIX}{token_id}"
-
-
-async def spool_body(chunks: AsyncIterator[bytes], dest: IO[bytes], *, max_bytes: int) -> int:
-    """Write a request body to `dest` in batches (in worker threads), refusing it as soon as
-    it passes `max_bytes`; returns the byte count."""
-    total = 0
-    batch = bytearray()
-    async for chunk in chunks:
-        total += len(chunk)
-        if total > max_bytes:
-            raise AudioTooLarge(f"the reference exceeds the limit of {max_bytes} bytes")
-        batch += chunk
-        if len(batch) >= WRITE_BATCH_BYTES:
-            await anyio.to_thread.run_sync(dest.write, bytes(batch))
-            batch.clear()
-    if batch:
-        await anyio.to_thread.run_sync(dest.write, bytes(batch))
-    await anyio.to_thread.run_sync(dest.flush)
-    return total
 
 
 def _content_type(declared: str | None) -> str:
@@ -80,7 +60,7 @@ async def store_reference(
     key = reference_key(token_id)
     content_type = _content_type(declared_type)
     async with scratch_file() as scratch:
-        size = await spool_body(chunks, scratch, max_bytes=max_bytes)
+        size = await spool_body(chunks, scratch, max_bytes=max_bytes, what="the reference")
         audio = await anyio.to_thread.run_sync(
             partial(decode_file, Path(scratch.name), max_duration_seconds=max_duration_seconds),
             limiter=limiter,

@@ -93,7 +93,6 @@ async def download_object(
         raise StorageUnavailable(f"storage unreachable: {type(exc).__name__}: {exc}") from exc
 
     declared = int(response.get("ContentLength") or 0)
-    total = 0
     # `async with` releases the connection even when we stop early (too large, cancelled).
     # (It yields aiohttp's response; reads go through the StreamingBody wrapper, which maps
     # aiohttp's errors to botocore's and checks the byte count against ContentLength at EOF.)
@@ -101,26 +100,22 @@ async def download_object(
     async with body:
         if declared > max_bytes:
             raise AudioTooLarge(f"object is {declared} bytes; the limit is {max_bytes}")
-        batch = bytearray()
-        while True:
-            try:
-                chunk = await body.read(READ_CHUNK_BYTES)
-            except _TRANSIENT_ERRORS as exc:
-                raise StorageUnavailable(
-                    f"storage read failed after {total} bytes: {type(exc).__name__}: {exc}"
-                ) from exc
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > max_bytes:
-                raise AudioTooLarge(f"object exceeds the limit of {max_bytes} bytes")
-            batch += chunk
-            if len(batch) >= WRITE_BATCH_BYTES:
-                await anyio.to_thread.run_sync(dest.write, bytes(batch))
-                batch.clear()
-        if batch:
-            await anyio.to_thread.run_sync(dest.write, bytes(batch))
-        await anyio.to_thread.run_sync(dest.flush)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            read = 0
+            while True:
+                try:
+                    chunk = await body.read(READ_CHUNK_BYTES)
+                except _TRANSIENT_ERRORS as exc:
+                    raise StorageUnavailable(
+                        f"storage read failed after {read} bytes: {type(exc).__name__}: {exc}"
+                    ) from exc
+                if not chunk:
+                    return
+                read += len(chunk)
+                yield chunk
+
+        total = await spool_body(chunks(), dest, max_bytes=max_bytes, what="object")
     return total
 
 
@@ -225,3 +220,24 @@ async def open_object(s3: S3Client, *, bucket: str, key: str) -> ObjectStream:
         metadata=dict(response.get("Metadata") or {}),
         body=response["Body"],
     )
+
+
+async def spool_body(
+    chunks: AsyncIterator[bytes], dest: IO[bytes], *, max_bytes: int, what: str
+) -> int:
+    """Write `chunks` to `dest` in batches off the event loop, refusing more than `max_bytes`
+    as soon as they arrive (an object read from S3 and a reference uploaded to us alike)."""
+    total = 0
+    batch = bytearray()
+    async for chunk in chunks:
+        total += len(chunk)
+        if total > max_bytes:
+            raise AudioTooLarge(f"{what} exceeds the limit of {max_bytes} bytes")
+        batch += chunk
+        if len(batch) >= WRITE_BATCH_BYTES:
+            await anyio.to_thread.run_sync(dest.write, bytes(batch))
+            batch.clear()
+    if batch:
+        await anyio.to_thread.run_sync(dest.write, bytes(batch))
+    await anyio.to_thread.run_sync(dest.flush)
+    return total

@@ -8,6 +8,7 @@ the Celery worker; the async store serves the API. Both share the script and arg
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,6 +18,7 @@ import redis.asyncio as aioredis
 
 from config import Settings
 from services import keys
+from services.errors import StageError
 from services.models import SNAPSHOT_FIELDS, JobSnapshot, JobStatus, Stage, encode_fields
 
 _WRITE_SCRIPT = """
@@ -216,6 +218,21 @@ class JobStore:
     def reopen(self, job_id: str, token_id: str, **values: Any) -> str:
         key_list, argv = _write_args(self._settings, "reopen", job_id, token_id, values)
         return _checked(job_id, self._write(keys=key_list, args=argv))
+
+    def fail(self, job_id: str, error: StageError, *, retryable: bool) -> None:
+        """Ends the job `failed`; a job already terminal (or gone) keeps what it has."""
+        job = self.get(job_id)
+        if not job:
+            return
+        with contextlib.suppress(Refused):
+            self.update(
+                job_id,
+                job["token_id"],
+                status=JobStatus.FAILED,
+                message=error.message,
+                error={"code": error.code, "message": error.message, "retryable": retryable},
+                eta_seconds=None,
+            )
 
     def set_markers(self, job_id: str, **markers: Any) -> bool:
         flat = [item for pair in encode_fields(markers).items() for item in pair]

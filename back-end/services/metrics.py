@@ -185,17 +185,27 @@ def _bound(value: float) -> str:
 def record_stage(client: redis.Redis, stage: str, seconds: float) -> None:
     """Worker side: add one finished stage to the cluster histogram (one round trip).
 
-    Buckets are stored cumulative, like Prometheus': `{stage}|le|{bound}` counts observations
-    at or below `bound`; `{stage}|count` and `{stage}|sum` complete the histogram.
+    Each observation increments only the bucket it falls in (`{stage}|in|{bound}`), plus
+    `{stage}|count` and `{stage}|sum`: three commands instead of one per cumulative bucket,
+    which is most of the Redis work a job's stages cost the worker. The scrape cumulates.
     """
     seconds = max(seconds, 0.0)
+    bound = next(b for b in (*STAGE_BUCKETS, math.inf) if seconds <= b)
     pipe = client.pipeline(transaction=False)
-    for bound in (*STAGE_BUCKETS, math.inf):
-        if seconds <= bound:
-            pipe.hincrby(keys.METRICS_STAGE_SECONDS, f"{stage}|le|{_bound(bound)}", 1)
+    pipe.hincrby(keys.METRICS_STAGE_SECONDS, f"{stage}|in|{_bound(bound)}", 1)
     pipe.hincrby(keys.METRICS_STAGE_SECONDS, f"{stage}|count", 1)
     pipe.hincrbyfloat(keys.METRICS_STAGE_SECONDS, f"{stage}|sum", seconds)
     pipe.execute()
+
+
+def cumulative_buckets(fields: dict[str, str], stage: str) -> list[tuple[str, float]]:
+    """Prometheus' `le` buckets of one stage from the per-bucket counts `record_stage` keeps."""
+    running = 0.0
+    buckets = []
+    for bound in (*STAGE_BUCKETS, math.inf):
+        running += float(fields.get(f"{stage}|in|{_bound(bound)}", 0))
+        buckets.append((_bound(bound), running))
+    return buckets
 
 
 @dataclass(frozen=True)
@@ -266,11 +276,11 @@ class _ClusterCollector(Collector):
         )
         seen = {field.split("|", 1)[0] for field in snap.stage_seconds}
         for stage in sorted(seen, key=lambda s: STAGES.index(s) if s in STAGES else len(STAGES)):
-            buckets = [
-                (_bound(b), float(snap.stage_seconds.get(f"{stage}|le|{_bound(b)}", 0)))
-                for b in (*STAGE_BUCKETS, math.inf)
-            ]
-            stages.add_metric([stage], buckets, float(snap.stage_seconds.get(f"{stage}|sum", 0.0)))
+            stages.add_metric(
+                [stage],
+                cumulative_buckets(snap.stage_seconds, stage),
+                float(snap.stage_seconds.get(f"{stage}|sum", 0.0)),
+            )
         yield stages
 
 

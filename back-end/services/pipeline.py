@@ -151,18 +151,7 @@ class Pipeline:
         return markers
 
     def fail(self, job_id: str, error: StageError, *, retryable: bool) -> None:
-        job = self.store.get(job_id)
-        if not job:
-            return
-        with contextlib.suppress(Refused):
-            self.store.update(
-                job_id,
-                job["token_id"],
-                status=JobStatus.FAILED,
-                message=error.message,
-                error={"code": error.code, "message": error.message, "retryable": retryable},
-                eta_seconds=None,
-            )
+        self.store.fail(job_id, error, retryable=retryable)
         if not retryable:
             self.discard_spool(job_id)
 

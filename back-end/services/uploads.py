@@ -88,7 +88,7 @@ class _FilePart:
                 "The file is not audio we accept (WAV, MP3, FLAC, OGG/Opus, M4A/AAC, WebM)",
             )
 
-    def _write_pending(self, chunk: bytes) -> None:
+    def _write_pending(self, chunk: bytearray) -> None:
         if self.handle is None:
             self.handle = self.path.open("xb")
         self.handle.write(chunk)
@@ -96,7 +96,9 @@ class _FilePart:
 
     async def flush(self, force: bool = False) -> None:
         if self.pending and (force or len(self.pending) >= WRITE_BATCH):
-            chunk, self.pending = bytes(self.pending), bytearray()
+            # Hand the buffer itself to the thread (nothing else touches it): copying it to
+            # bytes first would hold every batch twice, per concurrent upload.
+            chunk, self.pending = self.pending, bytearray()
             await anyio.to_thread.run_sync(self._write_pending, chunk)
 
     async def finish(self) -> SpooledUpload:

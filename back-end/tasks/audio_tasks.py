@@ -11,8 +11,9 @@ from functools import lru_cache
 
 import redis
 from celery import Task
-from celery.exceptions import SoftTimeLimitExceeded
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
 
 from celery_app import AUDIO_QUEUE, celery_app, settings
 from services.analysis_client import AnalysisClient
@@ -46,13 +47,42 @@ def retry_delay(retries: int) -> float:
     return settings.task_retry_delay * (2**retries) * random.uniform(0.8, 1.2)
 
 
+TIMEOUT = StageError("timeout", "The analysis took too long")
+
+
+class AudioTask(Task):
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[no-untyped-def]
+        """After a hard time limit Celery kills the child and, here in the worker's main
+        process, acks the message: nothing would ever end the job, which would sit in
+        `processing` until the stuck-job sweep. The child's clients died with it, hence a
+        short-lived connection."""
+        if not isinstance(exc, TimeLimitExceeded) or not args:
+            return
+        job_id = str(args[0])
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=3, socket_timeout=5
+        )
+        try:
+            store = JobStore(client, settings)
+            store.fail(job_id, TIMEOUT, retryable=True)
+            # The child was killed by the limit, not by the job: not a crash (poison count).
+            store.count_delivery(job_id, -1)
+            log.warning("job %s: hard time limit (%ss); failed as timeout", job_id, exc.args[0])
+        except RedisError as error:
+            log.error("job %s: hard time limit, and Redis is unreachable: %s", job_id, error)
+        finally:
+            client.close()
+
+
 @celery_app.task(
+    base=AudioTask,
     bind=True,
     name="tasks.audio_tasks.analyze_audio",
     queue=AUDIO_QUEUE,
     acks_late=True,
     reject_on_worker_lost=True,
     max_retries=settings.task_max_retries,
+    ignore_result=True,  # see celery_app.py: the job hash is the result
 )
 def analyze_audio(self: Task, job_id: str) -> str:
     runner = pipeline()
@@ -109,7 +139,7 @@ def _run(self: Task, runner: Pipeline, job_id: str) -> str:
         runner.fail(job_id, error, retryable=True)
         return "failed"
     except SoftTimeLimitExceeded:
-        runner.fail(job_id, StageError("timeout", "The analysis took too long"), retryable=True)
+        runner.fail(job_id, TIMEOUT, retryable=True)
         return "failed"
     except Exception:
         log.exception("job %s: unexpected error", job_id)

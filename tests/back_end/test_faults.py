@@ -134,6 +134,41 @@ def job_fields(r: redis.Redis, job_id: str) -> dict[str, str]:
     return dict(r.hgetall(f"yousync:job:{job_id}"))
 
 
+class StageKiller(threading.Thread):
+    """SIGKILLs the worker child running a job the first time the job is seen in its target
+    stage. Jobs are watched from the moment they are submitted: a job that finishes before
+    the watch could see it would count as missed, not as survived."""
+
+    def __init__(self, r: redis.Redis) -> None:
+        super().__init__(daemon=True)
+        self.r = r
+        self.targets: dict[str, str] = {}
+        self.killed: dict[str, str] = {}
+        self.expected = 0
+        self.lock = threading.Lock()
+
+    def watch(self, job_id: str, stage: str) -> None:
+        with self.lock:
+            self.targets[job_id] = stage
+
+    def run(self) -> None:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            with self.lock:
+                pending = [j for j in self.targets if j not in self.killed]
+                if self.expected and len(self.killed) >= self.expected:
+                    return
+            for job_id in pending:
+                job = job_fields(self.r, job_id)
+                if job.get("status") == "completed":
+                    self.killed[job_id] = "missed"
+                elif job.get("stage") == self.targets[job_id] and job.get("worker_pid"):
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(int(job["worker_pid"]), signal.SIGKILL)
+                        self.killed[job_id] = job["stage"]
+            time.sleep(0.005)
+
+
 def test_worker_child_sigkilled_mid_upload_or_analysis_then_every_job_completes_exactly_once(
     pipeline: str,
     token_id: str,
@@ -141,28 +176,21 @@ def test_worker_child_sigkilled_mid_upload_or_analysis_then_every_job_completes_
     s3_client,
     s3_bucket: str,  # type: ignore[no-untyped-def]
 ) -> None:
-    jobs = [upload(pipeline, token_id, noisy_wav(3.0, seed))["job_id"] for seed in range(20)]
+    clips = [noisy_wav(3.0, seed) for seed in range(20)]
+    killer = StageKiller(redis_client)
+    killer.start()
+    jobs: list[str] = []
+    for i, clip in enumerate(clips):
+        job_id = upload(pipeline, token_id, clip)["job_id"]
+        # Even jobs are killed while uploading, odd ones while analysing (first moment seen).
+        killer.watch(job_id, "uploading" if i % 2 == 0 else "analyzing")
+        jobs.append(job_id)
+    killer.expected = len(jobs)
     followers = {job_id: Follower(pipeline, job_id) for job_id in jobs}
     for follower in followers.values():
         follower.start()
-    # Even jobs are killed while uploading, odd ones while analysing (first moment seen).
-    targets = {
-        job_id: ("uploading" if i % 2 == 0 else "analyzing") for i, job_id in enumerate(jobs)
-    }
-    killed: dict[str, str] = {}
-    deadline = time.monotonic() + 120
-    while len(killed) < len(jobs) and time.monotonic() < deadline:
-        for job_id in jobs:
-            if job_id in killed:
-                continue
-            job = job_fields(redis_client, job_id)
-            if job.get("status") == "completed":
-                killed[job_id] = "missed"
-            elif job.get("stage") == targets[job_id] and job.get("worker_pid"):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(job["worker_pid"]), signal.SIGKILL)
-                    killed[job_id] = job["stage"]
-        time.sleep(0.005)
+    killer.join(180)
+    killed = killer.killed
     for follower in followers.values():
         follower.join(120)
     checks = [
@@ -429,6 +457,40 @@ def test_s3_cut_off_mid_upload_then_retry_completes_and_no_multipart_upload_dang
             "events_lost": 0,
         }
     )
+
+
+def test_s3_hanging_past_the_hard_time_limit_then_job_fails_as_timeout_not_stuck(
+    mini_stack,
+    hanging_server: str,
+    token_id: str,  # type: ignore[no-untyped-def]
+) -> None:
+    # The upload thread blocks reading a response that never comes, so the soft limit cannot
+    # unwind the task (s3transfer waits for its threads) and the hard limit kills the child.
+    mini = mini_stack(S3_ENDPOINT_URL=hanging_server, TASK_TIME_LIMIT="4", TASK_SOFT_TIME_LIMIT="3")
+    body = upload(mini.api_url, token_id, noisy_wav(1.0, 11))
+    snapshot = httpx.get(
+        f"{mini.api_url}/tokens/analysis-result/{body['job_id']}", params={"wait": 30}, timeout=40
+    ).json()
+    worker_log = mini.procs[1].log_path.read_text()
+    record(
+        {
+            "scenario": "S3 hanging past the hard time limit",
+            "jobs": 1,
+            "completed": 0,
+            "duplicates": 0,
+            "events_lost": 0,
+            "final": f"{snapshot['status']}/{(snapshot.get('error') or {}).get('code')}",
+        }
+    )
+    assert "Hard time limit (4s) exceeded" in worker_log
+    assert snapshot["status"] == "failed", snapshot
+    assert snapshot["error"] == {
+        "code": "timeout",
+        "message": "The analysis took too long",
+        "retryable": True,
+    }
+    job = mini.redis.hgetall(f"yousync:job:{body['job_id']}")
+    assert job["deliveries"] == "0", "a time limit is not a crash of the worker by the job"
 
 
 def test_redis_restarted_under_a_running_job_then_api_503s_meanwhile_and_job_completes(

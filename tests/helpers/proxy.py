@@ -10,9 +10,6 @@ import threading
 
 from devtools.stack import free_port
 
-_RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"
-
-
 _RESET = b"\x01\x00\x00\x00\x00\x00\x00\x00"  # struct linger {on, 0 s}
 
 
@@ -40,11 +37,9 @@ class CuttableProxy:
         with self._lock:
             for sock in list(self._sockets):
                 with contextlib.suppress(OSError):
-                    # SO_LINGER 0: a reset, like a crashed peer. shutdown() first: a plain
-                    # close() does not wake another thread blocked in recv() on this socket.
+                    # SO_LINGER 0: a reset, like a crashed peer.
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET)
-                    sock.shutdown(socket.SHUT_RDWR)
-                    sock.close()
+                _close(sock)
             self._sockets.clear()
 
     def cut_after(self, forwarded_bytes: int, *, outage_seconds: float) -> None:
@@ -73,6 +68,10 @@ class CuttableProxy:
                 client.close()
                 continue
             with self._lock:
+                if not self._open.is_set():  # cut while connecting: cut() cleared before locking
+                    _close(client)
+                    _close(upstream)
+                    continue
                 self._sockets |= {client, upstream}
             for src, dst in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(src, dst), daemon=True).start()
@@ -92,5 +91,14 @@ class CuttableProxy:
             pass
         finally:
             for sock in (src, dst):
-                with contextlib.suppress(OSError):
-                    sock.close()
+                _close(sock)
+
+
+def _close(sock: socket.socket) -> None:
+    """shutdown() before close(): on Linux a plain close() does not wake the other pipe thread
+    blocked in recv() on the same socket, and while that recv holds the socket the connection
+    stays open, so the client would wait for a response that never comes (its read timeout)."""
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_RDWR)
+    with contextlib.suppress(OSError):
+        sock.close()

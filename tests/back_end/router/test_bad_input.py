@@ -61,6 +61,16 @@ def raw(body: bytes, content_type: str, status: int, code: str, path: str = "") 
     )
 
 
+def upload_as(token_path: str, status: int = 422, code: str = "invalid_token_id") -> Case:
+    """A good file uploaded under a bad token (the path segment as sent, already encoded)."""
+    return Case(
+        status,
+        code,
+        path=f"/tokens/{token_path}/upload-audio",
+        files=[("file", ("a.wav", WAV, "audio/wav"))],
+    )
+
+
 def named(filename: str | bytes) -> tuple[bytes, str]:
     return multipart(("file", filename, WAV))
 
@@ -117,30 +127,10 @@ CASES: dict[str, Callable[[], Case]] = {
         cut_body, "multipart/form-data", 422, "invalid_multipart"
     ),
     "multipart cut short": lambda: raw(cut_body[:-40], cut_type, 422, "invalid_multipart"),
-    "token with space": lambda: Case(
-        422,
-        "invalid_token_id",
-        path="/tokens/bad%20token/upload-audio",
-        files=[("file", ("a.wav", WAV, "audio/wav"))],
-    ),
-    "token of 65 chars": lambda: Case(
-        422,
-        "invalid_token_id",
-        path=f"/tokens/{'a' * 65}/upload-audio",
-        files=[("file", ("a.wav", WAV, "audio/wav"))],
-    ),
-    "token with dots": lambda: Case(
-        422,
-        "invalid_token_id",
-        path="/tokens/a..b/upload-audio",
-        files=[("file", ("a.wav", WAV, "audio/wav"))],
-    ),
-    "token with slash": lambda: Case(
-        404,
-        "not_found",
-        path="/tokens/a/b/upload-audio",
-        files=[("file", ("a.wav", WAV, "audio/wav"))],
-    ),
+    "token with space": lambda: upload_as("bad%20token"),
+    "token of 65 chars": lambda: upload_as("a" * 65),
+    "token with dots": lambda: upload_as("a..b"),
+    "token with slash": lambda: upload_as("a/b", 404, "not_found"),
     "unknown job result": lambda: Case(
         404, "job_not_found", "GET", f"/tokens/analysis-result/{BAD_JOB}"
     ),
@@ -163,18 +153,8 @@ CASES: dict[str, Callable[[], Case]] = {
     "oversized body, chunked (no Content-Length)": lambda: Case(
         413, "file_too_large", content=None, headers={"Content-Type": BIG_TYPE}, chunked=True
     ),
-    "token of dots (encoded)": lambda: Case(
-        422,
-        "invalid_token_id",
-        path="/tokens/%2E%2E/upload-audio",
-        files=[("file", ("a.wav", WAV, "audio/wav"))],
-    ),
-    "token of 200 chars": lambda: Case(
-        422,
-        "invalid_token_id",
-        path=f"/tokens/{'t' * 200}/upload-audio",
-        files=[("file", ("a.wav", WAV, "audio/wav"))],
-    ),
+    "token of dots (encoded)": lambda: upload_as("%2E%2E"),
+    "token of 200 chars": lambda: upload_as("t" * 200),
     "job id with traversal": lambda: Case(
         404, "not_found", "GET", "/tokens/analysis-result/..%2F..%2Fetc%2Fpasswd"
     ),
