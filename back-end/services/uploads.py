@@ -9,6 +9,7 @@ request. Whatever is rejected leaves no file behind.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import os
@@ -68,6 +69,7 @@ class _FilePart:
         self.pending = bytearray()
         self.audio_format: str | None = None
         self.handle: IO[bytes] | None = None
+        self._in_flight: asyncio.Future[None] | None = None
 
     def feed(self, data: bytes) -> None:
         self.size += len(data)
@@ -95,11 +97,24 @@ class _FilePart:
         self.hasher.update(chunk)
 
     async def flush(self, force: bool = False) -> None:
+        """A batch is written and hashed in a thread while the next one arrives (file writes
+        and hashlib release the GIL, so that runs on the other core). One batch in flight at
+        most: an upload holds two batches at worst, and a slow disk slows the reader down."""
         if self.pending and (force or len(self.pending) >= WRITE_BATCH):
             # Hand the buffer itself to the thread (nothing else touches it): copying it to
             # bytes first would hold every batch twice, per concurrent upload.
             chunk, self.pending = self.pending, bytearray()
-            await anyio.to_thread.run_sync(self._write_pending, chunk)
+            await self._drain()
+            loop = asyncio.get_running_loop()
+            self._in_flight = loop.run_in_executor(None, self._write_pending, chunk)
+        if force:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        if self._in_flight is not None:
+            # Shielded: a cancelled request must not orphan the write (discard waits for it).
+            await asyncio.shield(self._in_flight)
+            self._in_flight = None
 
     async def finish(self) -> SpooledUpload:
         if self.size == 0:
@@ -128,7 +143,11 @@ class _FilePart:
             self.handle.close()
             self.handle = None
 
-    def discard(self) -> None:
+    async def discard(self) -> None:
+        """Waits out a write still in flight first: it could create the file after the unlink."""
+        if self._in_flight is not None:
+            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+                await self._in_flight
         with contextlib.suppress(OSError):
             if self.handle is not None:
                 self.handle.close()
@@ -270,5 +289,5 @@ async def receive_upload(
         return await collector.file.finish()
     except BaseException:
         if collector.file is not None:
-            collector.file.discard()
+            await collector.file.discard()
         raise

@@ -1,0 +1,97 @@
+"""receive_upload on real files: batches written and hashed in a thread while the next ones
+arrive must still give the exact bytes and hash, and every way of stopping must leave nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from services.uploads import WRITE_BATCH, SpooledUpload, UploadRejected, receive_upload
+from tests.helpers.audio import pcm_wav
+
+BOUNDARY = "test-boundary"
+CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
+MB = 1024 * 1024
+
+
+def multipart(wav: bytes) -> bytes:
+    head = (
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="take.wav"'
+        "\r\nContent-Type: audio/wav\r\n\r\n"
+    ).encode()
+    return head + wav + f"\r\n--{BOUNDARY}--\r\n".encode()
+
+
+async def chunked(body: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+    for start in range(0, len(body), size):
+        yield body[start : start + size]
+        await asyncio.sleep(0)
+
+
+def receive(body: bytes, path: Path, max_mb: int = 16) -> SpooledUpload:
+    return asyncio.run(
+        receive_upload(
+            chunked(body),
+            content_type=CONTENT_TYPE,
+            content_length=None,
+            spool_path=path,
+            max_bytes=max_mb * MB,
+        )
+    )
+
+
+def test_receive_upload_when_many_batches_then_file_and_hash_are_exact(tmp_path: Path) -> None:
+    wav = pcm_wav(os.urandom(7 * WRITE_BATCH + 12345), rate=44100)
+    spooled = receive(multipart(wav), tmp_path / "job")
+    assert spooled.path.read_bytes() == wav
+    assert spooled.size == len(wav)
+    assert spooled.sha256 == hashlib.sha256(wav).hexdigest()
+    assert spooled.audio_format == "wav"
+
+
+def test_receive_upload_when_limit_passed_after_batches_in_flight_then_413_and_no_file(
+    tmp_path: Path,
+) -> None:
+    wav = pcm_wav(os.urandom(6 * MB), rate=44100)
+    with pytest.raises(UploadRejected) as rejected:
+        receive(multipart(wav), tmp_path / "job", max_mb=4)
+    assert (rejected.value.status, rejected.value.code) == (413, "file_too_large")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_receive_upload_when_cancelled_with_a_write_in_flight_then_no_file_left(
+    tmp_path: Path,
+) -> None:
+    wav = pcm_wav(os.urandom(8 * MB), rate=44100)
+    body = multipart(wav)
+
+    async def upload_then_cancel() -> None:
+        stalled = asyncio.Event()
+
+        async def stalls_after_batches() -> AsyncIterator[bytes]:
+            async for chunk in chunked(body[: WRITE_BATCH + 64 * 1024 + 500]):
+                yield chunk
+            stalled.set()  # the first batch (which creates the file) was just handed to the thread
+            await asyncio.Event().wait()  # the client stops sending
+
+        task = asyncio.create_task(
+            receive_upload(
+                stalls_after_batches(),
+                content_type=CONTENT_TYPE,
+                content_length=None,
+                spool_path=tmp_path / "job",
+                max_bytes=16 * MB,
+            )
+        )
+        await stalled.wait()
+        task.cancel()  # as when the client disconnects
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(upload_then_cancel())
+    assert list(tmp_path.iterdir()) == []
