@@ -28,7 +28,8 @@ FILE_FIELD = "file"
 # Room for boundaries, part headers and small extra fields beyond the file itself.
 MULTIPART_OVERHEAD = 64 * 1024
 MAX_FIELD_BYTES = 16 * 1024
-WRITE_BATCH = 1024 * 1024
+# Half a MB: one batch being written plus one arriving keeps an upload's buffers at ~1 MB.
+WRITE_BATCH = 512 * 1024
 
 
 class UploadRejected(Exception):
