@@ -182,9 +182,13 @@ class Pipeline:
             time.sleep(0.5)
 
     def begin_delivery(self, job_id: str, *, worker_pid: int) -> int:
-        """Returns how many deliveries of this job started without ending (this one included)."""
-        self.store.set_markers(job_id, worker_pid=worker_pid)
-        return self.store.count_delivery(job_id, +1)
+        """Returns how many deliveries of this job started without ending (this one included).
+        The pid is recorded only for a delivery that will run: one past the limit fails the
+        job as poison at once, and must not look like a running job meanwhile."""
+        crashes = self.store.count_delivery(job_id, +1)
+        if crashes <= self.settings.task_max_deliveries:
+            self.store.set_markers(job_id, worker_pid=worker_pid)
+        return crashes
 
     def end_delivery(self, job_id: str) -> None:
         self.store.count_delivery(job_id, -1)
