@@ -463,27 +463,10 @@ def poke(base_url: str) -> None:
 def uvicorn_server(
     name: str, app: str, env: dict[str, str], cwd: Path, workdir: Path
 ) -> stack.Proc:
-    """One uvicorn process, started exactly like devtools/stack.py's api_proc (same flags),
-    so the product and the reference apps run under the same server settings."""
-    port = stack.free_port()
-    return stack.Proc(
-        name=f"{name}:{port}",
-        argv=[
-            str(stack.BIN / "uvicorn"),
-            app,
-            "--host",
-            HOST,
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--timeout-graceful-shutdown",
-            "5",
-        ],
-        env=stack.service_env(env),
-        cwd=cwd,
-        log_path=workdir / f"{name}-{port}.log",
-        ready=lambda: stack.http_ok(f"http://{HOST}:{port}/healthz"),
+    """Started with the API's flags, so the product and the reference apps run under the same
+    server settings."""
+    return stack.uvicorn_proc(
+        name, app, env, workdir, cwd, extra_args=stack.API_UVICORN_ARGS
     ).start()
 
 

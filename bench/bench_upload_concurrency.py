@@ -206,23 +206,8 @@ def small_files(url: str, spool: Path, pid: int) -> dict[str, Any]:
 
 
 def raw_server(spool: Path, workdir: Path) -> stack.Proc:
-    port = stack.free_port()
-    return stack.Proc(
-        name=f"raw:{port}",
-        argv=[
-            str(stack.BIN / "uvicorn"),
-            "raw_receive_app:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-        ],
-        env=stack.service_env({"SPOOL_DIR": str(spool)}),
-        cwd=BENCH_DIR,
-        log_path=workdir / f"raw-{port}.log",
-        ready=lambda: stack.http_ok(f"http://127.0.0.1:{port}/healthz"),
+    return stack.uvicorn_proc(
+        "raw", "raw_receive_app:app", {"SPOOL_DIR": str(spool)}, workdir, BENCH_DIR
     ).start()
 
 

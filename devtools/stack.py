@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,48 +207,48 @@ def service_env(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
     return env
 
 
-def analysis_proc(env: Mapping[str, str], workdir: Path, port: int | None = None) -> Proc:
+# The API's own flags: on shutdown, open streams get at most 5 s to end.
+API_UVICORN_ARGS = ("--timeout-graceful-shutdown", "5")
+
+
+def uvicorn_proc(
+    name: str,
+    app: str,
+    env: Mapping[str, str],
+    workdir: Path,
+    cwd: Path,
+    port: int | None = None,
+    extra_args: Sequence[str] = (),
+) -> Proc:
+    """One uvicorn process on loopback, ready once its /healthz answers: the product's
+    servers and the benchmarks' reference apps all start this way."""
     port = port or free_port()
     return Proc(
-        name=f"analysis:{port}",
+        name=f"{name}:{port}",
         argv=[
             str(BIN / "uvicorn"),
-            "analysis_server.app:app",
+            app,
             "--host",
             "127.0.0.1",
             "--port",
             str(port),
             "--log-level",
             "warning",
+            *extra_args,
         ],
         env=service_env(env),
-        cwd=ANALYSIS_SERVER,
-        log_path=workdir / f"analysis-{port}.log",
+        cwd=cwd,
+        log_path=workdir / f"{name}-{port}.log",
         ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"),
     )
+
+
+def analysis_proc(env: Mapping[str, str], workdir: Path, port: int | None = None) -> Proc:
+    return uvicorn_proc("analysis", "analysis_server.app:app", env, workdir, ANALYSIS_SERVER, port)
 
 
 def api_proc(env: Mapping[str, str], workdir: Path, port: int | None = None) -> Proc:
-    port = port or free_port()
-    return Proc(
-        name=f"api:{port}",
-        argv=[
-            str(BIN / "uvicorn"),
-            "main:app",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--log-level",
-            "warning",
-            "--timeout-graceful-shutdown",
-            "5",
-        ],
-        env=service_env(env),
-        cwd=BACK_END,
-        log_path=workdir / f"api-{port}.log",
-        ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthz"),
-    )
+    return uvicorn_proc("api", "main:app", env, workdir, BACK_END, port, API_UVICORN_ARGS)
 
 
 def worker_proc(

@@ -19,10 +19,9 @@ from config import Settings
 from services.jobs import AsyncJobStore, Refused
 from services.models import JobSnapshot, JobStatus, Stage
 from services.progress_stream import JobNotFound
-from services.submission import ServiceUnavailable
+from services.submission import Enqueue, ServiceUnavailable
 
 Revoke = Callable[[str], None]
-Enqueue = Callable[[str, str], None]
 
 
 class JobConflict(Exception):

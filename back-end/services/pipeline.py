@@ -181,14 +181,18 @@ class Pipeline:
                     raise
             time.sleep(0.5)
 
-    def begin_delivery(self, job_id: str, *, worker_pid: int) -> int:
-        """Returns how many deliveries of this job started without ending (this one included).
-        The pid is recorded only for a delivery that will run: one past the limit fails the
-        job as poison at once, and must not look like a running job meanwhile."""
+    def begin_delivery(self, job_id: str, *, worker_pid: int) -> bool:
+        """Counts deliveries that started and never ended: a task that kills its own worker
+        would otherwise be redelivered forever (DESIGN §10, poison pills). False when this
+        delivery must not run — the job is failed as poison instead. Only a delivery that runs
+        records its pid: a refused one must not look like a running job meanwhile."""
         crashes = self.store.count_delivery(job_id, +1)
-        if crashes <= self.settings.task_max_deliveries:
-            self.store.set_markers(job_id, worker_pid=worker_pid)
-        return crashes
+        if crashes > self.settings.task_max_deliveries:
+            error = StageError("poison", f"The job crashed its worker {crashes - 1} times")
+            self.fail(job_id, error, retryable=False)
+            return False
+        self.store.set_markers(job_id, worker_pid=worker_pid)
+        return True
 
     def end_delivery(self, job_id: str) -> None:
         self.store.count_delivery(job_id, -1)

@@ -146,9 +146,8 @@ class _FilePart:
 
     async def discard(self) -> None:
         """Waits out a write still in flight first: it could create the file after the unlink."""
-        if self._in_flight is not None:
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await self._in_flight
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await self._drain()
         with contextlib.suppress(OSError):
             if self.handle is not None:
                 self.handle.close()

@@ -54,8 +54,9 @@ class AudioTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[no-untyped-def]
         """After a hard time limit Celery kills the child and, here in the worker's main
         process, acks the message: nothing would ever end the job, which would sit in
-        `processing` until the stuck-job sweep. The child's clients died with it, hence a
-        short-lived connection."""
+        `processing` until the stuck-job sweep. A short-lived connection rather than
+        `pipeline()`: cached in this parent, its clients would be inherited by every child
+        forked later."""
         if not isinstance(exc, TimeLimitExceeded) or not args:
             return
         job_id = str(args[0])
@@ -86,15 +87,7 @@ class AudioTask(Task):
 )
 def analyze_audio(self: Task, job_id: str) -> str:
     runner = pipeline()
-    # Counts starts that never ended cleanly (the process died mid-task): a task that kills its
-    # own worker would otherwise be redelivered forever (DESIGN §10, poison pills).
-    crashes = runner.begin_delivery(job_id, worker_pid=os.getpid())
-    if crashes > settings.task_max_deliveries:
-        runner.fail(
-            job_id,
-            StageError("poison", f"The job crashed its worker {crashes - 1} times"),
-            retryable=False,
-        )
+    if not runner.begin_delivery(job_id, worker_pid=os.getpid()):
         return "failed"
     try:
         return _run_through_redis_outages(self, runner, job_id)

@@ -469,7 +469,7 @@ def test_s3_hanging_past_the_hard_time_limit_then_job_fails_as_timeout_not_stuck
     mini = mini_stack(S3_ENDPOINT_URL=hanging_server, TASK_TIME_LIMIT="4", TASK_SOFT_TIME_LIMIT="3")
     body = upload(mini.api_url, token_id, noisy_wav(1.0, 11))
     snapshot = httpx.get(
-        f"{mini.api_url}/tokens/analysis-result/{body['job_id']}", params={"wait": 30}, timeout=40
+        f"{mini.api_url}{body['result_url']}", params={"wait": 30}, timeout=40
     ).json()
     worker_log = mini.procs[1].log_path.read_text()
     record(

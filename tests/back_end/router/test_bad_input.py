@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from tests.helpers.audio import wav_bytes
+from tests.helpers.multipart import multipart
 
 WAV = wav_bytes(1.0)
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
@@ -32,23 +33,6 @@ class Case:
     content: bytes | None = None
     headers: dict[str, str] = field(default_factory=dict)
     chunked: bool = False  # send BIG_BODY with Transfer-Encoding: chunked
-
-
-def multipart(
-    *parts: tuple[str, str | bytes, bytes], boundary: str = "XyZb0und"
-) -> tuple[bytes, str]:
-    body = b""
-    for name, filename, data in parts:
-        raw_name = filename if isinstance(filename, bytes) else filename.encode()
-        body += (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"; '.encode()
-            + b'filename="'
-            + raw_name
-            + b'"\r\nContent-Type: application/octet-stream\r\n\r\n'
-            + data
-            + b"\r\n"
-        )
-    return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def raw(body: bytes, content_type: str, status: int, code: str, path: str = "") -> Case:

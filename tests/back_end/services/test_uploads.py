@@ -13,18 +13,13 @@ import pytest
 
 from services.uploads import WRITE_BATCH, SpooledUpload, UploadRejected, receive_upload
 from tests.helpers.audio import pcm_wav
+from tests.helpers.multipart import CONTENT_TYPE, multipart
 
-BOUNDARY = "test-boundary"
-CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
 MB = 1024 * 1024
 
 
-def multipart(wav: bytes) -> bytes:
-    head = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="take.wav"'
-        "\r\nContent-Type: audio/wav\r\n\r\n"
-    ).encode()
-    return head + wav + f"\r\n--{BOUNDARY}--\r\n".encode()
+def form(wav: bytes) -> bytes:
+    return multipart(("file", "take.wav", wav))[0]
 
 
 async def chunked(body: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
@@ -47,7 +42,7 @@ def receive(body: bytes, path: Path, max_mb: int = 16) -> SpooledUpload:
 
 def test_receive_upload_when_many_batches_then_file_and_hash_are_exact(tmp_path: Path) -> None:
     wav = pcm_wav(os.urandom(7 * WRITE_BATCH + 12345), rate=44100)
-    spooled = receive(multipart(wav), tmp_path / "job")
+    spooled = receive(form(wav), tmp_path / "job")
     assert spooled.path.read_bytes() == wav
     assert spooled.size == len(wav)
     assert spooled.sha256 == hashlib.sha256(wav).hexdigest()
@@ -59,7 +54,7 @@ def test_receive_upload_when_limit_passed_after_batches_in_flight_then_413_and_n
 ) -> None:
     wav = pcm_wav(os.urandom(6 * MB), rate=44100)
     with pytest.raises(UploadRejected) as rejected:
-        receive(multipart(wav), tmp_path / "job", max_mb=4)
+        receive(form(wav), tmp_path / "job", max_mb=4)
     assert (rejected.value.status, rejected.value.code) == (413, "file_too_large")
     assert list(tmp_path.iterdir()) == []
 
@@ -68,7 +63,7 @@ def test_receive_upload_when_cancelled_with_a_write_in_flight_then_no_file_left(
     tmp_path: Path,
 ) -> None:
     wav = pcm_wav(os.urandom(8 * MB), rate=44100)
-    body = multipart(wav)
+    body = form(wav)
 
     async def upload_then_cancel() -> None:
         stalled = asyncio.Event()
