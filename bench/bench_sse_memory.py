@@ -1,10 +1,12 @@
-"""Where the API's memory per SSE client goes: the same idle clients against four servers, each
+"""Where the API's memory per SSE client goes: the same idle clients against five servers, each
 one layer thicker, on the same uvicorn (one process, uvloop + httptools, the product's flags):
 
   raw ASGI             uvicorn's per-connection objects, one task, the socket (the floor)
   StreamingResponse    + Starlette, an async generator waiting on a queue
   sse-starlette        + EventSourceResponse's task group (stream, ping, disconnect and
                          shutdown watchers) with the product's ping and send timeout
+  CompactEventSource   the same loops under the product's lighter supervisor (the request's
+                         task + three plain watcher tasks instead of four anyio tasks)
   YouSync API          + FastAPI routing and dependencies, the request-log and CORS
                          middleware, the hub subscription and the Stream replay
 
@@ -49,6 +51,7 @@ VARIANTS = [
     ("raw ASGI on uvicorn", "bench.sse_floor_apps:raw_app"),
     ("Starlette StreamingResponse", "bench.sse_floor_apps:streaming_app"),
     ("Starlette + sse-starlette EventSourceResponse", "bench.sse_floor_apps:sse_app"),
+    ("Starlette + CompactEventSourceResponse", "bench.sse_floor_apps:compact_sse_app"),
     ("YouSync API (main:app)", "bench._gc_logged_api:app"),
 ]
 TOP_TYPES = 15

@@ -1,13 +1,15 @@
-"""REFERENCE ONLY — never part of the product. Three minimal idle-stream servers, each one layer
+"""REFERENCE ONLY — never part of the product. Four minimal idle-stream servers, each one layer
 thinner than the product, so bench/bench_sse_memory.py can say where the API's memory per
 SSE client goes:
 
   raw_app        pure ASGI: send the headers and one event, then wait for the disconnect
                  (the floor: uvicorn's protocol objects, one task, the socket)
-  streaming_app  Starlette + StreamingResponse over an async generator waiting on an
-                 asyncio.Queue (what a hub subscription feeds)
+  streaming_app  Starlette + StreamingResponse over an async generator waiting on the
+                 product's per-client mailbox (services.events.Subscription)
   sse_app        Starlette + sse-starlette's EventSourceResponse over the same generator,
                  with the product's ping and send timeout (its per-connection task group)
+  compact_sse_app  the same with the product's CompactEventSourceResponse
+                 (back-end/router/sse_response.py: the library's loops, lighter supervision)
 
 `GET /stream/{anything}` opens a stream; `GET /healthz` answers 200. When BENCH_GC_LOG is set,
 bench/_gc_probe.py's hooks are installed (the same ones the product's API gets in the bench).
@@ -17,7 +19,6 @@ Run: `uvicorn bench.sse_floor_apps:sse_app` from the repository root.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
@@ -30,6 +31,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bench._gc_probe import install
+from router.sse_response import CompactEventSourceResponse
+from services.events import Subscription
 
 if os.environ.get("BENCH_GC_LOG"):
     install(Path(os.environ["BENCH_GC_LOG"]))
@@ -63,17 +66,17 @@ async def raw_app(scope: MutableMapping[str, Any], receive: Receive, send: Send)
 
 
 async def _events() -> AsyncIterator[bytes]:
-    queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)  # a hub subscription's queue
+    mailbox = Subscription(64)  # what a hub subscription gives each client
     yield FIRST_EVENT
     while True:
-        yield await queue.get()
+        await mailbox.get()
 
 
 async def _sse_events() -> AsyncIterator[dict[str, str]]:
-    queue: asyncio.Queue[dict[str, str]] = asyncio.Queue(maxsize=64)
+    mailbox = Subscription(64)
     yield {"id": "0-1", "data": '{"status":"queued","message":"floor"}'}
     while True:
-        yield await queue.get()
+        await mailbox.get()
 
 
 async def _healthz(_: Request) -> Response:
@@ -88,5 +91,12 @@ async def _sse(_: Request) -> Response:
     return EventSourceResponse(_sse_events(), ping=15, send_timeout=30)
 
 
+async def _compact_sse(_: Request) -> Response:
+    return CompactEventSourceResponse(_sse_events(), ping=15, send_timeout=30)
+
+
 streaming_app = Starlette(routes=[Route("/stream/{key}", _streaming), Route("/healthz", _healthz)])
 sse_app = Starlette(routes=[Route("/stream/{key}", _sse), Route("/healthz", _healthz)])
+compact_sse_app = Starlette(
+    routes=[Route("/stream/{key}", _compact_sse), Route("/healthz", _healthz)]
+)

@@ -7,11 +7,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
-from sse_starlette import EventSourceResponse
 
 from config import Settings
 from deps import EnqueueDep, HubDep, JobsDep, RevokeDep, SettingsDep, UploadSlotsDep
 from router.schemas import ERROR_RESPONSES, JobId, TokenId, UploadAccepted
+from router.sse_response import CompactEventSourceResponse
 from services.auth import issue_stream_token
 from services.control import cancel_job, retry_job
 from services.events import EventHub, ShutdownSignal
@@ -119,11 +119,11 @@ async def _upload(
 
 def _event_stream(
     jobs: AsyncJobStore, hub: EventHub, settings: Settings, feed: Feed, last: str | None
-) -> EventSourceResponse:
+) -> CompactEventSourceResponse:
     if hub.client_count >= settings.sse_max_clients:
         raise TooManyStreams()
     shutdown = ShutdownSignal()
-    return EventSourceResponse(
+    return CompactEventSourceResponse(
         feed_events(
             jobs, hub, feed, last_event_id=last, retry_ms=settings.sse_retry_ms, shutdown=shutdown
         ),
@@ -177,7 +177,7 @@ async def analysis_result(
 
 @router.get(
     "/analysis-progress/{job_id}",
-    response_class=EventSourceResponse,
+    response_class=CompactEventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}}, 204: {"description": "Finished"}},
     summary="Server-Sent Events: the job snapshot at every change, resumable by Last-Event-ID",
 )
@@ -194,7 +194,7 @@ async def analysis_progress(
 
 @router.get(
     "/{token_id}/analysis-progress",
-    response_class=EventSourceResponse,
+    response_class=CompactEventSourceResponse,
     responses={200: {"content": {"text/event-stream": {}}}},
     summary="Server-Sent Events for every job of a token (new uploads appear as they come)",
 )

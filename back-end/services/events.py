@@ -64,25 +64,43 @@ RESYNC: Final = _Control("RESYNC")
 SHUTDOWN: Final = _Control("SHUTDOWN")
 
 
-@dataclass(eq=False)
 class Subscription:
-    queue: asyncio.Queue[Notification | _Control]
-    resyncs: int = 0
+    """One client's bounded mailbox: a list and at most one waiting future.
+
+    Why not `asyncio.Queue`: with thousands of idle streams per process its three deques
+    (about 2 KB) were the largest thing the product itself kept per client
+    (bench/bench_sse_memory.py). A single consumer needs no getter/putter bookkeeping, and an
+    item stays in the list if `get()` is cancelled, so a cancelled read loses nothing.
+    """
+
+    __slots__ = ("_items", "_limit", "_waiter", "resyncs")
+
+    def __init__(self, limit: int) -> None:
+        self._items: list[Notification | _Control] = []
+        self._limit = limit
+        self._waiter: asyncio.Future[None] | None = None
+        self.resyncs = 0
 
     def offer(self, item: Notification | _Control) -> None:
-        try:
-            self.queue.put_nowait(item)
-        except asyncio.QueueFull:
+        if len(self._items) >= self._limit:
             # Drop what is queued and leave one marker instead of blocking the hub (and with
             # it every other client) on this slow reader: RESYNC re-reads the Stream from the
             # client's last delivered id, so nothing is lost to it.
-            while not self.queue.empty():
-                self.queue.get_nowait()
+            self._items.clear()
             metrics.hub_resync("overflow")
-            self.queue.put_nowait(SHUTDOWN if item is SHUTDOWN else RESYNC)
+            item = SHUTDOWN if item is SHUTDOWN else RESYNC
+        self._items.append(item)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def get(self) -> Notification | _Control:
-        item = await self.queue.get()
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        item = self._items.pop(0)  # at most `limit` items: cheaper than a deque's block
         if item is RESYNC:
             self.resyncs += 1
         return item
@@ -147,7 +165,7 @@ class EventHub:
         self, *, job_id: str | None = None, token_id: str | None = None
     ) -> Iterator[Subscription]:
         """Register before reading the Stream, so nothing written meanwhile can slip between."""
-        sub = Subscription(queue=asyncio.Queue(maxsize=self._queue_size))
+        sub = Subscription(self._queue_size)
         index, key = (self._by_job, job_id) if job_id else (self._by_token, token_id)
         assert key is not None
         index[key].add(sub)

@@ -128,11 +128,19 @@ def test_metrics_when_job_fails_then_counted_once_by_final_status(
     assert value(samples, "yousync_jobs_finished_total", status="completed") == 0
 
 
+def wait_for_gauge(api_url: str, name: str, expected: float, why: str) -> None:
+    deadline = time.monotonic() + 15
+    while value(scrape(api_url), name) != expected:
+        assert time.monotonic() < deadline, why
+        time.sleep(0.1)
+
+
 def test_metrics_when_sse_client_connects_and_leaves_then_gauge_follows(
     api_url: str, redis_url: str, token_id: str
 ) -> None:
     job_id = create_job(redis_url, token_id)
     host, port = api_url.removeprefix("http://").split(":")
+    wait_for_gauge(api_url, "yousync_sse_clients", 0, "streams of earlier tests never left")
     # A raw socket: the client stays connected exactly as long as the test holds it open.
     with socket.create_connection((host, int(port)), timeout=10) as client:
         client.sendall(
@@ -145,7 +153,4 @@ def test_metrics_when_sse_client_connects_and_leaves_then_gauge_follows(
             assert chunk, received
             received += chunk
         assert value(scrape(api_url), "yousync_sse_clients") == 1
-    deadline = time.monotonic() + 10
-    while value(scrape(api_url), "yousync_sse_clients") != 0:
-        assert time.monotonic() < deadline, "the SSE client never left the hub"
-        time.sleep(0.1)
+    wait_for_gauge(api_url, "yousync_sse_clients", 0, "the SSE client never left the hub")

@@ -4,6 +4,7 @@ token feed, shutdown and content negotiation."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -44,9 +45,17 @@ def write_events(
     store.update(job_id, token_id, status="completed", progress=100, stage="done", message="done")
 
 
+TOKEN_FEED_IDLE = 5.0  # seconds of silence after which a test's token-feed reader hangs up
+
+
 def collect(url: str, out: list[sse.SseEvent], **kwargs: object) -> threading.Thread:
+    """Reads in a thread until the stream ends, or until it has been silent for the read
+    timeout: a token feed never ends, and a reader left open would stay connected to the
+    session's shared API for every later test."""
+
     def run() -> None:
-        out.extend(sse.stream(url, **kwargs))  # type: ignore[arg-type]
+        with contextlib.suppress(httpx.ReadTimeout):
+            out.extend(sse.stream(url, **kwargs))  # type: ignore[arg-type]
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
@@ -181,7 +190,7 @@ def test_token_stream_when_jobs_progress_then_events_of_every_job_arrive_with_jo
     api_url: str, redis_url: str, token_id: str
 ) -> None:
     received: list[sse.SseEvent] = []
-    collect(f"{api_url}/tokens/{token_id}/analysis-progress", received)
+    collect(f"{api_url}/tokens/{token_id}/analysis-progress", received, timeout=TOKEN_FEED_IDLE)
     time.sleep(0.3)
     first, second = create_job(redis_url, token_id), create_job(redis_url, token_id)
     create_job(redis_url, "someone-else")
@@ -201,6 +210,7 @@ def test_token_stream_when_jobs_progress_then_events_of_every_job_arrive_with_jo
         f"{api_url}/tokens/{token_id}/analysis-progress",
         replay,
         headers={"Last-Event-ID": middle.id or ""},
+        timeout=TOKEN_FEED_IDLE,
     )
     time.sleep(1)
     assert [e.id for e in replay] == [e.id for e in received[len(received) // 2 + 1 :]]
@@ -213,7 +223,7 @@ def test_token_stream_when_connecting_fresh_then_first_events_are_each_jobs_late
     write_events(redis_url, done, token_id, 3)
     waiting = create_job(redis_url, token_id)
     received: list[sse.SseEvent] = []
-    collect(f"{api_url}/tokens/{token_id}/analysis-progress", received)
+    collect(f"{api_url}/tokens/{token_id}/analysis-progress", received, timeout=TOKEN_FEED_IDLE)
     time.sleep(1)
     assert [(e.json["job_id"], e.json["status"]) for e in received] == [
         (done, "completed"),
