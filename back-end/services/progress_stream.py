@@ -143,6 +143,7 @@ async def feed_events(
                 last = event_id
                 if terminal and feed.ends_at_terminal:
                     return
+            pending = []  # delivered: not kept alive while this client idles
             item = await sub.get()
             if item is SHUTDOWN:
                 yield ServerSentEvent(comment=SHUTDOWN_COMMENT)
