@@ -69,14 +69,14 @@ async def _events() -> AsyncIterator[bytes]:
     mailbox = Subscription(64)  # what a hub subscription gives each client
     yield FIRST_EVENT
     while True:
-        await mailbox.get()
+        await mailbox.get()  # nothing is ever offered here: the stream stays idle
 
 
 async def _sse_events() -> AsyncIterator[dict[str, str]]:
     mailbox = Subscription(64)
     yield {"id": "0-1", "data": '{"status":"queued","message":"floor"}'}
     while True:
-        await mailbox.get()
+        await mailbox.get()  # idle, as above
 
 
 async def _healthz(_: Request) -> Response:

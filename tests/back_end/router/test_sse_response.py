@@ -43,6 +43,15 @@ class Client:
     def disconnect(self) -> None:
         self._gone.set()
 
+    async def serve(self, response: CompactEventSourceResponse, scope: Message = SCOPE) -> None:
+        await response(scope, self.receive, self.send)
+
+    async def open(self, response: CompactEventSourceResponse) -> asyncio.Task[None]:
+        """Starts the response in its own task; returns once its first event was sent."""
+        call = asyncio.create_task(self.serve(response))
+        await self.streaming.wait()
+        return call
+
     @property
     def bodies(self) -> list[bytes]:
         return [m["body"] for m in self.sent if m["type"] == "http.response.body"]
@@ -85,7 +94,7 @@ def test_response_when_generator_ends_then_events_then_closed_body_and_no_task_l
     source, client = Generator(2, then_wait=False), Client()
 
     async def body() -> None:
-        await CompactEventSourceResponse(source(), ping=15)(SCOPE, client.receive, client.send)
+        await client.serve(CompactEventSourceResponse(source(), ping=15))
 
     run(body)
     assert client.sent[0]["type"] == "http.response.start"
@@ -98,9 +107,7 @@ def test_response_when_client_disconnects_then_generator_cleanup_runs_and_call_r
     source, client = Generator(1), Client()
 
     async def body() -> None:
-        response = CompactEventSourceResponse(source(), ping=15)
-        call = asyncio.create_task(response(SCOPE, client.receive, client.send))
-        await client.streaming.wait()
+        call = await client.open(CompactEventSourceResponse(source(), ping=15))
         client.disconnect()
         await call
 
@@ -113,8 +120,7 @@ def test_response_when_idle_then_pings_at_the_interval() -> None:
     source, client = Generator(1), Client()
 
     async def body() -> None:
-        response = CompactEventSourceResponse(source(), ping=0.05)
-        call = asyncio.create_task(response(SCOPE, client.receive, client.send))
+        call = asyncio.create_task(client.serve(CompactEventSourceResponse(source(), ping=0.05)))
         await asyncio.sleep(0.4)
         client.disconnect()
         await call
@@ -130,7 +136,7 @@ def test_response_when_ping_send_times_out_then_send_timeout_raised_and_generato
     async def body() -> None:
         response = CompactEventSourceResponse(source(), ping=0.05, send_timeout=0.1)
         with pytest.raises(SendTimeoutError):
-            await response(SCOPE, client.receive, client.send)
+            await client.serve(response)
 
     run(body)
     assert source.closed
@@ -141,7 +147,7 @@ def test_response_when_generator_raises_then_error_propagates_and_watchers_stop(
 
     async def body() -> None:
         with pytest.raises(ValueError, match="generator failed"):
-            await CompactEventSourceResponse(source(), ping=15)(SCOPE, client.receive, client.send)
+            await client.serve(CompactEventSourceResponse(source(), ping=15))
 
     run(body)
     assert source.closed
@@ -160,7 +166,7 @@ def test_response_when_server_shuts_down_then_shutdown_event_set_and_stream_ends
             source(), ping=15, shutdown_event=shutdown, shutdown_grace_period=0.3
         )
         started = asyncio.get_running_loop().time()
-        await response(SCOPE, client.receive, client.send)
+        await client.serve(response)
         ended_after.append(asyncio.get_running_loop().time() - started)
 
     run(body)
@@ -174,7 +180,7 @@ def test_response_when_head_then_headers_and_empty_body_without_starting_the_str
 
     async def body() -> None:
         response = CompactEventSourceResponse(source(), ping=15)
-        await response({**SCOPE, "method": "HEAD"}, client.receive, client.send)
+        await client.serve(response, {**SCOPE, "method": "HEAD"})
 
     run(body)
     assert [m["type"] for m in client.sent] == ["http.response.start", "http.response.body"]
@@ -186,9 +192,7 @@ def test_response_when_cancelled_from_outside_then_generator_closed_and_watchers
     source, client = Generator(1), Client()
 
     async def body() -> None:
-        response = CompactEventSourceResponse(source(), ping=0.05)
-        call = asyncio.create_task(response(SCOPE, client.receive, client.send))
-        await client.streaming.wait()
+        call = await client.open(CompactEventSourceResponse(source(), ping=0.05))
         call.cancel()
         with pytest.raises(asyncio.CancelledError):
             await call
