@@ -1,4 +1,4 @@
-"""Where the API's memory per SSE client goes: the same idle clients against five servers, each
+"""Where the API's memory per SSE client goes: the same idle clients against seven servers, each
 one layer thicker, on the same uvicorn (one process, uvloop + httptools, the product's flags):
 
   raw ASGI             uvicorn's per-connection objects, one task, the socket (the floor)
@@ -7,6 +7,9 @@ one layer thicker, on the same uvicorn (one process, uvloop + httptools, the pro
                          shutdown watchers) with the product's ping and send timeout
   CompactEventSource   the same loops under the product's lighter supervisor (the request's
                          task + three plain watcher tasks instead of four anyio tasks)
+  FastAPI + Streaming  a bare FastAPI app (no middleware or dependencies) with Starlette's
+                         StreamingResponse: the framework's own cost per open response
+  FastAPI + Compact    the same app with CompactEventSourceResponse
   YouSync API          + FastAPI routing and dependencies, the request-log and CORS
                          middleware, the hub subscription and the Stream replay
 
@@ -15,7 +18,7 @@ client), and how long one full garbage collection takes with them connected — 
 stream on that process waits out whenever Python runs a generation-2 collection.
 
 Run: `make bench`, or alone: PYTHONPATH=.:back-end:analysis-server .venv/bin/python
-bench/bench_sse_memory.py [--clients 5000] (about 1 minute).
+bench/bench_sse_memory.py [--clients 5000] (about 3 minutes).
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ VARIANTS = [
     ("Starlette StreamingResponse", "bench.sse_floor_apps:streaming_app"),
     ("Starlette + sse-starlette EventSourceResponse", "bench.sse_floor_apps:sse_app"),
     ("Starlette + CompactEventSourceResponse", "bench.sse_floor_apps:compact_sse_app"),
+    ("FastAPI + StreamingResponse", "bench.sse_floor_apps:fastapi_streaming_app"),
+    ("FastAPI + CompactEventSourceResponse", "bench.sse_floor_apps:fastapi_compact_app"),
     ("YouSync API (main:app)", "bench._gc_logged_api:app"),
 ]
 TOP_TYPES = 15

@@ -1,5 +1,5 @@
-"""REFERENCE ONLY — never part of the product. Four minimal idle-stream servers, each one layer
-thinner than the product, so bench/bench_sse_memory.py can say where the API's memory per
+"""REFERENCE ONLY — never part of the product. Six minimal idle-stream servers, each thinner
+than the product, so bench/bench_sse_memory.py can say where the API's memory per
 SSE client goes:
 
   raw_app        pure ASGI: send the headers and one event, then wait for the disconnect
@@ -10,6 +10,11 @@ SSE client goes:
                  with the product's ping and send timeout (its per-connection task group)
   compact_sse_app  the same with the product's CompactEventSourceResponse
                  (back-end/router/sse_response.py: the library's loops, lighter supervision)
+  fastapi_streaming_app  FastAPI (no middleware, no dependencies) + StreamingResponse over
+                 the same mailbox: what FastAPI's request handling keeps per open response,
+                 before any SSE machinery
+  fastapi_compact_app    FastAPI + CompactEventSourceResponse, still without the product's
+                 middleware, auth, hub or replay
 
 `GET /stream/{anything}` opens a stream; `GET /healthz` answers 200. When BENCH_GC_LOG is set,
 bench/_gc_probe.py's hooks are installed (the same ones the product's API gets in the bench).
@@ -24,6 +29,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any
 
+from fastapi import FastAPI
 from sse_starlette import EventSourceResponse
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -100,3 +106,11 @@ sse_app = Starlette(routes=[Route("/stream/{key}", _sse), Route("/healthz", _hea
 compact_sse_app = Starlette(
     routes=[Route("/stream/{key}", _compact_sse), Route("/healthz", _healthz)]
 )
+
+
+fastapi_streaming_app = FastAPI()
+fastapi_streaming_app.add_api_route("/stream/{key}", _streaming)
+fastapi_streaming_app.add_api_route("/healthz", _healthz)
+fastapi_compact_app = FastAPI()
+fastapi_compact_app.add_api_route("/stream/{key}", _compact_sse)
+fastapi_compact_app.add_api_route("/healthz", _healthz)

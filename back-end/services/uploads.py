@@ -23,6 +23,7 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from services.sniff import HEAD_BYTES, SNIFF_BYTES, sniff_audio_format, wav_problem
+from services.writeback import start_writeback
 
 FILE_FIELD = "file"
 # Room for boundaries, part headers and small extra fields beyond the file itself.
@@ -70,6 +71,7 @@ class _FilePart:
         self.pending = bytearray()
         self.audio_format: str | None = None
         self.handle: IO[bytes] | None = None
+        self.spooled = 0  # bytes written to the spool file so far (the write thread's offset)
         self._in_flight: asyncio.Future[None] | None = None
 
     def feed(self, data: bytes) -> None:
@@ -95,6 +97,11 @@ class _FilePart:
         if self.handle is None:
             self.handle = self.path.open("xb")
         self.handle.write(chunk)
+        # In the page cache first, then the disk starts on it while this thread hashes and
+        # the next batch arrives: the fsync before the 202 is left only the tail.
+        self.handle.flush()
+        start_writeback(self.handle.fileno(), self.spooled, len(chunk))
+        self.spooled += len(chunk)
         self.hasher.update(chunk)
 
     async def flush(self, force: bool = False) -> None:

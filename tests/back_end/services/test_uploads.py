@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from services import uploads
 from services.uploads import WRITE_BATCH, SpooledUpload, UploadRejected, receive_upload
 from tests.helpers.audio import pcm_wav
 from tests.helpers.multipart import CONTENT_TYPE, multipart
@@ -47,6 +48,26 @@ def test_receive_upload_when_many_batches_then_file_and_hash_are_exact(tmp_path:
     assert spooled.size == len(wav)
     assert spooled.sha256 == hashlib.sha256(wav).hexdigest()
     assert spooled.audio_format == "wav"
+
+
+def test_receive_upload_when_batches_are_written_then_writeback_covers_the_file_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[tuple[int, int]] = []
+
+    def record(fd: int, offset: int, length: int) -> bool:
+        assert os.fstat(fd).st_size >= offset + length  # the batch is on the file already
+        asked.append((offset, length))
+        return True
+
+    monkeypatch.setattr(uploads, "start_writeback", record)
+    wav = pcm_wav(os.urandom(5 * WRITE_BATCH + 777), rate=44100)
+    spooled = receive(form(wav), tmp_path / "job")
+    assert len(asked) >= 4  # batch by batch as they are written, not once at the end
+    assert [offset for offset, _ in asked] == [
+        sum(n for _, n in asked[:i]) for i in range(len(asked))
+    ]
+    assert sum(length for _, length in asked) == spooled.size == len(wav)
 
 
 def test_receive_upload_when_limit_passed_after_batches_in_flight_then_413_and_no_file(
