@@ -1,5 +1,6 @@
-"""Where the API's memory per SSE client goes: the same idle clients against seven servers, each
-one layer thicker, on the same uvicorn (one process, uvloop + httptools, the product's flags):
+"""Where the API's memory per SSE client goes: the same idle clients against seven servers, from
+the bare floor up to the product, on the same uvicorn (one process, uvloop + httptools, the
+product's flags):
 
   raw ASGI             uvicorn's per-connection objects, one task, the socket (the floor)
   StreamingResponse    + Starlette, an async generator waiting on a queue

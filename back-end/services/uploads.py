@@ -71,7 +71,6 @@ class _FilePart:
         self.pending = bytearray()
         self.audio_format: str | None = None
         self.handle: IO[bytes] | None = None
-        self.spooled = 0  # bytes written to the spool file so far (the write thread's offset)
         self._in_flight: asyncio.Future[None] | None = None
 
     def feed(self, data: bytes) -> None:
@@ -96,12 +95,12 @@ class _FilePart:
     def _write_pending(self, chunk: bytearray) -> None:
         if self.handle is None:
             self.handle = self.path.open("xb")
+        offset = self.handle.tell()
         self.handle.write(chunk)
         # In the page cache first, then the disk starts on it while this thread hashes and
         # the next batch arrives: the fsync before the 202 is left only the tail.
         self.handle.flush()
-        start_writeback(self.handle.fileno(), self.spooled, len(chunk))
-        self.spooled += len(chunk)
+        start_writeback(self.handle.fileno(), offset, len(chunk))
         self.hasher.update(chunk)
 
     async def flush(self, force: bool = False) -> None:

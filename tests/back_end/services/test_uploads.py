@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -64,10 +65,9 @@ def test_receive_upload_when_batches_are_written_then_writeback_covers_the_file_
     wav = pcm_wav(os.urandom(5 * WRITE_BATCH + 777), rate=44100)
     spooled = receive(form(wav), tmp_path / "job")
     assert len(asked) >= 4  # batch by batch as they are written, not once at the end
-    assert [offset for offset, _ in asked] == [
-        sum(n for _, n in asked[:i]) for i in range(len(asked))
-    ]
-    assert sum(length for _, length in asked) == spooled.size == len(wav)
+    offsets, lengths = zip(*asked, strict=True)
+    assert list(offsets) == list(itertools.accumulate(lengths, initial=0))[:-1]  # no gap
+    assert sum(lengths) == spooled.size == len(wav)
 
 
 def test_receive_upload_when_limit_passed_after_batches_in_flight_then_413_and_no_file(
