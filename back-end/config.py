@@ -18,7 +18,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 # Values that are fine on a laptop and wrong anywhere else (.env ships them).
-_LOCAL_DUMMIES = {"local-dummy-key", "local-dummy-secret", "yousync:local-only", ""}
+_LOCAL_DUMMIES = {
+    "local-dummy-key",
+    "local-dummy-secret",
+    "yousync:local-only",
+    "local-only-analysis-secret",
+    "",
+}
 
 AudioStoreFormat = Literal["original", "flac", "mp3", "ogg"]
 
@@ -46,6 +52,9 @@ class Settings(BaseSettings):
 
     analysis_server_url: str = "http://127.0.0.1:8001"
     analysis_timeout_seconds: float = 300.0
+    # Sent as a bearer token on every call; the analysis server refuses requests without it.
+    # Empty is refused in prod (validator below); `.env` carries a local-only value.
+    analysis_shared_secret: str = ""
 
     spool_dir: Path = Path("var/spool")
     max_upload_mb: float = 100.0
@@ -59,6 +68,12 @@ class Settings(BaseSettings):
     # the file through an ffmpeg subprocess instead of decoding it into memory with pydub,
     # whose peak is ≈ 3× the decoded size (README "Analysis" has the measurements).
     prepare_stream_threshold_mb: float = Field(64.0, ge=0)
+    # Longer audio fails as `audio_too_long` (not retryable) while preparing, before anything
+    # goes to S3: the analysis server's own limit, so nothing is stored only to be refused.
+    max_audio_duration_seconds: float = Field(600.0, gt=0)
+    # Address-space limit (RLIMIT_AS) of every ffmpeg/ffprobe child: a decoder bug or a
+    # crafted file cannot take the host's memory. ffmpeg maps ≈ 300 MB of libraries at start.
+    ffmpeg_max_memory_mb: int = Field(1024, ge=512)
 
     job_ttl_seconds: int = 3600
     # While a job runs its keys live this long, so a stuck job still has a record to inspect.
@@ -138,6 +153,8 @@ class Settings(BaseSettings):
             unsafe.append("flower_basic_auth")
         if self.api_keys and not self.stream_token_secret:
             unsafe.append("stream_token_secret")
+        if self.analysis_shared_secret in _LOCAL_DUMMIES:
+            unsafe.append("analysis_shared_secret")
         if unsafe:
             raise ValueError(f"refusing local default values in prod: {', '.join(unsafe)}")
         if self.task_time_limit >= self.broker_visibility_timeout:

@@ -120,7 +120,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             return await s3.head_bucket(Bucket=settings.s3_bucket)
 
         async def analysis_ready() -> Any:
-            response = await http.get(f"{settings.analysis_server_url}/readyz")
+            response = await http.get(
+                f"{settings.analysis_server_url}/readyz",
+                headers={"Authorization": f"Bearer {settings.analysis_shared_secret}"},
+            )
             response.raise_for_status()
 
         app.state.readiness_checks = {

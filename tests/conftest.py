@@ -18,6 +18,7 @@ import redis
 from devtools import stack
 
 BUCKET = "yousync-test"
+ANALYSIS_SECRET = "test-analysis-secret"
 
 
 @pytest.fixture(scope="session")
@@ -93,6 +94,7 @@ def stack_env(
         "SPOOL_DIR": str(spool_dir),
         "ANALYSIS_SERVER_URL": f"http://127.0.0.1:{analysis_port}",
         "ANALYSIS_MIN_SECONDS": "1.0",
+        "ANALYSIS_SHARED_SECRET": ANALYSIS_SECRET,
         "MAX_UPLOAD_MB": "8",
         "TASK_RETRY_DELAY": "0.2",
         "TASK_MAX_RETRIES": "2",

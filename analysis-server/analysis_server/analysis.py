@@ -19,7 +19,7 @@ import logging
 import tempfile
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import IO, Any
@@ -28,7 +28,7 @@ import anyio
 import numpy as np
 
 from analysis_server import features, quality, sync
-from analysis_server.audio import DecodedAudio, decode_file
+from analysis_server.audio import Bounds, DecodedAudio, decode_file
 from analysis_server.errors import AnalysisError, ObjectNotFound
 from analysis_server.models import (
     AnalysisResult,
@@ -219,14 +219,14 @@ async def fetch_and_decode(
     bucket: str,
     key: str,
     max_bytes: int,
-    max_duration_seconds: float,
+    bounds: Bounds,
     limiter: anyio.CapacityLimiter,
 ) -> tuple[DecodedAudio, int]:
     """Download the object to a scratch file and decode it; the file is gone on return."""
     async with scratch_file() as scratch:
         size = await download_object(s3, bucket=bucket, key=key, dest=scratch, max_bytes=max_bytes)
         audio = await anyio.to_thread.run_sync(
-            partial(decode_file, Path(scratch.name), max_duration_seconds=max_duration_seconds),
+            partial(decode_file, Path(scratch.name), bounds=bounds),
             limiter=limiter,
         )
     return audio, size
@@ -238,7 +238,7 @@ async def fetch_reference(
     bucket: str,
     key: str,
     max_bytes: int,
-    max_duration_seconds: float,
+    bounds: Bounds,
     limiter: anyio.CapacityLimiter,
 ) -> DecodedAudio | None:
     """The token's reference, decoded, or None when there is none.
@@ -253,7 +253,7 @@ async def fetch_reference(
             bucket=bucket,
             key=key,
             max_bytes=max_bytes,
-            max_duration_seconds=max_duration_seconds,
+            bounds=replace(bounds, max_channels=1),  # sync uses its mono mix only
             limiter=limiter,
         )
     except ObjectNotFound:

@@ -12,6 +12,10 @@ object per line instead:
 Fetch and decode happen before the response starts, so a missing object, an oversized or
 undecodable file, or unreachable storage still get their 4xx/5xx status, never a 200 stream.
 
+Only the worker (and operators) may call it: every route but /healthz wants the shared secret
+as `Authorization: Bearer <ANALYSIS_SHARED_SECRET>` (401 otherwise). The bucket is always the
+server's own S3_BUCKET, and /analyze reads only the job's own key, `audio/{token_id}/{job_id}.*`.
+
 References: `PUT /references/{token_id}` (raw audio body) stores the original line a token's
 takes are compared with; `GET` returns it, `DELETE` removes it. While one exists, every
 analysis for that token carries a `sync` block (offset, timing, 0–100 score).
@@ -19,6 +23,7 @@ analysis for that token carries a `sync` block (offset, timing, 0–100 score).
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -39,7 +44,12 @@ from analysis_server.analysis import (
     fetch_reference,
 )
 from analysis_server.config import Settings, get_settings
-from analysis_server.errors import AnalysisError, AudioTooLarge, install_error_handlers
+from analysis_server.errors import (
+    AnalysisError,
+    AudioTooLarge,
+    Unauthorized,
+    install_error_handlers,
+)
 from analysis_server.models import (
     TOKEN_ID_PATTERN,
     AnalysisResult,
@@ -76,6 +86,18 @@ def get_services(request: Request) -> Services:
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def require_caller(request: Request, services: ServicesDep) -> None:
+    """The shared secret, compared in constant time; anyone else gets 401."""
+    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
+    expected = services.settings.analysis_shared_secret.encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected):
+        raise Unauthorized("this server answers the YouSync worker only (bearer secret)")
+
+
+Caller = [Depends(require_caller)]
+UNAUTHORIZED = {401: {"model": ErrorBody, "description": "unauthorized"}}
 TokenId = Annotated[str, Path(pattern=TOKEN_ID_PATTERN, description="The token's id.")]
 
 
@@ -122,7 +144,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", dependencies=Caller, responses=UNAUTHORIZED)
     async def readyz(services: ServicesDep) -> JSONResponse:
         check = await check_bucket(
             services.s3,
@@ -140,13 +162,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(
         "/analyze",
         response_model=AnalysisResult,
+        dependencies=Caller,
         responses={
+            **UNAUTHORIZED,
             200: {"content": {NDJSON: {}}, "description": "JSON, or NDJSON progress lines"},
             404: {"model": ErrorBody, "description": "object_not_found"},
             413: {"model": ErrorBody, "description": "audio_too_large"},
             422: {
                 "model": ErrorBody,
-                "description": "invalid_request, undecodable_audio, audio_too_long, empty_audio",
+                "description": "invalid_request, unsupported_audio_format, undecodable_audio, "
+                "audio_too_long, empty_audio",
             },
             502: {"model": ErrorBody, "description": "storage_error"},
             503: {"model": ErrorBody, "description": "storage_unavailable, decoder_unavailable"},
@@ -163,11 +188,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         limits = {
             "max_bytes": settings.analysis_max_bytes,
-            "max_duration_seconds": settings.analysis_max_duration_seconds,
+            "bounds": settings.decode_bounds(),
             "limiter": services.limiter,
         }
         audio, size = await fetch_and_decode(
-            services.s3, bucket=body.bucket, key=body.key, **limits
+            services.s3, bucket=settings.s3_bucket, key=body.key, **limits
         )
         reference = await fetch_reference(
             services.s3, bucket=settings.s3_bucket, key=reference_key(body.token_id), **limits
@@ -191,6 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/references/{token_id}",
         status_code=201,
         response_model=ReferenceInfo,
+        dependencies=Caller,
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -199,12 +225,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             }
         },
         responses={
+            **UNAUTHORIZED,
             200: {"model": ReferenceInfo, "description": "replaced the token's reference"},
             201: {"description": "stored the token's first reference"},
             413: {"model": ErrorBody, "description": "audio_too_large"},
             422: {
                 "model": ErrorBody,
-                "description": "invalid_request, undecodable_audio, audio_too_long, empty_audio",
+                "description": "invalid_request, unsupported_audio_format, undecodable_audio, "
+                "audio_too_long, empty_audio",
             },
             503: {"model": ErrorBody, "description": "storage_unavailable, decoder_unavailable"},
         },
@@ -227,7 +255,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             chunks=request.stream(),
             declared_type=request.headers.get("content-type"),
             max_bytes=settings.analysis_max_bytes,
-            max_duration_seconds=settings.analysis_max_duration_seconds,
+            bounds=settings.decode_bounds(),
             limiter=services.limiter,
         )
         response.status_code = 201 if created else 200
@@ -236,7 +264,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get(
         "/references/{token_id}",
         response_class=StreamingResponse,
+        dependencies=Caller,
         responses={
+            **UNAUTHORIZED,
             200: {"content": {"audio/*": {}}, "description": "the stored audio, as uploaded"},
             404: {"model": ErrorBody, "description": "reference_not_found"},
             503: {"model": ErrorBody, "description": "storage_unavailable"},
@@ -261,7 +291,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/references/{token_id}",
         status_code=204,
         response_class=Response,
+        dependencies=Caller,
         responses={
+            **UNAUTHORIZED,
             404: {"model": ErrorBody, "description": "reference_not_found"},
             503: {"model": ErrorBody, "description": "storage_unavailable"},
         },

@@ -15,11 +15,13 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from analysis_server.audio import Bounds
+
 # analysis-server/analysis_server/config.py → the repository root holds `.env`.
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
 
 # Values that are fine on a laptop and wrong anywhere else (.env ships them).
-_LOCAL_DUMMIES = {"local-dummy-key", "local-dummy-secret"}
+_LOCAL_DUMMIES = {"local-dummy-key", "local-dummy-secret", "local-only-analysis-secret"}
 
 
 class Settings(BaseSettings):
@@ -34,7 +36,7 @@ class Settings(BaseSettings):
     aws_region: str = "us-east-1"
     aws_access_key_id: str = ""
     aws_secret_access_key: str = ""
-    # The bucket /readyz checks; /analyze reads the bucket named in each request.
+    # The only bucket this server reads or writes: callers name keys, never buckets.
     s3_bucket: str = "yousync-audio"
     s3_connect_timeout_seconds: float = Field(3.0, gt=0)
     s3_read_timeout_seconds: float = Field(30.0, gt=0)
@@ -56,6 +58,16 @@ class Settings(BaseSettings):
     # Compressed audio is decoded only this far (+1 s to detect "longer"), so a tiny file
     # that expands to hours of PCM cannot exhaust memory.
     analysis_max_duration_seconds: float = Field(600.0, gt=0)
+    # Decodes are converted by ffmpeg to at most this many channels and this rate before any
+    # sample reaches Python: what the header claims never sizes the memory a decode takes.
+    analysis_max_channels: int = Field(2, ge=1, le=8)
+    analysis_max_sample_rate: int = Field(48000, ge=8000)
+    # Address-space limit (RLIMIT_AS) of every ffmpeg/ffprobe child (ffmpeg maps ≈ 300 MB of
+    # shared libraries at start).
+    ffmpeg_max_memory_mb: int = Field(1024, ge=512)
+    # Bearer token every caller but /healthz must send (the worker's ANALYSIS_SHARED_SECRET).
+    # Required: the server refuses to start without one, and refuses `.env`'s value in prod.
+    analysis_shared_secret: str = Field("", min_length=1)
     # Decodes and feature passes running at once (each holds a decoded clip in memory).
     analysis_max_concurrency: int = Field(4, ge=1)
     # How far apart a take and its reference may start and still be aligned: the lags the
@@ -69,12 +81,20 @@ class Settings(BaseSettings):
             return self
         unsafe = [
             name
-            for name in ("aws_access_key_id", "aws_secret_access_key")
+            for name in ("aws_access_key_id", "aws_secret_access_key", "analysis_shared_secret")
             if getattr(self, name) in _LOCAL_DUMMIES
         ]
         if unsafe:
             raise ValueError(f"refusing local default values in prod: {', '.join(unsafe)}")
         return self
+
+    def decode_bounds(self) -> Bounds:
+        return Bounds(
+            max_duration_seconds=self.analysis_max_duration_seconds,
+            max_channels=self.analysis_max_channels,
+            max_sample_rate=self.analysis_max_sample_rate,
+            address_space_bytes=self.ffmpeg_max_memory_mb * 1024 * 1024,
+        )
 
 
 @lru_cache

@@ -46,6 +46,20 @@ class UndecodableAudio(AnalysisError):
     code = "undecodable_audio"
 
 
+class UnsupportedAudioFormat(AnalysisError):
+    """Not one of the accepted containers/codecs, or a playlist or script naming other files."""
+
+    status_code = 422
+    code = "unsupported_audio_format"
+
+
+class Unauthorized(AnalysisError):
+    """No or a wrong shared secret: only the worker (and operators) may call this server."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
 class AudioTooLong(AnalysisError):
     status_code = 422
     code = "audio_too_long"
@@ -94,7 +108,10 @@ def _summarise_validation(exc: RequestValidationError) -> str:
 
 async def _on_analysis_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AnalysisError)
-    return JSONResponse(error_body(exc.code, exc.message), status_code=exc.status_code)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(exc, Unauthorized) else None
+    return JSONResponse(
+        error_body(exc.code, exc.message), status_code=exc.status_code, headers=headers
+    )
 
 
 async def _on_validation_error(_request: Request, exc: Exception) -> JSONResponse:

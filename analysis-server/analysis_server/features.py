@@ -58,7 +58,14 @@ def to_mono(samples: FloatArray) -> FloatArray:
     """Average the channels: the level and timing features describe what a listener hears."""
     if samples.ndim == 1:
         return samples.astype(np.float32, copy=False)
-    return samples.mean(axis=1, dtype=np.float64).astype(np.float32)
+    if samples.shape[1] == 1:
+        return samples[:, 0]  # a view: a mono clip is not held twice
+    # Summed channel by channel in float32: a float64 mean would allocate 4x the mono size.
+    mono = samples[:, 0].astype(np.float32, copy=True)
+    for channel in range(1, samples.shape[1]):
+        mono += samples[:, channel]
+    mono /= samples.shape[1]
+    return mono
 
 
 def duration_ms(frame_count: int, sample_rate: int) -> int:

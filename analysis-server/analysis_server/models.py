@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field
+import re
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Bumped whenever a feature's definition changes, so stored results can be told apart.
 # 2: integrated loudness, pitch range, speech rate, quality warnings, sync against a reference.
@@ -13,12 +15,41 @@ ANALYSIS_VERSION = "2"
 TOKEN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
+# Where the worker stores a job's prepared audio: `audio/{token_id}/{job_id}.{extension}`. A
+# request may name only that key of its own job, so a caller cannot read any other object.
+TAKE_KEY_PREFIX = "audio/"
+TAKE_EXTENSIONS = ("flac", "mp3", "ogg", "wav", "m4a", "aac", "webm")
+
+
+def take_key(token_id: str, job_id: str, extension: str) -> str:
+    return f"{TAKE_KEY_PREFIX}{token_id}/{job_id}.{extension}"
+
+
 class AnalyzeRequest(BaseModel):
-    job_id: str = Field(min_length=1, max_length=128)
-    token_id: str = Field(min_length=1, max_length=128)
-    # S3's own limits: bucket names are 3-63 characters, keys 1-1024 bytes.
-    bucket: str = Field(min_length=3, max_length=63)
-    key: str = Field(min_length=1, max_length=1024)
+    """The bucket is the server's own (S3_BUCKET); a body naming one is refused, not ignored,
+    so no caller can believe it chose where the audio is read from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    job_id: str = Field(pattern=TOKEN_ID_PATTERN)
+    token_id: str = Field(pattern=TOKEN_ID_PATTERN)
+    key: str = Field(
+        min_length=1,
+        max_length=1024,
+        description="audio/{token_id}/{job_id}.{extension}: the job's own prepared take.",
+    )
+
+    @model_validator(mode="after")
+    def _key_is_the_jobs_take(self) -> AnalyzeRequest:
+        pattern = (
+            re.escape(take_key(self.token_id, self.job_id, ""))
+            + "(?:"
+            + "|".join(TAKE_EXTENSIONS)
+            + ")"
+        )
+        if not re.fullmatch(pattern, self.key):
+            raise ValueError("key must be audio/{token_id}/{job_id}.{extension} of this job")
+        return self
 
 
 class ErrorBody(BaseModel):

@@ -12,13 +12,14 @@ never held in memory), decoded in a worker thread, then uploaded from the file.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import anyio
 
 from analysis_server.analysis import scratch_file
-from analysis_server.audio import decode_file
+from analysis_server.audio import Bounds, decode_file
 from analysis_server.errors import ObjectNotFound, ReferenceNotFound
 from analysis_server.models import ReferenceInfo
 from analysis_server.storage import (
@@ -52,7 +53,7 @@ async def store_reference(
     chunks: AsyncIterator[bytes],
     declared_type: str | None,
     max_bytes: int,
-    max_duration_seconds: float,
+    bounds: Bounds,
     limiter: anyio.CapacityLimiter,
 ) -> tuple[ReferenceInfo, bool]:
     """Validate and store a reference; returns what was stored and whether it is new (a
@@ -61,8 +62,9 @@ async def store_reference(
     content_type = _content_type(declared_type)
     async with scratch_file() as scratch:
         size = await spool_body(chunks, scratch, max_bytes=max_bytes, what="the reference")
+        # Only the mono mix of a reference is ever used (sync), so it is decoded as mono.
         audio = await anyio.to_thread.run_sync(
-            partial(decode_file, Path(scratch.name), max_duration_seconds=max_duration_seconds),
+            partial(decode_file, Path(scratch.name), bounds=replace(bounds, max_channels=1)),
             limiter=limiter,
         )
         existed = await head_object(s3, bucket=bucket, key=key) is not None
@@ -75,7 +77,7 @@ async def store_reference(
             metadata={
                 "duration-ms": str(audio.duration_ms),
                 "sample-rate": str(audio.sample_rate),
-                "channels": str(audio.channels),
+                "channels": str(audio.source_channels),
             },
         )
     info = ReferenceInfo(
@@ -85,7 +87,7 @@ async def store_reference(
         content_type=content_type,
         duration_ms=audio.duration_ms,
         sample_rate=audio.sample_rate,
-        channels=audio.channels,
+        channels=audio.source_channels,
     )
     return info, not existed
 

@@ -9,6 +9,7 @@ transient (503) and refused for another reason (502).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,6 +30,8 @@ from analysis_server.errors import (
     StorageError,
     StorageUnavailable,
 )
+
+log = logging.getLogger(__name__)
 
 # aiobotocore's client classes are generated at run time; there is no static type to name.
 S3Client = Any
@@ -70,12 +73,17 @@ def _client_error_to_analysis_error(exc: ClientError, *, bucket: str, key: str) 
     error = exc.response.get("Error", {})
     code = str(error.get("Code", ""))
     status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    # Messages name the key, never the bucket, and a missing bucket is not told apart from
+    # any other refusal: a caller learns nothing about the storage beyond its own object.
+    if code == "NoSuchBucket":
+        log.error("storage: bucket %s does not exist (S3_BUCKET)", bucket)
+        return StorageError("storage refused the request")
     if code in _NOT_FOUND_CODES or status == 404:
-        what = "bucket" if code == "NoSuchBucket" else "object"
-        return ObjectNotFound(f"{what} not found: s3://{bucket}/{key}")
+        return ObjectNotFound(f"object not found: {key}")
     if status >= 500 or code in {"SlowDown", "ServiceUnavailable", "InternalError"}:
-        return StorageUnavailable(f"storage answered {status or code}: {code}")
-    return StorageError(f"storage refused the read of s3://{bucket}/{key}: {code or status}")
+        return StorageUnavailable(f"storage answered {status or code}")
+    log.error("storage refused access to s3://%s/%s: %s", bucket, key, code or status)
+    return StorageError("storage refused the request")
 
 
 async def download_object(
@@ -90,7 +98,7 @@ async def download_object(
     except ClientError as exc:
         raise _client_error_to_analysis_error(exc, bucket=bucket, key=key) from exc
     except _TRANSIENT_ERRORS as exc:
-        raise StorageUnavailable(f"storage unreachable: {type(exc).__name__}: {exc}") from exc
+        raise _unreachable(exc) from exc
 
     declared = int(response.get("ContentLength") or 0)
     # `async with` releases the connection even when we stop early (too large, cancelled).
@@ -107,8 +115,9 @@ async def download_object(
                 try:
                     chunk = await body.read(READ_CHUNK_BYTES)
                 except _TRANSIENT_ERRORS as exc:
+                    log.warning("storage read failed after %d bytes: %r", read, exc)
                     raise StorageUnavailable(
-                        f"storage read failed after {read} bytes: {type(exc).__name__}: {exc}"
+                        f"storage read failed after {read} bytes: {type(exc).__name__}"
                     ) from exc
                 if not chunk:
                     return
@@ -143,10 +152,16 @@ async def check_bucket(s3: S3Client, *, bucket: str, within_seconds: float) -> B
     return BucketCheck(ok=error is None, latency_ms=latency_ms, error=error)
 
 
+def _unreachable(exc: Exception) -> StorageUnavailable:
+    """botocore's messages carry the endpoint URL, bucket included: logged, not answered."""
+    log.warning("storage unreachable: %r", exc)
+    return StorageUnavailable(f"storage unreachable: {type(exc).__name__}")
+
+
 def _map_errors(exc: Exception, *, bucket: str, key: str) -> AnalysisError:
     if isinstance(exc, ClientError):
         return _client_error_to_analysis_error(exc, bucket=bucket, key=key)
-    return StorageUnavailable(f"storage unreachable: {type(exc).__name__}: {exc}")
+    return _unreachable(exc)
 
 
 async def head_object(s3: S3Client, *, bucket: str, key: str) -> dict[str, Any] | None:

@@ -18,8 +18,12 @@ NDJSON = "application/x-ndjson"
 
 
 class AnalysisClient:
-    def __init__(self, base_url: str, *, timeout: float) -> None:
-        self._client = httpx.Client(base_url=base_url, timeout=httpx.Timeout(timeout, connect=5.0))
+    def __init__(self, base_url: str, *, timeout: float, secret: str = "") -> None:
+        # The shared secret goes on every call: the analysis server answers no one else.
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        self._client = httpx.Client(
+            base_url=base_url, timeout=httpx.Timeout(timeout, connect=5.0), headers=headers
+        )
 
     def close(self) -> None:
         self._client.close()

@@ -1,75 +1,85 @@
-"""Preparation stage: probe, decode (the validation: fake or truncated audio fails here), downmix
-and resample per settings, and store in AUDIO_STORE_FORMAT (`original`, `flac`, `mp3`, `ogg`).
+"""Preparation stage: sniff, probe, decode (the validation: fake, truncated or lying audio fails
+here), downmix and resample per settings, and store in AUDIO_STORE_FORMAT (`original`, `flac`,
+`mp3`, `ogg`).
 
-Two decoders, chosen per file by how large its decoded PCM will be, which ffprobe tells from
-the headers without decoding (duration × sample rate × channels × bytes per sample):
+Every upload is hostile media. `media_guard` opens it: the format sniffed from its bytes (the
+worker looks again behind an ID3 tag the API could not see past) is forced on ffprobe and
+ffmpeg, `file` is the only protocol, ffprobe's answer must name an allowed container and codec,
+and every ffmpeg child runs under an address-space limit. A container that states a length above
+MAX_AUDIO_DURATION_SECONDS is refused before any decode; otherwise decoding stops just past the
+limit, or just past the declared length, and a file that holds more than it declares is refused
+(`audio_longer_than_declared`). All of it happens before anything goes to S3.
 
-* **At most `stream_threshold_bytes` (PREPARE_STREAM_THRESHOLD_MB, default 64 MB ≈ 6 min of
-  44.1 kHz stereo): pydub.** `AudioSegment` holds the whole clip as PCM, and decoding copies it
-  more than once on the way (ffmpeg's output is read whole, then re-sliced), so the worker's
-  peak memory is a small multiple of the decoded size: ≈ 3× by measurement (README,
-  "Analysis"), i.e. ≈ 200 MB above the process's baseline at the default threshold.
-* **Above it, or when ffprobe cannot tell the duration (browser-recorded WebM often has none):
-  one ffmpeg subprocess** decodes, downmixes, resamples and encodes as a stream, writing the
+Two decoders, chosen by the most PCM the decode *can* produce — the length cap (the limit, or
+the declared length when the container states one) × the output ceilings (PREPARE_SAMPLE_RATE,
+PREPARE_CHANNELS) × 2 bytes — a bound that is enforced, not a header's claim:
+
+* **At most `stream_threshold_bytes` (PREPARE_STREAM_THRESHOLD_MB, default 64 MB): pydub.**
+  ffmpeg decodes straight to the output rate and channels; the PCM becomes an `AudioSegment`,
+  which pydub exports to the stored format. Peak memory ≈ 2-3× the PCM.
+* **Above it: one ffmpeg subprocess** decodes, converts and encodes as a stream, writing the
   stored file directly. Python only reads a small metering output (8 kHz mono PCM, 16 KB per
-  second of audio, in 64 KB reads) to count the decoded duration exactly. Memory is ffmpeg's
-  own buffers, constant in the length of the file (tens of MB, measured in the README).
+  second of audio) to count the decoded duration exactly. Memory is ffmpeg's own buffers.
 
-MAX_UPLOAD_MB caps the input of both paths; the threshold caps what pydub may expand it to.
+Channels are only ever reduced and rates only lowered (the settings are ceilings; 0 keeps the
+source's, up to 2 channels and 48 kHz): upsampling adds bytes, not information. Both paths hand
+the conversion to ffmpeg, whose resampler filters before decimating (pydub's `set_frame_rate`
+does not, and folds high frequencies into the voice band).
 
-Both paths hand channel and rate conversion to ffmpeg with the same options, so they store the
-same audio: ffmpeg's resampler filters before decimating, while pydub's `set_frame_rate`
-(audioop.ratecv) interpolates without an anti-aliasing filter and folds high frequencies down
-into the voice band. Channels are only ever reduced and rates only lowered (`channels` and
-`sample_rate` are ceilings): upsampling adds bytes, not information.
-
-Truncation: a file cut short still decodes up to the cut, and ffmpeg exits 0. Where the
-container declares its length exactly (FLAC, WAV, Ogg, MP4, WebM with a duration), decoding
-much less than declared fails the job as `truncated_audio`. MP3 and ADTS AAC are skipped:
-ffprobe estimates their duration from the bitrate, so a shortfall proves nothing; and a file
-whose writer could not seek back to record its length (FLAC or WebM streamed to a pipe)
-declares none, so a cut there passes as a shorter recording.
+Truncation: where the container states its length exactly (FLAC, WAV, Ogg, MP4, WebM with a
+duration), decoding much less than declared fails the job as `truncated_audio`. MP3 and ADTS AAC
+only have ffprobe's estimate from the bitrate, so they are judged against the limit alone.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
-import subprocess
-import tempfile
-import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Literal
+
+from media_guard import (
+    CONTENT_TYPES,
+    DecodeLimits,
+    MediaError,
+    Probe,
+    ToolLimits,
+    length_cap_seconds,
+    rule_for,
+    sniff_file,
+)
+from media_guard import probe as guarded_probe
+from media_guard.decode import (
+    check_length,
+    decode_pcm,
+    max_output_bytes,
+    output_format,
+    pump,
+    refuse_declared_length,
+)
+from media_guard.errors import UNSUPPORTED
+from media_guard.tools import input_args
 
 from services.errors import PermanentError, StageError, TransientError
-from services.sniff import CONTENT_TYPES
 
 with warnings.catch_warnings():
     # pydub imports the stdlib audioop (deprecated in 3.11–3.12).
     warnings.simplefilter("ignore", DeprecationWarning)
     from pydub import AudioSegment
-    from pydub.exceptions import CouldntDecodeError, CouldntEncodeError
+    from pydub.exceptions import CouldntEncodeError
 
 MB = 1024 * 1024
 DEFAULT_STREAM_THRESHOLD_BYTES = 64 * MB
+# What PREPARE_CHANNELS / PREPARE_SAMPLE_RATE = 0 ("keep the source's") still allows.
+HARD_MAX_CHANNELS = 2
+HARD_MAX_SAMPLE_RATE = 48000
 # The metering output of the streaming path: enough resolution for a duration exact to a
 # fraction of a millisecond, little enough data that reading it costs nothing.
 METER_RATE = 8000
-METER_READ_BYTES = 64 * 1024
-PROBE_TIMEOUT_SECONDS = 30.0
 # Whole-file decodes: generous, but below the task's soft time limit (840 s by default).
 DECODE_TIMEOUT_SECONDS = 600.0
-# Tolerated shortfall of decoded against declared duration before calling a file truncated:
-# encoder delay and padding differ between containers by tens of milliseconds, never seconds.
-TRUNCATION_TOLERANCE_SECONDS = 0.5
-TRUNCATION_TOLERANCE_RATIO = 0.05
-# Codecs whose declared duration ffprobe only estimates from the bitrate.
-_ESTIMATED_DURATION_CODECS = frozenset({"mp3", "mp2", "aac"})
-_INTEGER_PCM = frozenset({"pcm_u8", "pcm_s16le", "pcm_s24le", "pcm_s32le"})
-_SAMPLE_FMT_BYTES = {"u8": 1, "s16": 2, "s32": 4, "flt": 4, "dbl": 8, "s64": 8}
 # libopus encodes at these rates only; decoders always return 48 kHz.
 _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
@@ -109,173 +119,84 @@ class PreparedAudio:
 
 
 @dataclass(frozen=True)
-class Probe:
-    """What ffprobe reads from the headers, before anything is decoded."""
+class Bounds:
+    """The worker's limits on one preparation (from settings; defaults for tests and tools)."""
 
-    format_name: str
-    codec: str
-    sample_rate: int
-    channels: int
-    bytes_per_sample: int
-    duration_seconds: float | None
+    max_seconds: float = 600.0
+    sample_rate: int | None = 48000
+    channels: int | None = 1
+    address_space_bytes: int = 1024 * MB
+    timeout_seconds: float = DECODE_TIMEOUT_SECONDS
 
-    @property
-    def decoded_bytes(self) -> int | None:
-        """Size of the PCM a full decode produces; None when the duration is unknown."""
-        if self.duration_seconds is None:
-            return None
-        return int(self.duration_seconds * self.sample_rate * self.channels * self.bytes_per_sample)
-
-    @property
-    def exact_duration(self) -> float | None:
-        """The declared duration, when the container states it rather than ffprobe guessing."""
-        return None if self.codec in _ESTIMATED_DURATION_CODECS else self.duration_seconds
-
-
-def _undecodable(detail: str) -> PermanentError:
-    return PermanentError(
-        "undecodable_audio", f"The file could not be decoded as audio: {detail}"[:300]
-    )
-
-
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else "no detail"
-
-
-def _run_tool(args: list[str], *, timeout: float) -> subprocess.CompletedProcess[bytes]:
-    """Run ffprobe/ffmpeg; a missing binary is the host's fault, so a retryable error."""
-    try:
-        return subprocess.run(args, capture_output=True, timeout=timeout, check=False)
-    except FileNotFoundError as exc:
-        raise TransientError("decoder_unavailable", f"{args[0]} is not installed") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise PermanentError(
-            "decode_timeout", f"{args[0]} did not finish within {timeout:.0f} s"
-        ) from exc
-
-
-def _float_or_none(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if number > 0 else None
-
-
-def probe(path: Path) -> Probe:
-    """Read the first audio stream's format from the headers (no decoding), or fail the job as
-    `undecodable_audio` when ffprobe sees no audio at all (text, images, random bytes)."""
-    result = _run_tool(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-select_streams",
-            "a:0",
-            "-show_entries",
-            "stream=codec_name,sample_rate,channels,sample_fmt,bits_per_sample,"
-            "bits_per_raw_sample,duration:format=format_name,duration",
-            "-of",
-            "json",
-            str(path),
-        ],
-        timeout=PROBE_TIMEOUT_SECONDS,
-    )
-    if result.returncode != 0:
-        raise _undecodable(_first_line(result.stderr.decode(errors="replace")))
-    try:
-        info = json.loads(result.stdout or b"{}")
-    except json.JSONDecodeError as exc:
-        raise _undecodable("unreadable probe output") from exc
-    streams = info.get("streams") or []
-    if not streams:
-        raise _undecodable("no audio stream found")
-    stream, container = streams[0], info.get("format") or {}
-    sample_rate = int(stream.get("sample_rate") or 0)
-    channels = int(stream.get("channels") or 0)
-    if sample_rate <= 0 or channels <= 0:
-        raise _undecodable("the audio stream has no sample rate or channel count")
-    bits = int(stream.get("bits_per_raw_sample") or 0) or int(stream.get("bits_per_sample") or 0)
-    fmt_bytes = _SAMPLE_FMT_BYTES.get(str(stream.get("sample_fmt", "")).rstrip("p"), 4)
-    return Probe(
-        format_name=str(container.get("format_name") or ""),
-        codec=str(stream.get("codec_name") or ""),
-        sample_rate=sample_rate,
-        channels=channels,
-        bytes_per_sample=max(fmt_bytes, (bits + 7) // 8),
-        duration_seconds=_float_or_none(stream.get("duration"))
-        or _float_or_none(container.get("duration")),
-    )
-
-
-def target_format(
-    source: Probe, *, store_format: str, sample_rate: int | None, channels: int | None
-) -> tuple[int, int]:
-    """(rate, channels) to store: the settings are ceilings, and Opus needs one of its rates."""
-    rate = source.sample_rate if not sample_rate else min(source.sample_rate, sample_rate)
-    if store_format == "ogg":
-        rate = next((r for r in _OPUS_RATES if r >= rate), _OPUS_RATES[-1])
-    count = source.channels if not channels else min(source.channels, channels)
-    return rate, count
-
-
-def _conversion_options(spec: StoreSpec, *, rate: int, channels: int) -> list[str]:
-    """ffmpeg output options shared by both paths (the codec is named separately)."""
-    return ["-ac", str(channels), "-ar", str(rate), *spec.options]
-
-
-def _check_complete(source: Probe, decoded_seconds: float) -> None:
-    declared = source.exact_duration
-    if declared is None:
-        return
-    allowed = max(TRUNCATION_TOLERANCE_SECONDS, TRUNCATION_TOLERANCE_RATIO * declared)
-    if declared - decoded_seconds > allowed:
-        raise PermanentError(
-            "truncated_audio",
-            f"The file ends early: it declares {declared:.1f} s of audio but only "
-            f"{decoded_seconds:.1f} s could be decoded",
+    def decode_limits(self) -> DecodeLimits:
+        return DecodeLimits(
+            max_seconds=self.max_seconds,
+            max_channels=min(self.channels or HARD_MAX_CHANNELS, HARD_MAX_CHANNELS),
+            max_sample_rate=min(self.sample_rate or HARD_MAX_SAMPLE_RATE, HARD_MAX_SAMPLE_RATE),
+            tool=ToolLimits(
+                timeout_seconds=self.timeout_seconds,
+                address_space_bytes=self.address_space_bytes,
+            ),
         )
 
 
-def _stored_format(path: Path) -> tuple[int, int]:
+def stage_error(error: MediaError) -> StageError:
+    """The pipeline's view of a refusal: only a missing decoder is worth a retry."""
+    kind = TransientError if error.retryable else PermanentError
+    return kind(error.code, error.message)
+
+
+def probe(path: Path, source_format: str | None = None) -> Probe:
+    """Sniff `path` again (the API saw only its first bytes), check it is `source_format`, and
+    probe it under that format's rule."""
+    sniffed = sniff_file(path)
+    rule = rule_for(sniffed) if sniffed else None
+    if rule is None or (source_format is not None and sniffed != source_format):
+        raise MediaError(UNSUPPORTED, "The file is not audio in a format we accept")
+    return guarded_probe(path, rule)
+
+
+def decoded_bound_bytes(info: Probe, limits: DecodeLimits) -> int:
+    """The most 16-bit PCM a decode of `info` under `limits` can yield: what pydub would hold."""
+    rate, channels = output_format(info, limits)
+    seconds = length_cap_seconds(info, limits.max_seconds)
+    return max_output_bytes(seconds, rate=rate, channels=channels, width=2)
+
+
+def store_format_for(source: Probe, *, store_format: str, limits: DecodeLimits) -> tuple[int, int]:
+    """(rate, channels) to store: the ceilings, and Opus needs one of its rates."""
+    rate, channels = output_format(source, limits)
+    if store_format == "ogg":
+        rate = next((r for r in _OPUS_RATES if r >= rate), _OPUS_RATES[-1])
+    return rate, channels
+
+
+def _stored_format(path: Path, store_format: str) -> tuple[int, int]:
     """(sample rate, channels) a decoder will get from the stored file (48 kHz for Opus)."""
-    stored = probe(path)
+    rule = rule_for({"flac": "flac", "mp3": "mp3", "ogg": "ogg"}[store_format])
+    assert rule is not None
+    stored = guarded_probe(path, rule)
     return stored.sample_rate, stored.channels
 
 
 # --- pydub: everything in memory --------------------------------------------------------------
 
 
-def _decode_with_pydub(source: Path, info: Probe) -> AudioSegment:
-    try:
-        if info.codec in _INTEGER_PCM and info.format_name == "wav":
-            # pydub's own WAV reader, no subprocess. An open handle, not a path: pydub leaves
-            # a file it opened itself unclosed on this path.
-            with source.open("rb") as handle:
-                return AudioSegment.from_file(handle, format="wav")
-        # Everything else through ffmpeg. Never `format="wav"` here: pydub would try its
-        # own reader first, which takes float samples for integers and returns noise.
-        if info.format_name == "wav":
-            return AudioSegment.from_file(str(source), codec=info.codec)
-        return AudioSegment.from_file(str(source), format=info.format_name.split(",")[0])
-    except (CouldntDecodeError, IndexError, KeyError, ValueError, EOFError) as exc:
-        raise _undecodable(_first_line(str(exc))) from exc
-
-
 def _prepare_with_pydub(
-    source: Path, info: Probe, *, store_format: str, target: Path, rate: int, channels: int
+    source: Path, info: Probe, *, store_format: str, target: Path, limits: DecodeLimits
 ) -> tuple[int, tuple[int, int]]:
     """Returns (duration_ms, (stored rate, stored channels))."""
-    segment = _decode_with_pydub(source, info)
-    decoded_ms = len(segment)
-    if segment.frame_count() == 0:
-        raise PermanentError("empty_audio", "The file contains no audio")
-    _check_complete(info, decoded_ms / 1000)
+    pcm = decode_pcm(source, info, limits)
+    duration_ms = round(pcm.seconds * 1000)
     if store_format == "original":
         shutil.copyfile(source, target)
-        return decoded_ms, (segment.frame_rate, segment.channels)
+        return duration_ms, (info.sample_rate, info.channels)
+    segment = AudioSegment(
+        data=pcm.data, sample_width=2, frame_rate=pcm.sample_rate, channels=pcm.channels
+    )
+    del pcm
     spec = _STORE[store_format]
+    rate, channels = store_format_for(info, store_format=store_format, limits=limits)
     try:
         # An open handle: pydub's export returns the file it opened for a path, unclosed.
         with target.open("wb") as out:
@@ -283,90 +204,46 @@ def _prepare_with_pydub(
                 out,
                 format=spec.muxer,
                 codec=spec.codec,
-                parameters=_conversion_options(spec, rate=rate, channels=channels),
+                parameters=["-ac", str(channels), "-ar", str(rate), *spec.options],
             )
     except CouldntEncodeError as exc:
         raise PermanentError(
-            "encode_failed", f"Could not store the audio as {store_format}: {_first_line(str(exc))}"
+            "encode_failed", f"Could not store the audio as {store_format}"
         ) from exc
-    return decoded_ms, _stored_format(target)
+    return duration_ms, _stored_format(target, store_format)
 
 
 # --- ffmpeg: streamed, constant memory --------------------------------------------------------
 
 
-def _count_meter(stdout: IO[bytes]) -> int:
-    """Bytes of the 16-bit mono metering stream, read in small pieces."""
-    total = 0
-    while chunk := stdout.read(METER_READ_BYTES):
-        total += len(chunk)
-    return total
-
-
 def _prepare_with_ffmpeg(
-    source: Path,
-    info: Probe,
-    *,
-    store_format: str,
-    target: Path,
-    rate: int,
-    channels: int,
-    timeout: float = DECODE_TIMEOUT_SECONDS,
+    source: Path, info: Probe, *, store_format: str, target: Path, limits: DecodeLimits
 ) -> tuple[int, tuple[int, int]]:
     """One pass: the stored file (unless keeping the original) plus the metering stream."""
-    args = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y", "-i", str(source)]
+    cap = length_cap_seconds(info, limits.max_seconds)
+    args = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y"]
+    args += input_args(info.rule, source, max_seconds=cap)
     if store_format != "original":
         spec = _STORE[store_format]
-        args += ["-map", "0:a:0", "-c:a", spec.codec]
-        args += [*_conversion_options(spec, rate=rate, channels=channels), "-f", spec.muxer]
-        args.append(str(target))
+        rate, channels = store_format_for(info, store_format=store_format, limits=limits)
+        args += ["-map", "0:a:0", "-c:a", spec.codec, "-ac", str(channels), "-ar", str(rate)]
+        args += [*spec.options, "-f", spec.muxer, str(target)]
     args += ["-map", "0:a:0", "-ac", "1", "-ar", str(METER_RATE), "-c:a", "pcm_s16le"]
     args += ["-f", "s16le", "pipe:1"]
-    # stderr goes to a file: a pipe nobody drains would fill up and stall ffmpeg on a file
-    # full of decode errors.
-    with tempfile.TemporaryFile() as errors:
-        try:
-            process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=errors)
-        except FileNotFoundError as exc:
-            raise TransientError("decoder_unavailable", "ffmpeg is not installed") from exc
-        # Reading the pipe is what waits for ffmpeg, so the deadline is a timer that kills it.
-        expired = threading.Event()
-
-        def expire() -> None:
-            expired.set()
-            process.kill()
-
-        watchdog = threading.Timer(timeout, expire)
-        watchdog.start()
-        try:
-            assert process.stdout is not None
-            with process.stdout:
-                meter_bytes = _count_meter(process.stdout)
-            returncode = process.wait()
-        finally:
-            watchdog.cancel()
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-        errors.seek(0)
-        detail = errors.read(64 * 1024).decode(errors="replace")
-    if expired.is_set():
-        with contextlib.suppress(FileNotFoundError):
-            target.unlink()
-        raise PermanentError("decode_timeout", f"ffmpeg did not finish within {timeout:.0f} s")
-    if returncode != 0:
-        with contextlib.suppress(FileNotFoundError):
-            target.unlink()
-        raise _undecodable(_first_line(detail))
-    samples = meter_bytes // 2
-    if samples == 0:
-        raise PermanentError("empty_audio", "The file contains no audio")
-    _check_complete(info, samples / METER_RATE)
-    duration_ms = round(samples * 1000 / METER_RATE)
+    pumped = pump(
+        args,
+        source,
+        tool=limits.tool,
+        max_bytes=max_output_bytes(cap, rate=METER_RATE, channels=1, width=2),
+        keep=False,
+    )
+    decoded_seconds = pumped.total / 2 / METER_RATE
+    check_length(info, decoded_seconds, limits.max_seconds)
+    duration_ms = round(decoded_seconds * 1000)
     if store_format == "original":
         shutil.copyfile(source, target)
         return duration_ms, (info.sample_rate, info.channels)
-    return duration_ms, _stored_format(target)
+    return duration_ms, _stored_format(target, store_format)
 
 
 def prepare(
@@ -375,34 +252,33 @@ def prepare(
     source_format: str,
     store_format: str,
     dest: Path,
-    sample_rate: int | None = None,
-    channels: int | None = None,
+    bounds: Bounds | None = None,
     stream_threshold_bytes: int = DEFAULT_STREAM_THRESHOLD_BYTES,
 ) -> PreparedAudio:
-    """Validate `source` by decoding it, then write the stored form to `dest` plus an
-    extension. Raises PermanentError (`undecodable_audio`, `truncated_audio`, `empty_audio`)
-    for bad audio and TransientError (`decoder_unavailable`) when ffmpeg is missing."""
-    info = probe(source)
-    rate, count = target_format(
-        info, store_format=store_format, sample_rate=sample_rate, channels=channels
-    )
+    """Validate `source` by decoding it within `bounds`, then write the stored form to `dest`
+    plus an extension. Raises PermanentError for bad or hostile audio (the codes of
+    `media_guard.errors`) and TransientError (`decoder_unavailable`) when ffmpeg is missing."""
+    limits = (bounds or Bounds()).decode_limits()
     if store_format == "original":
         extension, content_type = source_format, CONTENT_TYPES[source_format]
     else:
         extension, content_type = _STORE[store_format].extension, _STORE[store_format].content_type
     target = dest.with_name(f"{dest.name}.{extension}")
-    decoded = info.decoded_bytes
-    method: Method = (
-        "pydub" if decoded is not None and decoded <= stream_threshold_bytes else "ffmpeg"
-    )
-    run = _prepare_with_pydub if method == "pydub" else _prepare_with_ffmpeg
+    method: Method = "ffmpeg"
     try:
+        info = probe(source, source_format)
+        refuse_declared_length(info, limits.max_seconds)
+        if decoded_bound_bytes(info, limits) <= stream_threshold_bytes:
+            method = "pydub"
+        run = _prepare_with_pydub if method == "pydub" else _prepare_with_ffmpeg
         duration_ms, (stored_rate, stored_channels) = run(
-            source, info, store_format=store_format, target=target, rate=rate, channels=count
+            source, info, store_format=store_format, target=target, limits=limits
         )
-    except StageError:
+    except (MediaError, StageError) as exc:
         with contextlib.suppress(FileNotFoundError):
             target.unlink()  # half-written output of a failed decode
+        if isinstance(exc, MediaError):
+            raise stage_error(exc) from exc
         raise
     return PreparedAudio(
         path=target,

@@ -16,12 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from media_guard.errors import REFUSALS
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config import Settings
 from services import audio
 from services.analysis_client import AnalysisClient
-from services.errors import PermanentError, StageError
+from services.errors import PermanentError, StageError, TransientError
 from services.eta import EtaEstimator
 from services.jobs import JobStore, Refused
 from services.models import JobStatus, Stage
@@ -29,6 +30,9 @@ from services.progress import ProgressReporter
 from services.storage import Storage, object_key
 
 log = logging.getLogger(__name__)
+
+# The analysis server's own refusal of an oversized object counts too.
+REFUSED_AUDIO = REFUSALS | {"audio_too_large"}
 
 
 @dataclass
@@ -94,7 +98,7 @@ class Pipeline:
         on_analysis = reporter.span(40, 95, Stage.ANALYZING, "Analysing")
         reporter.report(40, Stage.ANALYZING, "Analysing", force=True)
         result = self.analysis.analyze(
-            {"job_id": job_id, "token_id": token_id, "bucket": self.storage.bucket, "key": key},
+            {"job_id": job_id, "token_id": token_id, "key": key},
             on_progress=on_analysis,
         )
         reporter.report(95, Stage.STORING, "Saving the result", force=True)
@@ -133,8 +137,12 @@ class Pipeline:
             source_format=job["source_format"],
             store_format=self.settings.audio_store_format,
             dest=spool.with_name(f"{spool.name}.prepared"),
-            sample_rate=self.settings.prepare_sample_rate,
-            channels=self.settings.prepare_channels,
+            bounds=audio.Bounds(
+                max_seconds=self.settings.max_audio_duration_seconds,
+                sample_rate=self.settings.prepare_sample_rate,
+                channels=self.settings.prepare_channels,
+                address_space_bytes=self.settings.ffmpeg_max_memory_mb * audio.MB,
+            ),
             stream_threshold_bytes=self.settings.prepare_stream_threshold_bytes,
         )
         markers = {
@@ -154,6 +162,17 @@ class Pipeline:
         self.store.fail(job_id, error, retryable=retryable)
         if not retryable:
             self.discard_spool(job_id)
+        if error.code in REFUSED_AUDIO:
+            self._delete_stored_object(job_id)
+
+    def _delete_stored_object(self, job_id: str) -> None:
+        """Audio refused as such (too long, lying about its length, undecodable) is not kept:
+        when the analysis server is the one refusing, the object is already in S3."""
+        job = self.store.get(job_id)
+        key = job.get("s3_key") if job else None
+        if key:
+            with contextlib.suppress(TransientError):
+                self.storage.delete(key)
 
     def note_retry(self, job_id: str, error: StageError, *, attempt: int, delay: float) -> None:
         job = self.store.get(job_id)

@@ -105,6 +105,12 @@ class Storage:
             raise TransientError("storage_unavailable", f"S3 upload failed: {exc}") from exc
         return size
 
+    def delete(self, key: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as exc:
+            raise TransientError("storage_unavailable", f"S3 delete failed: {exc}") from exc
+
     def abort_multipart_uploads(self, key: str, *, attempts: int = 3) -> int:
         """Abort every unfinished multipart upload of `key` (leftovers are billed). Listing
         again after aborting, because an abort racing a part upload may need repeating."""

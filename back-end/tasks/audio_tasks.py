@@ -36,7 +36,9 @@ def pipeline() -> Pipeline:
         store=JobStore(client, settings),
         storage=Storage(settings),
         analysis=AnalysisClient(
-            settings.analysis_server_url, timeout=settings.analysis_timeout_seconds
+            settings.analysis_server_url,
+            timeout=settings.analysis_timeout_seconds,
+            secret=settings.analysis_shared_secret,
         ),
     )
 

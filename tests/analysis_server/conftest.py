@@ -13,15 +13,15 @@ import httpx
 import pytest
 
 from devtools import stack
-from tests.analysis_server.http import Upload
+from tests.analysis_server.http import Upload, take_key, worker_client
 
 
 @pytest.fixture
 def upload(s3_client: Any, s3_bucket: str) -> Upload:
     """Put bytes into the test bucket under a fresh key and return the key."""
 
-    def put(body: bytes) -> str:
-        key = f"uploads/{uuid.uuid4().hex}"
+    def put(body: bytes, token_id: str = "tok-1") -> str:
+        key = take_key(token_id, uuid.uuid4().hex)
         s3_client.put_object(Bucket=s3_bucket, Key=key, Body=body)
         return key
 
@@ -30,7 +30,7 @@ def upload(s3_client: Any, s3_bucket: str) -> Upload:
 
 @pytest.fixture
 def client(analysis_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=analysis_url, timeout=30.0) as http:
+    with worker_client(analysis_url) as http:
         yield http
 
 
@@ -44,7 +44,7 @@ def fast_url(stack_env: dict[str, str], workdir: Path) -> Iterator[str]:
 
 @pytest.fixture
 def fast(fast_url: str) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=fast_url, timeout=30.0) as http:
+    with worker_client(fast_url) as http:
         yield http
 
 

@@ -2,18 +2,35 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
+from tests.conftest import ANALYSIS_SECRET
+
 NDJSON = "application/x-ndjson"
+# What the worker sends; every route but /healthz refuses a request without it.
+AUTH = {"Authorization": f"Bearer {ANALYSIS_SECRET}"}
 
-Upload = Callable[[bytes], str]
+
+class Upload(Protocol):
+    def __call__(self, body: bytes, token_id: str = ...) -> str: ...
 
 
-def body_for(key: str, bucket: str, **overrides: Any) -> dict[str, Any]:
-    return {"job_id": "job-1", "token_id": "tok-1", "bucket": bucket, "key": key, **overrides}
+def take_key(token_id: str, job_id: str = "job-1") -> str:
+    """Where the worker stores a job's take: the only keys /analyze reads."""
+    return f"audio/{token_id}/{job_id}.flac"
+
+
+def body_for(key: str, **overrides: Any) -> dict[str, Any]:
+    """The worker's request for the take at `key` (token and job read back from the key)."""
+    _prefix, token_id, name = key.split("/", 2)
+    return {"job_id": name.rsplit(".", 1)[0], "token_id": token_id, "key": key, **overrides}
+
+
+def worker_client(base_url: str, *, timeout: float = 30.0) -> httpx.Client:
+    """A client that authenticates as the worker does."""
+    return httpx.Client(base_url=base_url, timeout=timeout, headers=AUTH)
 
 
 def assert_error(response: httpx.Response, status: int, code: str) -> None:

@@ -29,7 +29,7 @@ from analysis_server.errors import UndecodableAudio
 from analysis_server.models import AnalysisResult, AnalyzeRequest
 
 RATE = 16_000
-REQUEST = AnalyzeRequest(job_id="job-1", token_id="tok-1", bucket="bucket-a", key="k/clip")
+REQUEST = AnalyzeRequest(job_id="job-1", token_id="tok-1", key="audio/tok-1/job-1.flac")
 
 
 def decoded_sine(seconds: float = 1.0, hz: float = 220.0) -> DecodedAudio:
@@ -89,7 +89,7 @@ def test_analyse_when_no_floor_then_one_line_per_stage_then_result() -> None:
     assert (result.job_id, result.token_id, result.key, result.bytes) == (
         "job-1",
         "tok-1",
-        "k/clip",
+        "audio/tok-1/job-1.flac",
         1234,
     )
     assert result.duration_ms == 1000
@@ -113,7 +113,7 @@ def test_ndjson_lines_when_success_then_progress_lines_then_result_line() -> Non
     lines = encode(STAGES)
 
     assert all(set(line) == {"progress", "stage"} for line in lines[:-1])
-    assert lines[-1]["result"]["key"] == "k/clip"
+    assert lines[-1]["result"]["key"] == "audio/tok-1/job-1.flac"
 
 
 def test_ndjson_lines_when_stage_raises_analysis_error_then_last_line_carries_its_code() -> None:

@@ -34,6 +34,7 @@ def test_settings_when_defaults_then_limits_are_200_mb_and_10_minutes(
 ) -> None:
     for name in ("ANALYSIS_MAX_BYTES", "ANALYSIS_MAX_DURATION_SECONDS", "ANALYSIS_MIN_SECONDS"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("ANALYSIS_SHARED_SECRET", "s3cret")
 
     settings = Settings(_env_file=None)  # type: ignore[call-arg]
 
@@ -57,3 +58,36 @@ def test_settings_when_negative_min_seconds_then_refused(monkeypatch: pytest.Mon
 
     with pytest.raises(ValidationError):
         Settings()
+
+
+def test_settings_when_no_shared_secret_then_refused_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Fails closed: a server without a secret would answer anyone who can reach it.
+    monkeypatch.delenv("ANALYSIS_SHARED_SECRET", raising=False)
+
+    with pytest.raises(ValidationError, match="analysis_shared_secret"):
+        Settings(_env_file=None)  # type: ignore[call-arg]
+
+
+def test_settings_when_prod_with_the_dotenv_shared_secret_then_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ENVIRONMENT", "prod")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAREAL")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "real")
+
+    with pytest.raises(ValidationError, match="analysis_shared_secret"):
+        Settings()  # .env's local-only secret
+
+
+def test_settings_when_defaults_then_decodes_bounded_to_2_channels_48_khz_1_gb(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("ANALYSIS_SHARED_SECRET", "s3cret")
+
+    bounds = Settings(_env_file=None).decode_bounds()  # type: ignore[call-arg]
+
+    assert (bounds.max_channels, bounds.max_sample_rate) == (2, 48000)
+    assert bounds.address_space_bytes == 1024 * 1024 * 1024
+    assert bounds.max_duration_seconds == 600

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from pydub import AudioSegment
 
-from tests.analysis_server.http import NDJSON, Upload, assert_error, body_for
+from tests.analysis_server.http import NDJSON, Upload, assert_error, body_for, worker_client
 from tests.analysis_server.signals import (
     LINE,
     OTHER_LINE,
@@ -27,8 +27,8 @@ from tests.analysis_server.signals import (
 REFERENCE = to_wav(tone_bursts(1))
 
 
-def analyse(client: httpx.Client, key: str, bucket: str, token_id: str) -> dict[str, Any]:
-    response = client.post("/analyze", json=body_for(key, bucket, token_id=token_id))
+def analyse(client: httpx.Client, key: str) -> dict[str, Any]:
+    response = client.post("/analyze", json=body_for(key))
     assert response.status_code == 200, response.text
     return dict(response.json())
 
@@ -98,7 +98,7 @@ def test_put_reference_when_not_audio_then_422_and_nothing_stored(
 ) -> None:
     response = fast.put(f"/references/{token_id}", content=b"just some text\n" * 100)
 
-    assert_error(response, 422, "undecodable_audio")
+    assert_error(response, 422, "unsupported_audio_format")
     assert_error(fast.get(f"/references/{token_id}"), 404, "reference_not_found")
 
 
@@ -118,13 +118,13 @@ def test_put_reference_when_over_max_bytes_then_413_by_header_and_by_streamed_co
         for start in range(0, len(big), 8192):
             yield big[start : start + 8192]
 
-    with httpx.Client(base_url=limited_url, timeout=30) as http:
+    with worker_client(limited_url) as http:
         assert_error(http.put(f"/references/{token_id}", content=big), 413, "audio_too_large")
         assert_error(http.put(f"/references/{token_id}", content=chunked()), 413, "audio_too_large")
 
 
 def test_reference_when_storage_unreachable_then_503(no_storage_url: str, token_id: str) -> None:
-    with httpx.Client(base_url=no_storage_url, timeout=30) as http:
+    with worker_client(no_storage_url) as http:
         assert_error(
             http.put(f"/references/{token_id}", content=REFERENCE), 503, "storage_unavailable"
         )
@@ -135,12 +135,12 @@ def test_reference_when_storage_unreachable_then_503(no_storage_url: str, token_
 
 
 def test_analyze_when_reference_stored_and_take_is_it_250_ms_late_then_offset_and_high_score(
-    fast: httpx.Client, upload: Upload, s3_bucket: str, token_id: str
+    fast: httpx.Client, upload: Upload, token_id: str
 ) -> None:
     fast.put(f"/references/{token_id}", content=REFERENCE)
-    key = upload(to_wav(delayed(tone_bursts(1), 250)))
+    key = upload(to_wav(delayed(tone_bursts(1), 250)), token_id)
 
-    sync = analyse(fast, key, s3_bucket, token_id)["sync"]
+    sync = analyse(fast, key)["sync"]
 
     assert sync["reference_duration_ms"] == 4000
     assert sync["offset_ms"] == pytest.approx(250, abs=20)
@@ -150,33 +150,33 @@ def test_analyze_when_reference_stored_and_take_is_it_250_ms_late_then_offset_an
 
 
 def test_analyze_when_take_unrelated_to_the_reference_then_low_score(
-    fast: httpx.Client, upload: Upload, s3_bucket: str, token_id: str
+    fast: httpx.Client, upload: Upload, token_id: str
 ) -> None:
     fast.put(f"/references/{token_id}", content=REFERENCE)
-    key = upload(to_wav(tone_bursts(2)))
+    key = upload(to_wav(tone_bursts(2)), token_id)
 
-    assert analyse(fast, key, s3_bucket, token_id)["sync"]["sync_score"] < 40
+    assert analyse(fast, key)["sync"]["sync_score"] < 40
 
 
 def test_analyze_when_reference_deleted_then_no_sync_block(
-    fast: httpx.Client, upload: Upload, s3_bucket: str, token_id: str
+    fast: httpx.Client, upload: Upload, token_id: str
 ) -> None:
     fast.put(f"/references/{token_id}", content=REFERENCE)
     fast.delete(f"/references/{token_id}")
 
-    assert analyse(fast, upload(REFERENCE), s3_bucket, token_id)["sync"] is None
+    assert analyse(fast, upload(REFERENCE, token_id))["sync"] is None
 
 
 def test_analyze_when_ndjson_and_reference_then_sync_stage_line_before_the_result(
-    fast: httpx.Client, upload: Upload, s3_bucket: str, token_id: str
+    fast: httpx.Client, upload: Upload, token_id: str
 ) -> None:
     fast.put(f"/references/{token_id}", content=REFERENCE)
-    key = upload(to_wav(delayed(tone_bursts(1), 250)))
+    key = upload(to_wav(delayed(tone_bursts(1), 250)), token_id)
 
     with fast.stream(
         "POST",
         "/analyze",
-        json=body_for(key, s3_bucket, token_id=token_id),
+        json=body_for(key),
         headers={"Accept": NDJSON},
     ) as response:
         lines = [json.loads(line) for line in response.iter_lines() if line]
@@ -188,14 +188,14 @@ def test_analyze_when_ndjson_and_reference_then_sync_stage_line_before_the_resul
 
 @needs_espeak
 def test_analyze_when_spoken_line_as_mp3_250_ms_late_then_offset_speech_pitch_and_no_warnings(
-    fast: httpx.Client, upload: Upload, s3_bucket: str, token_id: str
+    fast: httpx.Client, upload: Upload, token_id: str
 ) -> None:
     line = espeak(LINE)
     samples, rate = from_wav(line)
     fast.put(f"/references/{token_id}", content=line, headers={"Content-Type": "audio/wav"})
-    key = upload(mp3(to_wav(delayed(samples, 250, rate=rate), rate)))
+    key = upload(mp3(to_wav(delayed(samples, 250, rate=rate), rate)), token_id)
 
-    result = analyse(fast, key, s3_bucket, token_id)
+    result = analyse(fast, key)
 
     assert result["sync"]["offset_ms"] == pytest.approx(250, abs=20)
     assert result["sync"]["sync_score"] >= 85
@@ -208,12 +208,12 @@ def test_analyze_when_spoken_line_as_mp3_250_ms_late_then_offset_speech_pitch_an
 
 @needs_espeak
 def test_analyze_when_another_line_is_spoken_then_low_score(
-    fast: httpx.Client, upload: Upload, s3_bucket: str, token_id: str
+    fast: httpx.Client, upload: Upload, token_id: str
 ) -> None:
     fast.put(f"/references/{token_id}", content=espeak(LINE))
-    key = upload(espeak(OTHER_LINE))
+    key = upload(espeak(OTHER_LINE), token_id)
 
-    assert analyse(fast, key, s3_bucket, token_id)["sync"]["sync_score"] < 40
+    assert analyse(fast, key)["sync"]["sync_score"] < 40
 
 
 def test_openapi_when_fetched_then_references_documented_with_error_shapes(

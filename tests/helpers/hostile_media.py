@@ -1,0 +1,68 @@
+"""Crafted uploads that once got through: each reproduces a finding of an attack on the stack.
+
+Made with ffmpeg (the tool the attacker would use too) plus a few patched header bytes, never by
+the code under test.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+# An ID3v2.4 tag of zero bytes: enough for a sniffer that trusts "ID3" to say MP3.
+EMPTY_ID3 = b"ID3\x04\x00\x00\x00\x00\x00\x00"
+
+
+def id3_padding(size: int) -> bytes:
+    """An ID3v2.4 tag of `size` bytes of padding (syncsafe size): larger than the API's
+    4 KB sniffing window, so only a look behind it on disk can tell what follows."""
+    syncsafe = bytes((size >> shift) & 0x7F for shift in (21, 14, 7, 0))
+    return b"ID3\x04\x00\x00" + syncsafe + b"\x00" * size
+
+
+def concat_script(target: str, *, tag: bytes = EMPTY_ID3) -> bytes:
+    """An ffconcat script behind an ID3 tag: auto-detected, ffmpeg decodes `target` (a
+    relative name is "safe" for the concat demuxer: another job's spool file next to it)."""
+    return tag + f"ffconcat version 1.0\nfile {target}\n".encode()
+
+
+def hls_playlist(target: str, *, tag: bytes = EMPTY_ID3) -> bytes:
+    """An HLS playlist behind an ID3 tag naming a file of the host by absolute path."""
+    return (
+        tag
+        + (
+            f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nfile://{target}\n#EXT-X-ENDLIST\n"
+        ).encode()
+    )
+
+
+def silent_flac(path: Path, *, seconds: float, channels: int = 1, rate: int = 48000) -> Path:
+    """Digital silence as FLAC with the largest frames ffmpeg writes: minutes of 8 channels in
+    a few kilobytes, as in the attack."""
+    layout = {1: "mono", 2: "stereo", 8: "7.1"}[channels]
+    source = ["-f", "lavfi", "-i", f"anullsrc=r={rate}:cl={layout}", "-t", str(seconds)]
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", *source, "-c:a", "flac", "-frame_size", "65535", str(path)],
+        check=True,
+        timeout=120,
+    )
+    return path
+
+
+def declare_flac_length(data: bytes, *, seconds: float) -> bytes:
+    """`data` with its STREAMINFO's total-sample count rewritten to `seconds` of audio: the
+    header lies, the frames stay."""
+    patched = bytearray(data)
+    assert patched[:4] == b"fLaC" and patched[4] & 0x7F == 0, "STREAMINFO comes first"
+    fields = int.from_bytes(patched[18:26], "big")
+    rate = fields >> 44
+    fields = (fields & ~((1 << 36) - 1)) | round(seconds * rate)
+    patched[18:26] = fields.to_bytes(8, "big")
+    return bytes(patched)
+
+
+def lying_flac(path: Path, *, declared: float, actual: float, channels: int = 8) -> bytes:
+    """A FLAC holding `actual` seconds of `channels` channels that declares `declared`."""
+    return declare_flac_length(
+        silent_flac(path, seconds=actual, channels=channels).read_bytes(), seconds=declared
+    )
