@@ -1,7 +1,8 @@
 """The worker's client of the analysis server: NDJSON progress in, one result out.
 
-Failures are classified where they are seen: connection errors, timeouts and 5xx are transient
-(retry with backoff); 4xx is the server telling us the audio itself is unusable (fail at once).
+Failures are classified where they are seen: connection errors, timeouts, 5xx and a refused
+shared secret (401/403) are transient (retry with backoff); any other 4xx is the server telling
+us the audio itself is unusable (fail at once).
 """
 
 from __future__ import annotations
@@ -71,4 +72,8 @@ def _http_error(response: httpx.Response) -> Exception:
         code, detail = "analysis_rejected", response.text[:200]
     if response.status_code >= 500 or response.status_code == 429:
         return TransientError("analysis_unavailable", f"{response.status_code}: {detail}")
+    if response.status_code in (401, 403):
+        # The deployment's fault (ANALYSIS_SHARED_SECRET differs), not the audio's: retried,
+        # so jobs survive the few seconds a secret rotation leaves the two sides apart.
+        return TransientError("analysis_unauthorized", f"{response.status_code}: {detail}")
     return PermanentError(code, detail)

@@ -1,49 +1,33 @@
 """Recognise audio from its first bytes, and catch a truncated WAV from its header alone.
 
 Why in the API: a text file named `.wav` must get 415 at once, not a job that fails a minute
-later. Formats are told by magic bytes, never by file name or the client's Content-Type.
-Compressed formats are validated for real by the worker's decode (pydub/ffmpeg).
+later. Formats are told by magic bytes, never by file name or the client's Content-Type, with
+the same rules the worker applies (`media_guard.formats`): an ID3 tag must be followed by MPEG
+audio, so a playlist or concat script behind one is refused here already. Compressed formats
+are validated for real by the worker's guarded decode.
 """
 
 from __future__ import annotations
 
 import struct
 
-SNIFF_BYTES = 16
+from media_guard.formats import (
+    CONTENT_TYPES,
+    SNIFF_BYTES,
+    bytes_needed_to_sniff,
+    sniff_audio_format,
+)
+
+__all__ = [
+    "CONTENT_TYPES",
+    "HEAD_BYTES",
+    "SNIFF_BYTES",
+    "bytes_needed_to_sniff",
+    "sniff_audio_format",
+    "wav_problem",
+]
+
 HEAD_BYTES = 4096
-
-CONTENT_TYPES = {
-    "wav": "audio/wav",
-    "mp3": "audio/mpeg",
-    "flac": "audio/flac",
-    "ogg": "audio/ogg",
-    "m4a": "audio/mp4",
-    "aac": "audio/aac",
-    "webm": "audio/webm",
-}
-
-
-def sniff_audio_format(head: bytes) -> str | None:
-    """The container/codec named by the magic bytes at the start of `head`, or None."""
-    if len(head) >= 12 and head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
-        return "wav"
-    if head.startswith(b"fLaC"):
-        return "flac"
-    if head.startswith(b"OggS"):
-        return "ogg"
-    if head.startswith(b"\x1a\x45\xdf\xa3"):
-        return "webm"
-    if len(head) >= 8 and head[4:8] == b"ftyp":
-        return "m4a"
-    if head.startswith(b"ID3"):
-        return "mp3"
-    if len(head) >= 2 and head[0] == 0xFF and head[1] & 0xE0 == 0xE0:
-        # Frame sync: MPEG audio layers 1–3 have non-zero layer bits; ADTS AAC has layer 00.
-        if head[1] & 0xF6 == 0xF0:
-            return "aac"
-        if head[1] & 0x06:
-            return "mp3"
-    return None
 
 
 def wav_problem(head: bytes, total_size: int) -> str | None:

@@ -22,7 +22,7 @@ import anyio
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from services.sniff import HEAD_BYTES, SNIFF_BYTES, sniff_audio_format, wav_problem
+from services.sniff import HEAD_BYTES, bytes_needed_to_sniff, sniff_audio_format, wav_problem
 from services.writeback import start_writeback
 
 FILE_FIELD = "file"
@@ -79,12 +79,15 @@ class _FilePart:
             raise _too_large(self.max_bytes)
         if len(self.head) < HEAD_BYTES:
             self.head += data[: HEAD_BYTES - len(self.head)]
-        if self.audio_format is None and len(self.head) >= SNIFF_BYTES:
+        # Behind an ID3 tag the verdict waits for the tag's end (or the whole sniffing window).
+        if self.audio_format is None and len(self.head) >= min(
+            bytes_needed_to_sniff(bytes(self.head)), HEAD_BYTES
+        ):
             self._sniff()
         self.pending += data
 
-    def _sniff(self) -> None:
-        self.audio_format = sniff_audio_format(bytes(self.head))
+    def _sniff(self, *, whole_file: bool = False) -> None:
+        self.audio_format = sniff_audio_format(bytes(self.head), whole_file=whole_file)
         if self.audio_format is None:
             raise UploadRejected(
                 415,
@@ -127,7 +130,7 @@ class _FilePart:
         if self.size == 0:
             raise UploadRejected(422, "empty_file", "The file is empty")
         if self.audio_format is None:
-            self._sniff()
+            self._sniff(whole_file=self.size == len(self.head))
         assert self.audio_format is not None
         if self.audio_format == "wav":
             problem = wav_problem(bytes(self.head), self.size)

@@ -109,11 +109,12 @@ def _mpeg_frame(head: bytes) -> str | None:
     return None
 
 
-def sniff_audio_format(head: bytes) -> str | None:
+def sniff_audio_format(head: bytes, *, whole_file: bool = False) -> str | None:
     """The format named by the magic bytes at the start of `head`, or None.
 
     Behind an ID3 tag only MPEG audio or ADTS AAC is accepted. When the tag ends beyond `head`
-    the answer is a provisional "mp3": the caller that has the whole file must `sniff_file`.
+    the answer is a provisional "mp3" (the caller that has the whole file must `sniff_file`),
+    unless `head` is the `whole_file`: then nothing follows the tag, and it is no audio.
     """
     if len(head) >= 12 and head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
         return "wav"
@@ -128,7 +129,7 @@ def sniff_audio_format(head: bytes) -> str | None:
     end = id3_end(head)
     if end is not None:
         if end + 4 > len(head):
-            return "mp3"
+            return None if whole_file else "mp3"
         return _mpeg_frame(head[end:])
     return _mpeg_frame(head)
 
@@ -144,4 +145,4 @@ def sniff_file(path: Path) -> str | None:
             if len(head) < end + 4:
                 return None  # the file ends inside (or right after) its tags
             end = id3_end(head)
-    return sniff_audio_format(head)
+    return sniff_audio_format(head, whole_file=True)

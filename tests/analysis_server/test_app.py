@@ -30,7 +30,7 @@ from tests.analysis_server.http import (
     take_key,
     worker_client,
 )
-from tests.helpers import hostile_media
+from tests.helpers import hostile_media, memory
 
 
 def wav_bytes(
@@ -449,12 +449,6 @@ def test_put_reference_when_flac_understates_its_length_then_422_and_nothing_sto
     assert fast.get(f"/references/{token_id}").status_code == 404
 
 
-def peak_rss_bytes(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as status:
-        line = next(line for line in status if line.startswith("VmHWM:"))
-    return int(line.split()[1]) * 1024
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 def test_put_reference_when_8_channels_of_10_minutes_then_decoded_within_300_mb(
     stack_env: dict[str, str], workdir: Path, tmp_path: Path, token_id: str
@@ -465,10 +459,10 @@ def test_put_reference_when_8_channels_of_10_minutes_then_decoded_within_300_mb(
     proc = stack.analysis_proc({**stack_env, "ANALYSIS_MIN_SECONDS": "0"}, workdir).start()
     try:
         assert proc.popen is not None
-        before = peak_rss_bytes(proc.popen.pid)
+        before = memory.peak_rss_bytes(proc.popen.pid)
         with worker_client(f"http://127.0.0.1:{proc.name.split(':')[1]}", timeout=60) as http:
             response = http.put(f"/references/{token_id}", content=bomb.read_bytes())
-        growth = peak_rss_bytes(proc.popen.pid) - before
+        growth = memory.peak_rss_bytes(proc.popen.pid) - before
     finally:
         proc.kill()
 

@@ -401,10 +401,12 @@ def test_analysis_server_failing_then_retries_with_backoff_visible_and_fails_ret
     )
 
 
-def test_analysis_server_4xx_then_fails_at_once_not_retryable(
+def test_analysis_server_4xx_then_fails_at_once_not_retryable_and_the_object_is_deleted(
     mini_stack,
     broken_analysis,
     token_id: str,  # type: ignore[no-untyped-def]
+    s3_client,
+    s3_bucket: str,
 ) -> None:
     url = broken_analysis(ANALYSIS_MAX_DURATION_SECONDS="0.2")
     mini = mini_stack(ANALYSIS_SERVER_URL=url)
@@ -413,6 +415,22 @@ def test_analysis_server_4xx_then_fails_at_once_not_retryable(
     assert events[-1]["error"]["code"] == "audio_too_long"
     assert events[-1]["error"]["retryable"] is False
     assert not any(e["next_retry_in"] for e in events), "no retry for a 4xx"
+    assert any(e["progress"] == 40 for e in events), "it was stored before the refusal"
+    # Refused audio is not kept: the stored object goes with the job.
+    listed = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=f"audio/{token_id}/")
+    assert listed.get("KeyCount") == 0
+
+
+def test_worker_with_a_wrong_analysis_secret_then_401_retried_and_failed_retryable(
+    mini_stack,
+    token_id: str,  # type: ignore[no-untyped-def]
+) -> None:
+    mini = mini_stack(ANALYSIS_SHARED_SECRET="not-the-servers-secret")
+    events = follow_to_end(mini.api_url, upload(mini.api_url, token_id, noisy_wav(1.0, 7)))
+    assert events[-1]["status"] == "failed"
+    assert events[-1]["error"]["code"] == "analysis_unauthorized"
+    assert events[-1]["error"]["retryable"] is True
+    assert [e["attempt"] for e in events if e["next_retry_in"]] == [1, 2]
 
 
 def test_s3_cut_off_mid_upload_then_retry_completes_and_no_multipart_upload_dangles(

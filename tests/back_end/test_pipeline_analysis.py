@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from devtools import stack
+from tests.analysis_server.http import AUTH
 from tests.analysis_server.signals import delayed, needs_ffmpeg, to_wav, tone_bursts
 from tests.helpers import sse
 from tests.helpers.audio import wav_bytes
@@ -60,7 +61,9 @@ def test_pipeline_when_reference_stored_then_result_has_sync_of_the_late_stereo_
     pipeline: str, token_id: str, analysis_url: str
 ) -> None:
     reference = to_wav(tone_bursts(1))  # 16 kHz mono, 4 s
-    stored = httpx.put(f"{analysis_url}/references/{token_id}", content=reference, timeout=30)
+    stored = httpx.put(
+        f"{analysis_url}/references/{token_id}", content=reference, headers=AUTH, timeout=30
+    )
     assert stored.status_code == 201, stored.text
     # The take: the same line 250 ms late, recorded in stereo at 44.1 kHz.
     take = delayed(tone_bursts(1, rate=44_100), 250, rate=44_100)

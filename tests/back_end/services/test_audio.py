@@ -80,8 +80,7 @@ def run(
         source_format=source_format,
         store_format=store_format,
         dest=source.with_name(f"{source.name}.prepared"),
-        sample_rate=sample_rate,
-        channels=channels,
+        bounds=audio.Bounds(sample_rate=sample_rate, channels=channels),
         stream_threshold_bytes=threshold,
     )
 
@@ -187,32 +186,34 @@ def test_prepare_when_store_original_then_byte_identical_copy_still_validated(
 
 
 @pytest.mark.parametrize(
-    "content",
+    ("content", "code"),
     [
-        b"This is a text file, not audio.\n" * 40,
-        b"OggS" + b"\x00" * 60 + b"this is not an ogg stream" * 200,
-        np.random.default_rng(3).bytes(20_000),
+        (b"This is a text file, not audio.\n" * 40, "unsupported_audio_format"),
+        (b"OggS" + b"\x00" * 60 + b"this is not an ogg stream" * 200, "undecodable_audio"),
+        (np.random.default_rng(3).bytes(20_000), "unsupported_audio_format"),
     ],
     ids=["text", "fake-ogg-header", "random"],
 )
-def test_prepare_when_not_audio_then_undecodable_audio(tmp_path: Path, content: bytes) -> None:
+def test_prepare_when_not_audio_then_refused_without_host_paths(
+    tmp_path: Path, content: bytes, code: str
+) -> None:
     source = tmp_path / "take"
     source.write_bytes(content)
 
     with pytest.raises(PermanentError) as caught:
         run(source, threshold=IN_MEMORY, source_format="ogg")
 
-    assert caught.value.code == "undecodable_audio"
-    assert "could not be decoded" in caught.value.message
+    assert caught.value.code == code
+    assert str(tmp_path) not in caught.value.message
     assert not list(tmp_path.glob("take.prepared*")), "no half-written output left behind"
 
 
 @PATHS
-def test_prepare_when_wav_declares_an_unknown_codec_then_undecodable_audio(
+def test_prepare_when_wav_declares_a_codec_off_the_allow_list_then_unsupported(
     tmp_path: Path, threshold: int, method: str
 ) -> None:
-    # ffprobe reads the header happily; only decoding finds there is no decoder: for the
-    # streaming path that is ffmpeg's non-zero exit.
+    # ffprobe reads the header happily; the codec it names is not one a WAV may carry here,
+    # so nothing is decoded at all.
     fmt = struct.pack("<HHIIHH", 0x7777, 1, 16_000, 32_000, 2, 16)
     data = b"\x01\x02" * 16_000
     body = b"WAVEfmt " + struct.pack("<I", len(fmt)) + fmt
@@ -223,7 +224,7 @@ def test_prepare_when_wav_declares_an_unknown_codec_then_undecodable_audio(
     with pytest.raises(PermanentError) as caught:
         run(source, threshold=threshold)
 
-    assert caught.value.code == "undecodable_audio"
+    assert caught.value.code == "unsupported_audio_format"
 
 
 @PATHS
@@ -273,15 +274,25 @@ def test_prepare_when_wav_has_no_frames_then_empty_audio(tmp_path: Path) -> None
 def test_prepare_when_decoded_size_crosses_the_threshold_then_switches_to_ffmpeg(
     tmp_path: Path,
 ) -> None:
-    source = write_wav(tmp_path / "take", sine(2.0, 16_000), 16_000)  # 64 000 bytes of PCM
+    # 2 s of 16 kHz mono: at most 2 s + tolerance + 1 s overshoot of 16-bit PCM, plus a frame.
+    source = write_wav(tmp_path / "take", sine(2.0, 16_000), 16_000)
+    bound = audio.decoded_bound_bytes(audio.probe(source), audio.Bounds().decode_limits())
+    assert bound == (round(3.5 * 16_000) + 4096) * 2
 
-    assert run(source, threshold=64_000).method == "pydub"
-    assert run(source, threshold=63_999).method == "ffmpeg"
+    assert run(source, threshold=bound).method == "pydub"
+    assert run(source, threshold=bound - 1).method == "ffmpeg"
 
 
-def test_prepare_when_webm_has_no_duration_then_streams_with_ffmpeg(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("max_seconds", "method"), [(600, "pydub"), (1200, "ffmpeg")], ids=["10-min", "20-min"]
+)
+def test_prepare_when_webm_has_no_duration_then_sized_by_the_limit(
+    tmp_path: Path, max_seconds: float, method: str
+) -> None:
     # A browser's MediaRecorder writes WebM as it records and never goes back to fill in the
-    # duration; ffmpeg writing to a pipe does the same. Unknown length: never into memory.
+    # duration; ffmpeg writing to a pipe does the same. Unknown length: the decode may run to
+    # the limit, so the limit decides whether that fits in memory (601 s of 48 kHz mono is
+    # 57.7 MB, under the 64 MB default; 1201 s is not).
     wav = write_wav(tmp_path / "src.wav", sine(2.0, 48_000), 48_000)
     webm = subprocess.run(
         ["ffmpeg", "-v", "error", "-i", str(wav), "-c:a", "libopus", "-f", "webm", "pipe:1"],
@@ -292,13 +303,19 @@ def test_prepare_when_webm_has_no_duration_then_streams_with_ffmpeg(tmp_path: Pa
     source.write_bytes(webm)
     assert audio.probe(source).duration_seconds is None
 
-    prepared = run(source, threshold=IN_MEMORY, source_format="webm")
+    prepared = audio.prepare(
+        source,
+        source_format="webm",
+        store_format="flac",
+        dest=tmp_path / "out",
+        bounds=audio.Bounds(max_seconds=max_seconds),
+    )
 
-    assert prepared.method == "ffmpeg"
+    assert prepared.method == method
     assert abs(prepared.duration_ms - 2000) <= 30
 
 
-def test_probe_when_mp3_then_decoded_size_estimated_from_headers_without_decoding(
+def test_probe_when_mp3_then_decoded_size_bounded_by_the_limit_not_its_estimate(
     tmp_path: Path,
 ) -> None:
     wav = write_wav(tmp_path / "src.wav", sine(10.0, 44_100, channels=2), 44_100)
@@ -306,11 +323,12 @@ def test_probe_when_mp3_then_decoded_size_estimated_from_headers_without_decodin
     ffmpeg("-i", str(wav), "-c:a", "libmp3lame", "-f", "mp3", str(source))
 
     info = audio.probe(source)
+    limits = audio.Bounds(max_seconds=600, channels=1).decode_limits()
 
     assert (info.sample_rate, info.channels) == (44_100, 2)
     assert info.exact_duration is None, "an mp3's duration is an estimate"
-    # 10 s x 44 100 x 2 channels x 4 bytes (float decoder output): within a frame or two.
-    assert info.decoded_bytes == pytest.approx(10 * 44_100 * 2 * 4, rel=0.01)
+    # Nothing vouches for the estimate: the decode may run to the limit + 1 s, in mono.
+    assert audio.decoded_bound_bytes(info, limits) == (601 * 44_100 + 4096) * 2
 
 
 # --- the memory bound ----------------------------------------------------------------------
@@ -330,7 +348,7 @@ def high_water_mark():
 
 before = high_water_mark()
 prepared = audio.prepare(Path({source!r}), source_format="wav", store_format="flac",
-    dest=Path({dest!r}), sample_rate=48000, channels=1, stream_threshold_bytes={threshold})
+    dest=Path({dest!r}), stream_threshold_bytes={threshold})
 print(prepared.method, high_water_mark() - before)
 """
 
@@ -371,4 +389,5 @@ def test_prepare_when_large_input_then_ffmpeg_path_memory_stays_flat_unlike_pydu
 
     assert (streamed_method, in_memory_method) == ("ffmpeg", "pydub")
     assert streamed < 10 * 1024 * 1024, f"ffmpeg path grew the worker by {streamed} bytes"
-    assert in_memory > decoded_bytes, "pydub holds at least the whole decoded clip"
+    # The in-memory path holds the clip as converted by ffmpeg: mono, 44.1 kHz, 16-bit.
+    assert in_memory > 3 * 60 * 44_100 * 2, "pydub holds at least the whole decoded clip"

@@ -14,6 +14,7 @@ import pytest
 
 from services import uploads
 from services.uploads import WRITE_BATCH, SpooledUpload, UploadRejected, receive_upload
+from tests.helpers import hostile_media
 from tests.helpers.audio import pcm_wav
 from tests.helpers.multipart import CONTENT_TYPE, multipart
 
@@ -111,3 +112,42 @@ def test_receive_upload_when_cancelled_with_a_write_in_flight_then_no_file_left(
 
     asyncio.run(upload_then_cancel())
     assert list(tmp_path.iterdir()) == []
+
+
+def receive_in_pieces(content: bytes, path: Path, *, piece: int) -> SpooledUpload:
+    body = multipart(("file", "take.mp3", content))[0]
+    return asyncio.run(
+        receive_upload(
+            chunked(body, size=piece),
+            content_type=CONTENT_TYPE,
+            content_length=None,
+            spool_path=path,
+            max_bytes=16 * MB,
+        )
+    )
+
+
+@pytest.mark.parametrize("piece", [7, 4096], ids=["7-byte-pieces", "4k-pieces"])
+def test_receive_upload_when_id3_tag_hides_a_script_then_415_however_the_body_is_cut(
+    tmp_path: Path, piece: int
+) -> None:
+    # The verdict waits for the tag's end: the first 16 bytes only say "ID3".
+    crafted = hostile_media.concat_script("another-job", tag=hostile_media.id3_padding(300))
+
+    with pytest.raises(UploadRejected) as rejected:
+        receive_in_pieces(crafted, tmp_path / "job", piece=piece)
+
+    assert (rejected.value.status, rejected.value.code) == (415, "unsupported_audio_format")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_receive_upload_when_id3_tag_is_larger_than_the_window_then_accepted_for_the_worker(
+    tmp_path: Path,
+) -> None:
+    # Cover art can be megabytes: the API cannot see past it, the worker looks on disk.
+    content = hostile_media.id3_padding(8192) + b"\xff\xfb\x90\x64" + b"\x00" * 2000
+
+    spooled = receive_in_pieces(content, tmp_path / "job", piece=1024)
+
+    assert spooled.audio_format == "mp3"
+    assert spooled.path.read_bytes() == content
