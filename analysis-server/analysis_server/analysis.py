@@ -28,7 +28,7 @@ import anyio
 import numpy as np
 
 from analysis_server import features, quality, sync
-from analysis_server.audio import Bounds, DecodedAudio, decode_file
+from analysis_server.audio import DecodedAudio, decode_file
 from analysis_server.errors import AnalysisError, ObjectNotFound
 from analysis_server.models import (
     AnalysisResult,
@@ -40,6 +40,7 @@ from analysis_server.models import (
     VoicedSegment,
 )
 from analysis_server.storage import S3Client, download_object
+from media_guard import DecodeLimits
 
 log = logging.getLogger(__name__)
 
@@ -219,14 +220,14 @@ async def fetch_and_decode(
     bucket: str,
     key: str,
     max_bytes: int,
-    bounds: Bounds,
+    limits: DecodeLimits,
     limiter: anyio.CapacityLimiter,
 ) -> tuple[DecodedAudio, int]:
     """Download the object to a scratch file and decode it; the file is gone on return."""
     async with scratch_file() as scratch:
         size = await download_object(s3, bucket=bucket, key=key, dest=scratch, max_bytes=max_bytes)
         audio = await anyio.to_thread.run_sync(
-            partial(decode_file, Path(scratch.name), bounds=bounds),
+            partial(decode_file, Path(scratch.name), limits=limits),
             limiter=limiter,
         )
     return audio, size
@@ -238,7 +239,7 @@ async def fetch_reference(
     bucket: str,
     key: str,
     max_bytes: int,
-    bounds: Bounds,
+    limits: DecodeLimits,
     limiter: anyio.CapacityLimiter,
 ) -> DecodedAudio | None:
     """The token's reference, decoded, or None when there is none.
@@ -253,7 +254,7 @@ async def fetch_reference(
             bucket=bucket,
             key=key,
             max_bytes=max_bytes,
-            bounds=replace(bounds, max_channels=1),  # sync uses its mono mix only
+            limits=replace(limits, max_channels=1),  # sync uses its mono mix only
             limiter=limiter,
         )
     except ObjectNotFound:

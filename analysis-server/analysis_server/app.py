@@ -188,7 +188,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         limits = {
             "max_bytes": settings.analysis_max_bytes,
-            "bounds": settings.decode_bounds(),
+            "limits": settings.decode_limits(),
             "limiter": services.limiter,
         }
         audio, size = await fetch_and_decode(
@@ -255,7 +255,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             chunks=request.stream(),
             declared_type=request.headers.get("content-type"),
             max_bytes=settings.analysis_max_bytes,
-            bounds=settings.decode_bounds(),
+            limits=settings.decode_limits(),
             limiter=services.limiter,
         )
         response.status_code = 201 if created else 200

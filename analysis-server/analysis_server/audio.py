@@ -18,16 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from media_guard import (
-    DecodeLimits,
-    MediaError,
-    ToolLimits,
-    decode_pcm,
-    probe,
-    rule_for,
-    sniff_file,
-)
-from media_guard import errors as media
 
 from analysis_server.errors import (
     AnalysisError,
@@ -38,6 +28,15 @@ from analysis_server.errors import (
     UnsupportedAudioFormat,
 )
 from analysis_server.features import FloatArray, duration_ms, to_mono
+from media_guard import (
+    DecodeLimits,
+    MediaError,
+    decode_pcm,
+    probe,
+    rule_for,
+    sniff_file,
+)
+from media_guard import errors as media
 
 _LOSSLESS = frozenset({"flac", "alac"})
 _ERRORS: dict[str, type[AnalysisError]] = {
@@ -68,34 +67,12 @@ class DecodedAudio:
         return duration_ms(self.frame_count, self.sample_rate)
 
 
-@dataclass(frozen=True)
-class Bounds:
-    """Limits of one decode, from the server's settings."""
-
-    max_duration_seconds: float
-    max_channels: int = 2
-    max_sample_rate: int = 48000
-    address_space_bytes: int = 1024 * 1024 * 1024
-    timeout_seconds: float = 120.0
-
-    def decode_limits(self) -> DecodeLimits:
-        return DecodeLimits(
-            max_seconds=self.max_duration_seconds,
-            max_channels=self.max_channels,
-            max_sample_rate=self.max_sample_rate,
-            tool=ToolLimits(
-                timeout_seconds=self.timeout_seconds,
-                address_space_bytes=self.address_space_bytes,
-            ),
-        )
-
-
 def _analysis_error(error: MediaError) -> AnalysisError:
     # Truncated, longer than declared, timed out: all "not audio we can read" (422).
     return _ERRORS.get(error.code, UndecodableAudio)(error.message)
 
 
-def decode_file(path: Path, *, bounds: Bounds) -> DecodedAudio:
+def decode_file(path: Path, *, limits: DecodeLimits) -> DecodedAudio:
     """Decode the file at `path`; raises UnsupportedAudioFormat, UndecodableAudio,
     AudioTooLong, EmptyAudio or DecoderUnavailable."""
     try:
@@ -106,7 +83,7 @@ def decode_file(path: Path, *, bounds: Bounds) -> DecodedAudio:
         info = probe(path, rule)
         # Decoded straight to float32 (exact for up to 24-bit sources): the buffer ffmpeg
         # fills *is* the sample array, with no integer copy beside it.
-        pcm = decode_pcm(path, info, bounds.decode_limits(), encoding="f32")
+        pcm = decode_pcm(path, info, limits, encoding="f32")
     except MediaError as exc:
         raise _analysis_error(exc) from exc
     samples = np.frombuffer(pcm.data, dtype="<f4").reshape(-1, pcm.channels)

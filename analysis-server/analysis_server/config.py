@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from analysis_server.audio import Bounds
+from media_guard import DecodeLimits, ToolLimits
 
 # analysis-server/analysis_server/config.py → the repository root holds `.env`.
 REPO_ROOT = Path(__file__).resolve().parent.parent.parent
@@ -88,12 +88,15 @@ class Settings(BaseSettings):
             raise ValueError(f"refusing local default values in prod: {', '.join(unsafe)}")
         return self
 
-    def decode_bounds(self) -> Bounds:
-        return Bounds(
-            max_duration_seconds=self.analysis_max_duration_seconds,
+    def decode_limits(self) -> DecodeLimits:
+        """The bounds of every decode (media_guard), takes and references alike."""
+        return DecodeLimits(
+            max_seconds=self.analysis_max_duration_seconds,
             max_channels=self.analysis_max_channels,
             max_sample_rate=self.analysis_max_sample_rate,
-            address_space_bytes=self.ffmpeg_max_memory_mb * 1024 * 1024,
+            tool=ToolLimits(
+                timeout_seconds=120.0, address_space_bytes=self.ffmpeg_max_memory_mb * 1024 * 1024
+            ),
         )
 
 

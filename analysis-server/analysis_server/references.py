@@ -19,7 +19,7 @@ from pathlib import Path
 import anyio
 
 from analysis_server.analysis import scratch_file
-from analysis_server.audio import Bounds, decode_file
+from analysis_server.audio import decode_file
 from analysis_server.errors import ObjectNotFound, ReferenceNotFound
 from analysis_server.models import ReferenceInfo
 from analysis_server.storage import (
@@ -31,6 +31,7 @@ from analysis_server.storage import (
     spool_body,
     upload_file,
 )
+from media_guard import DecodeLimits
 
 PREFIX = "references/"
 
@@ -53,7 +54,7 @@ async def store_reference(
     chunks: AsyncIterator[bytes],
     declared_type: str | None,
     max_bytes: int,
-    bounds: Bounds,
+    limits: DecodeLimits,
     limiter: anyio.CapacityLimiter,
 ) -> tuple[ReferenceInfo, bool]:
     """Validate and store a reference; returns what was stored and whether it is new (a
@@ -64,7 +65,7 @@ async def store_reference(
         size = await spool_body(chunks, scratch, max_bytes=max_bytes, what="the reference")
         # Only the mono mix of a reference is ever used (sync), so it is decoded as mono.
         audio = await anyio.to_thread.run_sync(
-            partial(decode_file, Path(scratch.name), bounds=replace(bounds, max_channels=1)),
+            partial(decode_file, Path(scratch.name), limits=replace(limits, max_channels=1)),
             limiter=limiter,
         )
         existed = await head_object(s3, bucket=bucket, key=key) is not None

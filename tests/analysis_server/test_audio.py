@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 
 from analysis_server import features
-from analysis_server.audio import Bounds, decode_file
+from analysis_server.audio import decode_file
 from analysis_server.errors import (
     AudioTooLong,
     EmptyAudio,
     UndecodableAudio,
     UnsupportedAudioFormat,
 )
+from media_guard import DecodeLimits
 from tests.helpers import hostile_media
 
 needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg not installed")
@@ -50,7 +51,7 @@ def write_float_wav(path: Path, samples: np.ndarray, rate: int) -> Path:
 def test_decode_file_when_int16_wav_then_format_and_duration_match(tmp_path: Path) -> None:
     path = write_wav(tmp_path / "clip", seconds=1.5, rate=22_050, channels=2)
 
-    audio = decode_file(path, bounds=Bounds(max_duration_seconds=600))
+    audio = decode_file(path, limits=DecodeLimits(max_seconds=600))
 
     assert (audio.sample_rate, audio.channels, audio.sample_width) == (22_050, 2, 2)
     assert audio.samples.shape == (33_075, 2)
@@ -65,7 +66,7 @@ def test_decode_file_when_float_wav_then_levels_are_right_not_reinterpreted_bits
     t = np.arange(16_000) / 16_000
     path = write_float_wav(tmp_path / "float", 0.5 * np.sin(2 * np.pi * 440 * t), 16_000)
 
-    audio = decode_file(path, bounds=Bounds(max_duration_seconds=600))
+    audio = decode_file(path, limits=DecodeLimits(max_seconds=600))
 
     assert audio.sample_rate == 16_000
     assert features.peak_dbfs(audio.samples) == pytest.approx(-6.02, abs=0.1)
@@ -77,7 +78,7 @@ def test_decode_file_when_flac_without_extension_then_decoded_by_ffmpeg(tmp_path
     flac = tmp_path / "upload"
     subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-f", "flac", str(flac)], check=True)
 
-    audio = decode_file(flac, bounds=Bounds(max_duration_seconds=600))
+    audio = decode_file(flac, limits=DecodeLimits(max_seconds=600))
 
     assert audio.sample_rate == 44_100
     assert abs(audio.duration_ms - 2000) <= 10
@@ -94,7 +95,7 @@ def test_decode_file_when_ogg_vorbis_then_decoded(tmp_path: Path) -> None:
         check=True,
     )
 
-    audio = decode_file(ogg, bounds=Bounds(max_duration_seconds=600))
+    audio = decode_file(ogg, limits=DecodeLimits(max_seconds=600))
 
     assert abs(audio.duration_ms - 1000) <= 30
 
@@ -104,14 +105,14 @@ def test_decode_file_when_text_then_unsupported_format(tmp_path: Path) -> None:
     path.write_text("this is not audio at all\n" * 20)
 
     with pytest.raises(UnsupportedAudioFormat):
-        decode_file(path, bounds=Bounds(max_duration_seconds=600))
+        decode_file(path, limits=DecodeLimits(max_seconds=600))
 
 
 def test_decode_file_when_wav_longer_than_limit_then_too_long(tmp_path: Path) -> None:
     path = write_wav(tmp_path / "long", seconds=2.0, rate=8_000)
 
     with pytest.raises(AudioTooLong):
-        decode_file(path, bounds=Bounds(max_duration_seconds=1.5))
+        decode_file(path, limits=DecodeLimits(max_seconds=1.5))
 
 
 @needs_ffmpeg
@@ -121,14 +122,14 @@ def test_decode_file_when_compressed_longer_than_limit_then_too_long(tmp_path: P
     subprocess.run(["ffmpeg", "-v", "error", "-i", str(wav), "-f", "flac", str(flac)], check=True)
 
     with pytest.raises(AudioTooLong):
-        decode_file(flac, bounds=Bounds(max_duration_seconds=2.0))
+        decode_file(flac, limits=DecodeLimits(max_seconds=2.0))
 
 
 def test_decode_file_when_wav_has_no_frames_then_empty_audio(tmp_path: Path) -> None:
     path = write_wav(tmp_path / "empty", seconds=0.0)
 
     with pytest.raises(EmptyAudio):
-        decode_file(path, bounds=Bounds(max_duration_seconds=600))
+        decode_file(path, limits=DecodeLimits(max_seconds=600))
 
 
 # --- hostile files -------------------------------------------------------------------------
@@ -145,7 +146,7 @@ def test_decode_file_when_concat_script_names_a_file_beside_it_then_unsupported_
     script.write_bytes(hostile_media.concat_script("victim.wav", tag=tag))
 
     with pytest.raises(UnsupportedAudioFormat) as refused:
-        decode_file(script, bounds=Bounds(max_duration_seconds=600))
+        decode_file(script, limits=DecodeLimits(max_seconds=600))
     assert str(tmp_path) not in refused.value.message
 
 
@@ -157,7 +158,7 @@ def test_decode_file_when_flac_understates_its_length_then_refused_after_a_secon
     bomb.write_bytes(hostile_media.lying_flac(tmp_path / "src.flac", declared=1, actual=600))
 
     with pytest.raises(UndecodableAudio, match=r"declares 1\.0 s"):
-        decode_file(bomb, bounds=Bounds(max_duration_seconds=600))
+        decode_file(bomb, limits=DecodeLimits(max_seconds=600))
 
 
 @needs_ffmpeg
@@ -166,6 +167,6 @@ def test_decode_file_when_8_channels_then_at_most_the_ceiling_and_source_count_k
 ) -> None:
     source = hostile_media.silent_flac(tmp_path / "eight.flac", seconds=2, channels=8)
 
-    audio = decode_file(source, bounds=Bounds(max_duration_seconds=600, max_channels=2))
+    audio = decode_file(source, limits=DecodeLimits(max_seconds=600, max_channels=2))
 
     assert (audio.channels, audio.source_channels, audio.samples.shape) == (2, 8, (96_000, 2))

@@ -86,8 +86,8 @@ def test_settings_when_defaults_then_decodes_bounded_to_2_channels_48_khz_1_gb(
 ) -> None:
     monkeypatch.setenv("ANALYSIS_SHARED_SECRET", "s3cret")
 
-    bounds = Settings(_env_file=None).decode_bounds()  # type: ignore[call-arg]
+    limits = Settings(_env_file=None).decode_limits()  # type: ignore[call-arg]
 
-    assert (bounds.max_channels, bounds.max_sample_rate) == (2, 48000)
-    assert bounds.address_space_bytes == 1024 * 1024 * 1024
-    assert bounds.max_duration_seconds == 600
+    assert (limits.max_channels, limits.max_sample_rate) == (2, 48000)
+    assert limits.tool.address_space_bytes == 1024 * 1024 * 1024
+    assert limits.max_seconds == 600
