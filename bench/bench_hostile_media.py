@@ -1,11 +1,13 @@
 """Hostile uploads: what they cost the stack now that every upload is treated as hostile media.
 
 1. **Queue delay.** One worker process (`--concurrency=1`, the worst case: everything waits its
-   turn). A short job (3 s WAV) alone, then the same job submitted right behind six 6-hour files
-   (FLAC, 45 KB each, and a 6-hour Ogg/Opus, 8 MB), then behind six FLACs that declare 1 s and
-   hold 10 minutes of 8 channels. The short job's extra wait is compared with the time one of
-   the hostile files takes to be refused (upload → `failed`, alone). Before the hostile-media
-   fixes, six 6-hour files made the short job wait 181.6 s instead of 1.2 s.
+   turn). A short job (3 s WAV) alone, then the same job submitted right behind six hostile
+   files of one kind: 6-hour FLACs (45 KB) and 6-hour Ogg/Opus (8 MB), whose headers state their
+   length, so the API answers 422 at once; 6-hour FLACs written to a pipe, whose length nothing
+   states, so the worker refuses each after decoding just past the limit; FLACs that declare 1 s
+   and hold 10 minutes of 8 channels. The short job's extra wait is compared with the time one
+   hostile file takes to be refused alone (upload → 422, or upload → `failed`). Before the
+   hostile-media fixes, six 6-hour files made the short job wait 181.6 s instead of 1.2 s.
 2. **Peak memory.** Growth of the peak RSS (VmHWM) of the worker's child and of the analysis
    server over one job each, both restarted before every input, for: the 23 KB FLAC declaring
    1 s with 10 min of 8 channels; the same honest about its length; a 6-hour FLAC; a 95 MB
@@ -41,6 +43,7 @@ from tests.helpers.audio import wav_bytes
 SCRIPT = Path(__file__).name
 CACHE = Path(__file__).resolve().parent.parent / "var" / "bench-cache"
 ROUNDS = 3
+KINDS = ("flac_6h", "opus_6h", "flac_6h_piped", "flac_lying_8ch")
 MB = 1024 * 1024
 
 
@@ -60,6 +63,7 @@ def inputs(tmp: Path) -> dict[str, bytes]:
             tmp / "6h.flac", seconds=21600, rate=8000
         ).read_bytes(),
         "opus_6h": opus.read_bytes(),
+        "flac_6h_piped": hostile_media.piped_flac(21600),
         "flac_lying_8ch": hostile_media.lying_flac(tmp / "b.flac", declared=1, actual=600),
         "flac_honest_8ch_10min": hostile_media.silent_flac(
             tmp / "h.flac", seconds=600, channels=8
@@ -71,8 +75,11 @@ def inputs(tmp: Path) -> dict[str, bytes]:
     }
 
 
-def submit(client: httpx.Client, api: str, token: str, body: bytes, name: str) -> str:
+def submit(client: httpx.Client, api: str, token: str, body: bytes, name: str) -> str | None:
+    """The job's result URL, or None when the API refused the upload with 422."""
     response = client.post(f"{api}/tokens/{token}/upload-audio", files={"file": (name, body)})
+    if response.status_code == 422:
+        return None
     if response.status_code != 202:
         raise RuntimeError(f"upload answered {response.status_code}: {response.text}")
     return str(response.json()["result_url"])
@@ -90,9 +97,18 @@ def finish(client: httpx.Client, api: str, result_url: str) -> dict[str, Any]:
     raise RuntimeError(f"job still {snapshot['status']} after 20 minutes")
 
 
+def outcome(client: httpx.Client, api: str, result_url: str | None) -> str:
+    """How the upload ended: `422 at upload`, `completed` or the job's error code."""
+    if result_url is None:
+        return "422 at upload"
+    done = finish(client, api, result_url)
+    return str(done["status"] if done["status"] == "completed" else done["error"]["code"])
+
+
 def job_seconds(client: httpx.Client, api: str, token: str, body: bytes, name: str) -> float:
+    """Upload → the job's end (or the API's 422)."""
     started = time.perf_counter()
-    finish(client, api, submit(client, api, token, body, name))
+    outcome(client, api, submit(client, api, token, body, name))
     return time.perf_counter() - started
 
 
@@ -107,7 +123,7 @@ def queue_delay(files: dict[str, bytes]) -> dict[str, Any]:
             for r in range(ROUNDS)
         ]
         figures["short_alone_s"] = round(statistics.median(alone), 3)
-        for kind in ("flac_6h", "opus_6h", "flac_lying_8ch"):
+        for kind in KINDS:
             refusals = [
                 job_seconds(client, api, f"r{kind}{r}", files[kind] + bytes([r]), "x.bin")
                 for r in range(ROUNDS)
@@ -121,7 +137,7 @@ def queue_delay(files: dict[str, bytes]) -> dict[str, Any]:
                 behind.append(
                     job_seconds(client, api, f"v{kind}{r}", wav_bytes(3.0, freq=500 + r), "s.wav")
                 )
-                outcomes = {finish(client, api, url)["error"]["code"] for url in ahead}
+                outcomes = {outcome(client, api, url) for url in ahead}
                 figures[f"{kind}_refused_as"] = sorted(outcomes)
             figures[f"{kind}_refusal_s"] = round(statistics.median(refusals), 3)
             figures[f"{kind}_short_behind_six_s"] = round(statistics.median(behind), 3)
@@ -146,16 +162,14 @@ def peak_growth(files: dict[str, bytes]) -> dict[str, Any]:
             )
             worker_before = memory.children_peaks(worker.popen.pid)
             analysis_before = {analysis.popen.pid: memory.peak_rss_bytes(analysis.popen.pid)}
-            done = finish(
+            ended = outcome(
                 client, bench.api_url, submit(client, bench.api_url, f"m{index}", body, "x")
             )
             worker_after = memory.children_peaks(worker.popen.pid)
             analysis_after = {analysis.popen.pid: memory.peak_rss_bytes(analysis.popen.pid)}
             figures[kind] = {
                 "bytes": len(body),
-                "outcome": done["status"]
-                if done["status"] == "completed"
-                else done["error"]["code"],
+                "outcome": ended,
                 "worker_child_growth_mb": round(
                     memory.largest_growth(worker_before, worker_after) / MB, 1
                 ),
@@ -171,7 +185,7 @@ def table(delay: dict[str, Any], peaks: dict[str, Any]) -> list[Row]:
     rows = [
         Row("short job alone (3 s WAV), 1 worker", f"{delay['short_alone_s']} s", command=command)
     ]
-    for kind in ("flac_6h", "opus_6h", "flac_lying_8ch"):
+    for kind in KINDS:
         extra, refusal = delay[f"{kind}_extra_wait_s"], delay[f"{kind}_refusal_s"]
         rows.append(
             Row(

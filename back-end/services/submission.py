@@ -141,6 +141,7 @@ async def _submit(
         content_length=content_length,
         spool_path=settings.spool_dir / job_id,
         max_bytes=settings.max_upload_bytes,
+        max_seconds=settings.max_audio_duration_seconds,
     )
     try:
         earlier = await store.deduplicate(token_id, upload.sha256)

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO
 
 import anyio
+from media_guard.declared import TAIL_BYTES, declared_seconds
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -61,10 +62,13 @@ def _too_large(max_bytes: int) -> UploadRejected:
 class _FilePart:
     """State of the `file` part: spool file, hash, size and the first bytes for sniffing."""
 
-    def __init__(self, path: Path, filename: str, max_bytes: int) -> None:
+    def __init__(
+        self, path: Path, filename: str, max_bytes: int, max_seconds: float | None = None
+    ) -> None:
         self.path = path
         self.filename = filename
         self.max_bytes = max_bytes
+        self.max_seconds = max_seconds
         self.hasher = hashlib.sha256()
         self.size = 0
         self.head = bytearray()
@@ -138,6 +142,7 @@ class _FilePart:
                 raise UploadRejected(422, problem, f"The WAV file is not playable ({problem})")
         await self.flush(force=True)
         await anyio.to_thread.run_sync(self._close)
+        await self._refuse_declared_too_long()
         return SpooledUpload(
             path=self.path,
             size=self.size,
@@ -145,6 +150,27 @@ class _FilePart:
             audio_format=self.audio_format,
             filename=self.filename,
         )
+
+    async def _refuse_declared_too_long(self) -> None:
+        """A file whose header states more than MAX_AUDIO_DURATION_SECONDS gets 422 now, not a
+        job that waits in the queue to be refused (six 6-hour files once held up everyone)."""
+        if self.max_seconds is None or self.audio_format not in ("wav", "flac", "ogg"):
+            return
+        tail = b""
+        if self.audio_format == "ogg":
+            tail = await anyio.to_thread.run_sync(self._read_tail)
+        declared = declared_seconds(self.audio_format, bytes(self.head), tail, self.size)
+        if declared is not None and declared > self.max_seconds:
+            raise UploadRejected(
+                422,
+                "audio_too_long",
+                f"The audio lasts {declared:.0f} s; the limit is {self.max_seconds:g} s",
+            )
+
+    def _read_tail(self) -> bytes:
+        with self.path.open("rb") as handle:
+            handle.seek(max(self.size - TAIL_BYTES, 0))
+            return handle.read(TAIL_BYTES)
 
     def _close(self) -> None:
         if self.handle is not None:
@@ -199,9 +225,10 @@ def _boundary(content_type: str | None) -> bytes:
 class _PartCollector:
     """Callbacks for python-multipart: routes part data to the file part, bounds the rest."""
 
-    def __init__(self, spool_path: Path, max_bytes: int) -> None:
+    def __init__(self, spool_path: Path, max_bytes: int, max_seconds: float | None) -> None:
         self.spool_path = spool_path
         self.max_bytes = max_bytes
+        self.max_seconds = max_seconds
         self.file: _FilePart | None = None
         self.ended = False
         self._current: _FilePart | None = None
@@ -244,7 +271,9 @@ class _PartCollector:
         if self.file is not None:
             raise UploadRejected(422, "multiple_files", "Send exactly one `file` field")
         filename = _checked_filename(params.get(b"filename", b""))
-        self.file = self._current = _FilePart(self.spool_path, filename, self.max_bytes)
+        self.file = self._current = _FilePart(
+            self.spool_path, filename, self.max_bytes, self.max_seconds
+        )
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current is not None:
@@ -267,8 +296,10 @@ async def receive_upload(
     content_length: str | None,
     spool_path: Path,
     max_bytes: int,
+    max_seconds: float | None = None,
 ) -> SpooledUpload:
-    """Stream the request body into `spool_path`; raises `UploadRejected` on any client error."""
+    """Stream the request body into `spool_path`; raises `UploadRejected` on any client error
+    (a header stating more than `max_seconds` of audio included)."""
     boundary = _boundary(content_type)
     if content_length is not None:
         try:
@@ -277,7 +308,7 @@ async def receive_upload(
             raise UploadRejected(400, "invalid_content_length", "Bad Content-Length") from None
         if declared > max_bytes + MULTIPART_OVERHEAD:
             raise _too_large(max_bytes)
-    collector = _PartCollector(spool_path, max_bytes)
+    collector = _PartCollector(spool_path, max_bytes, max_seconds)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     try:
         async for chunk in chunks:

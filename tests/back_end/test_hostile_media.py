@@ -9,7 +9,6 @@ The speed side (a short job queued behind six 6-hour files) is measured in
 
 from __future__ import annotations
 
-import subprocess
 import uuid
 from pathlib import Path
 from typing import Any
@@ -153,44 +152,42 @@ def test_job_when_10_min_of_8_channels_in_23_kb_then_completes_as_mono_within_30
     assert analysis_growth < 300 * 1024 * 1024
 
 
-def test_job_when_flac_declares_6_hours_then_audio_too_long_and_nothing_stored(
-    pipeline: str, token_id: str, s3_client: Any, s3_bucket: str, tmp_path: Path
+def test_upload_when_header_declares_6_hours_then_422_at_once_and_nothing_kept(
+    pipeline: str, token_id: str, spool_dir: Path, redis_client: Any, tmp_path: Path
 ) -> None:
+    # Never a job: it cannot wait in anyone's way in the queue.
     long = hostile_media.silent_flac(tmp_path / "long.flac", seconds=6 * 3600, rate=8000)
+    spooled_before = set(spool_dir.iterdir())
 
-    done = outcome(pipeline, token_id, long.read_bytes(), "long.flac")
+    response = submit(pipeline, token_id, long.read_bytes(), "long.flac")
 
-    assert_refused(done, "audio_too_long")
-    assert stored_keys(s3_client, s3_bucket, token_id) == []
+    assert response.status_code == 422, response.text
+    assert response.json() == {
+        "detail": "The audio lasts 21600 s; the limit is 600 s",
+        "code": "audio_too_long",
+    }
+    assert set(spool_dir.iterdir()) == spooled_before
+    assert not redis_client.keys("*")
 
 
 def test_job_when_no_length_is_declared_and_audio_runs_past_the_limit_then_audio_too_long(
     pipeline: str, token_id: str, s3_client: Any, s3_bucket: str
 ) -> None:
-    # FLAC written to a pipe cannot go back to fill in its length: only decoding can tell,
-    # and the decode stops a second past the limit instead of running to the end.
-    silence = ["-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", "900"]
-    piped = subprocess.run(
-        ["ffmpeg", "-v", "error", *silence, "-c:a", "flac", "-f", "flac", "pipe:1"],
-        capture_output=True,
-        check=True,
-        timeout=60,
-    ).stdout
-
-    done = outcome(pipeline, token_id, piped, "piped.flac")
+    # The decode stops a second past the limit instead of running to the end.
+    done = outcome(pipeline, token_id, hostile_media.piped_flac(900), "piped.flac")
 
     assert_refused(done, "audio_too_long")
     assert stored_keys(s3_client, s3_bucket, token_id) == []
 
 
-def test_queue_when_six_6_hour_files_wait_ahead_then_each_refused_and_the_short_job_completes(
-    pipeline: str, s3_client: Any, s3_bucket: str, tmp_path: Path
+def test_queue_when_six_6_hour_files_of_unstated_length_wait_ahead_then_short_job_completes(
+    pipeline: str, s3_client: Any, s3_bucket: str
 ) -> None:
-    long = hostile_media.silent_flac(tmp_path / "long.flac", seconds=6 * 3600, rate=8000)
+    # Their length unstated, they pass the API and are refused by the worker, each after
+    # decoding just past the limit rather than six hours.
+    long = hostile_media.piped_flac(6 * 3600)
     attacker, user = f"tok-{uuid.uuid4().hex[:8]}", f"tok-{uuid.uuid4().hex[:8]}"
-    queued = [
-        submit(pipeline, attacker, long.read_bytes() + bytes([n]), "long.flac") for n in range(6)
-    ]
+    queued = [submit(pipeline, attacker, long + bytes([n]), "long.flac") for n in range(6)]
     assert all(response.status_code == 202 for response in queued)
 
     short = outcome(pipeline, user, wav_bytes(3.0), "short.wav")

@@ -66,3 +66,15 @@ def lying_flac(path: Path, *, declared: float, actual: float, channels: int = 8)
     return declare_flac_length(
         silent_flac(path, seconds=actual, channels=channels).read_bytes(), seconds=declared
     )
+
+
+def piped_flac(seconds: float) -> bytes:
+    """Silence as FLAC written to a pipe: ffmpeg cannot go back to fill in its length, so
+    nothing but decoding tells how long it is."""
+    silence = ["-f", "lavfi", "-i", "anullsrc=r=8000:cl=mono", "-t", str(seconds)]
+    return subprocess.run(
+        ["ffmpeg", "-v", "error", *silence, "-c:a", "flac", "-f", "flac", "pipe:1"],
+        capture_output=True,
+        check=True,
+        timeout=120,
+    ).stdout

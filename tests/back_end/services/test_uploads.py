@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import itertools
 import os
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -151,3 +152,36 @@ def test_receive_upload_when_id3_tag_is_larger_than_the_window_then_accepted_for
 
     assert spooled.audio_format == "mp3"
     assert spooled.path.read_bytes() == content
+
+
+@pytest.mark.parametrize(
+    ("name", "codec"),
+    [("take.wav", []), ("take.flac", []), ("take.opus", ["-c:a", "libopus"])],
+    ids=["wav", "flac", "ogg-opus"],
+)
+@pytest.mark.parametrize(("limit", "refused"), [(2.0, True), (5.0, False)], ids=["over", "under"])
+def test_receive_upload_when_header_states_a_length_over_the_limit_then_422_and_no_file(
+    tmp_path: Path, name: str, codec: list[str], limit: float, refused: bool
+) -> None:
+    source = tmp_path / name
+    sine = ["-f", "lavfi", "-i", "sine=d=3"]
+    subprocess.run(["ffmpeg", "-v", "error", *sine, *codec, str(source)], check=True)
+    body = multipart(("file", name, source.read_bytes()))[0]
+
+    async def run() -> SpooledUpload:
+        return await receive_upload(
+            chunked(body),
+            content_type=CONTENT_TYPE,
+            content_length=None,
+            spool_path=tmp_path / "job",
+            max_bytes=16 * MB,
+            max_seconds=limit,
+        )
+
+    if not refused:
+        assert asyncio.run(run()).path.exists()
+        return
+    with pytest.raises(UploadRejected) as rejected:
+        asyncio.run(run())
+    assert (rejected.value.status, rejected.value.code) == (422, "audio_too_long")
+    assert not (tmp_path / "job").exists()
