@@ -2,11 +2,12 @@
 
 The worker is synchronous Celery code, so blocking boto3 is right here; the API never imports
 this module. The object key is derived from the job, so a retried upload overwrites instead of
-duplicating (DESIGN §10), and s3transfer aborts its multipart upload itself when a part fails.
+duplicating, and s3transfer aborts its multipart upload itself when a part fails.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,14 @@ from config import Settings
 from services.errors import TransientError
 
 MB = 1024 * 1024
+log = logging.getLogger(__name__)
+
+
+def _unavailable(operation: str, exc: Exception) -> TransientError:
+    """botocore's and s3transfer's messages name the spool file's host path and the bucket's
+    URL: those go to the log; the job's error, which users read, names the failure only."""
+    log.warning("S3 %s failed: %s", operation, exc)
+    return TransientError("storage_unavailable", f"S3 {operation} failed ({type(exc).__name__})")
 
 
 def object_key(token_id: str, job_id: str, extension: str) -> str:
@@ -83,9 +92,9 @@ class Storage:
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise TransientError("storage_unavailable", f"S3 head_object failed: {exc}") from exc
+            raise _unavailable("head_object", exc) from exc
         except BotoCoreError as exc:
-            raise TransientError("storage_unavailable", f"S3 unreachable: {exc}") from exc
+            raise _unavailable("head_object", exc) from exc
         return int(head["ContentLength"])
 
     def upload(
@@ -102,14 +111,14 @@ class Storage:
                 Config=self._transfer,
             )
         except (BotoCoreError, ClientError, boto3.exceptions.S3UploadFailedError) as exc:
-            raise TransientError("storage_unavailable", f"S3 upload failed: {exc}") from exc
+            raise _unavailable("upload", exc) from exc
         return size
 
     def delete(self, key: str) -> None:
         try:
             self._client.delete_object(Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as exc:
-            raise TransientError("storage_unavailable", f"S3 delete failed: {exc}") from exc
+            raise _unavailable("delete", exc) from exc
 
     def abort_multipart_uploads(self, key: str, *, attempts: int = 3) -> int:
         """Abort every unfinished multipart upload of `key` (leftovers are billed). Listing
@@ -119,7 +128,7 @@ class Storage:
             try:
                 listed = self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
             except (BotoCoreError, ClientError) as exc:
-                raise TransientError("storage_unavailable", f"S3 listing failed: {exc}") from exc
+                raise _unavailable("listing", exc) from exc
             uploads = [u for u in listed.get("Uploads", []) if u["Key"] == key]
             if not uploads:
                 break
