@@ -1,4 +1,4 @@
-"""Every error the API answers has the body `{"detail": str, "code": str}` (DESIGN §3).
+"""Every error the API answers has the body `{"detail": str, "code": str}`.
 
 Named exceptions are raised by services and mapped to HTTP here, in one place, so routers never
 build error responses and no bad input can surface as a 500 with an HTML or plain-text body.

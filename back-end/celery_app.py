@@ -1,8 +1,9 @@
 """The Celery application: `cd back-end && celery -A celery_app worker --queues=audio_queue`.
 
-Settings follow DESIGN §5 and §10: JSON only, late acks with redelivery when a worker dies, one
-task prefetched per process (tasks are long), task events on so Flower sees them, and a broker
-visibility timeout longer than the hard time limit so Redis does not redeliver running tasks.
+Settings (reasons in ARCHITECTURE.md and CELERY_GUIDE.md §3): JSON only, late acks with
+redelivery when a worker dies, one task prefetched per process (tasks are long), task events on
+so Flower sees them, and a broker visibility timeout longer than the hard time limit so Redis
+does not redeliver running tasks.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ celery_app.conf.update(
     accept_content=["json"],
     # Results are kept for the maintenance tasks (an operator running a sweep by hand reads
     # what it did); `analyze_audio` ignores its result: a job's state is its Redis hash and
-    # Stream (DESIGN §4) and Flower reads task states from events. That matters in the API:
+    # Stream and Flower reads task states from events. That matters in the API:
     # for a task with a result, `apply_async` touches Celery's result backend, which is built
     # once per thread (it is not thread-safe) — an entry-point scan and a new connection pool
     # in the upload threads (py-spy under bench/bench_upload_concurrency.py: a third of the

@@ -89,7 +89,7 @@ class Settings(BaseSettings):
     task_retry_delay: float = 60.0
     task_soft_time_limit: int = 840
     task_time_limit: int = 900
-    # Must exceed task_time_limit, or Redis redelivers a running task (DESIGN §10, celery#5935).
+    # Must exceed task_time_limit, or Redis redelivers a running task (celery#5935).
     broker_visibility_timeout: int = 1800
     enqueue_timeout_seconds: float = 3.0
     # How often workers look for tasks of dead workers past the visibility timeout.

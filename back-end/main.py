@@ -74,7 +74,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     async with contextlib.AsyncExitStack() as stack:
         # Bounded, blocking pool: under load requests wait briefly for a connection instead of
-        # failing with MaxConnectionsError (DESIGN §10).
+        # failing with MaxConnectionsError.
         pool = aioredis.BlockingConnectionPool.from_url(
             settings.redis_url,
             max_connections=settings.redis_max_connections,

@@ -7,9 +7,9 @@ clients upload 100 MB each at once.
 Closed loop: 20 clients upload back to back, which saturates the machine; there p50 is bound
 below by Little's law (20 / throughput), so it reports throughput more than latency.
 
-Why these three: the API must answer 202 in milliseconds however many users upload at once
-(DESIGN §1), its upload path must cost little beyond moving the bytes (streaming multipart
-parse + hash + spool, DESIGN §10), and its memory must stay flat whatever the file size
+Why these three: the API must answer 202 in milliseconds however many users upload at once,
+its upload path must cost little beyond moving the bytes (streaming multipart parse + hash +
+spool), and its memory must stay flat whatever the file size
 (ARCHITECTURE "Why spool to disk").
 
 The stack runs with **no Celery worker** (`workers=0`): every upload is still recorded in Redis

@@ -6,7 +6,7 @@ designs against the same Redis, clients and write load in one run.
 product uses (same pings, same send timeout), so the only difference is where events come
 from: every connected client reads its job's hash from Redis once a second and sends it when
 `updated_at` changed. Redis work therefore grows with the number of clients, idle or not, and
-an event waits up to a full poll interval. The pool is sized the way DESIGN §10 says a naive
+an event waits up to a full poll interval. The pool is sized the way a naive
 implementation must be to survive at all (a BlockingConnectionPool with a timeout).
 
 Run: `cd bench && REDIS_URL=redis://127.0.0.1:6379/0 uvicorn naive_polling_app:app`.

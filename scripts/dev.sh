@@ -45,7 +45,7 @@ load_env_file() {
 }
 load_env_file .env
 
-# Defaults for anything .env does not set (same as DESIGN §8).
+# Defaults for anything .env does not set (the same as config.py's).
 export API_HOST=${API_HOST:-127.0.0.1}
 export API_PORT=${API_PORT:-8000}
 export ANALYSIS_PORT=${ANALYSIS_PORT:-8001}

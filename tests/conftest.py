@@ -101,7 +101,7 @@ def stack_env(
         "AUDIO_STORE_FORMAT": "flac",
         "API_KEYS": "",
         "STALL_SECONDS": "2",
-        # A SIGKILLed worker's unacked task comes back after this (DESIGN §10); it must exceed
+        # A SIGKILLed worker's unacked task comes back after this; it must exceed
         # the hard time limit, as in production.
         "BROKER_VISIBILITY_TIMEOUT": "12",
         "BROKER_RESTORE_INTERVAL_SECONDS": "2",

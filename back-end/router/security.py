@@ -1,4 +1,4 @@
-"""The authentication dependency of the API routers (DESIGN §3, Auth)."""
+"""The authentication dependency of the API routers."""
 
 from __future__ import annotations
 

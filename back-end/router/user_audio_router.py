@@ -1,4 +1,4 @@
-"""Upload, result and live progress of audio analysis jobs (DESIGN §3). Thin: parse, call a
+"""Upload, result and live progress of audio analysis jobs. Thin: parse, call a
 service, return; errors are mapped in api_errors."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The two ways a pipeline stage can fail, which decide retry or immediate failure (DESIGN §5)."""
+"""The two ways a pipeline stage can fail, which decide retry or immediate failure."""
 
 from __future__ import annotations
 

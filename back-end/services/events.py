@@ -1,7 +1,7 @@
 """The per-process event hub: one Redis pub/sub subscription feeding every SSE client.
 
 Why: a Redis read loop per client costs Redis work proportional to the number of clients and
-exhausts connection pools at a few hundred streams (DESIGN §10). Here one subscription per API
+exhausts connection pools at a few hundred streams. Here one subscription per API
 process receives every job notification (which carries the snapshot itself) and hands it to the
 bounded in-process queues of the clients watching that job or token, so idle clients cost Redis
 nothing and a live event costs one pub/sub message per process.

@@ -92,7 +92,7 @@ redis.call('PUBLISH', channel, cjson.encode({job_id = snapshot['job_id'],
 return {1, id}
 """
 
-# Internal markers live in the same hash but never reach an event (DESIGN §4).
+# Internal markers live in the same hash but never reach an event.
 _SET_MARKERS_SCRIPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))

@@ -1,4 +1,4 @@
-"""Every Redis key and channel the product uses, in one place (DESIGN §4)."""
+"""Every Redis key and channel the product uses, in one place."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ from services import metrics
 
 JOB_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 
-# Job ids are UUID4s (DESIGN §3): found in a path or a Location header wherever they sit.
+# Job ids are UUID4s: found in a path or a Location header wherever they sit.
 JOB_ID_PATTERN = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 _BARE = re.compile(r"^[A-Za-z0-9_.:/@+\-]+$")

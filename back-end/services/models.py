@@ -1,4 +1,4 @@
-"""Job state as the API contract names it (DESIGN §3): statuses, stages and the snapshot."""
+"""Job state as the API contract names it: statuses, stages and the snapshot."""
 
 from __future__ import annotations
 

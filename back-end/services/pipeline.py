@@ -202,7 +202,7 @@ class Pipeline:
 
     def begin_delivery(self, job_id: str, *, worker_pid: int) -> bool:
         """Counts deliveries that started and never ended: a task that kills its own worker
-        would otherwise be redelivered forever (DESIGN §10, poison pills). False when this
+        would otherwise be redelivered forever (a poison pill). False when this
         delivery must not run — the job is failed as poison instead. Only a delivery that runs
         records its pid: a refused one must not look like a running job meanwhile."""
         crashes = self.store.count_delivery(job_id, +1)

@@ -2,7 +2,7 @@
 
 Byte callbacks and NDJSON lines can arrive hundreds of times a second; writing each would flood
 Redis and every SSE client. A write happens when the integer percent grew and at least
-`min_interval` passed, or always when `force` is set (stage boundaries, DESIGN §5).
+`min_interval` passed, or always when `force` is set (stage boundaries).
 """
 
 from __future__ import annotations

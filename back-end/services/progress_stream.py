@@ -1,5 +1,5 @@
 """What one SSE client receives: replay from a Redis Stream, then live events, in order, each
-exactly once (DESIGN §3).
+exactly once.
 
 Two feeds share this code: a job (its own Stream; ends after the terminal event) and a token
 (the token's Stream, which interleaves every event of its jobs; never ends). Ids are Redis Stream

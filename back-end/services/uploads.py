@@ -1,7 +1,7 @@
 """Receive a multipart upload straight into the spool, stopping at the size limit.
 
 Why not `UploadFile`: Starlette spools the whole body before the handler runs and has no size
-limit (DESIGN §10), so a 2 GB body would be read in full before we could say 413. Here
+limit, so a 2 GB body would be read in full before we could say 413. Here
 python-multipart's push parser sees each chunk as it arrives; the file part is hashed, sniffed
 and written in batches off the event loop, and the first byte past `MAX_UPLOAD_MB` ends the
 request. Whatever is rejected leaves no file behind.

@@ -1,5 +1,5 @@
 """The Celery task. It receives a job id only (never file bytes) and runs the pipeline;
-what to retry and what to fail is decided here from the error's kind (DESIGN §5)."""
+what to retry and what to fail is decided here from the error's kind."""
 
 from __future__ import annotations
 
