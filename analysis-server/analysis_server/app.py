@@ -97,7 +97,9 @@ def require_caller(request: Request, services: ServicesDep) -> None:
 
 
 Caller = [Depends(require_caller)]
-UNAUTHORIZED = {401: {"model": ErrorBody, "description": "unauthorized"}}
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "unauthorized"}
+}
 TokenId = Annotated[str, Path(pattern=TOKEN_ID_PATTERN, description="The token's id.")]
 
 
@@ -186,16 +188,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             min_seconds=settings.analysis_min_seconds,
             interval=settings.analysis_progress_interval_seconds,
         )
-        limits = {
-            "max_bytes": settings.analysis_max_bytes,
-            "limits": settings.decode_limits(),
-            "limiter": services.limiter,
-        }
+        limits = settings.decode_limits()
         audio, size = await fetch_and_decode(
-            services.s3, bucket=settings.s3_bucket, key=body.key, **limits
+            services.s3,
+            bucket=settings.s3_bucket,
+            key=body.key,
+            max_bytes=settings.analysis_max_bytes,
+            limits=limits,
+            limiter=services.limiter,
         )
         reference = await fetch_reference(
-            services.s3, bucket=settings.s3_bucket, key=reference_key(body.token_id), **limits
+            services.s3,
+            bucket=settings.s3_bucket,
+            key=reference_key(body.token_id),
+            max_bytes=settings.analysis_max_bytes,
+            limits=limits,
+            limiter=services.limiter,
         )
         inputs = Inputs(audio=audio, reference=reference, max_offset_ms=settings.sync_max_offset_ms)
         events = analyse(inputs, request=body, size=size, pacing=pacing, limiter=services.limiter)

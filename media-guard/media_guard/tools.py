@@ -15,6 +15,7 @@ import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO, Any
 
 from media_guard.errors import DECODER_UNAVAILABLE, TIMEOUT, MediaError
 from media_guard.formats import FormatRule
@@ -66,7 +67,7 @@ def _limit_address_space(limit: int) -> Callable[[], None]:
 
 
 def spawn_tool(
-    args: list[str], *, limits: ToolLimits, stdout: int | None, stderr: object
+    args: list[str], *, limits: ToolLimits, stdout: int | None, stderr: int | IO[Any] | None
 ) -> subprocess.Popen[bytes]:
     """Start ffmpeg/ffprobe under the address-space limit; a missing binary is the host's
     fault, so a retryable `decoder_unavailable`."""
@@ -75,7 +76,7 @@ def spawn_tool(
             args,
             stdin=subprocess.DEVNULL,
             stdout=stdout,
-            stderr=stderr,  # type: ignore[arg-type]
+            stderr=stderr,
             preexec_fn=_limit_address_space(limits.address_space_bytes),
         )
     except FileNotFoundError as exc:
