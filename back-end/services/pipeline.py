@@ -159,11 +159,12 @@ class Pipeline:
         return markers
 
     def fail(self, job_id: str, error: StageError, *, retryable: bool) -> None:
+        # The object goes first: whoever sees `failed` finds nothing of refused audio left.
+        if error.code in REFUSED_AUDIO:
+            self._delete_stored_object(job_id)
         self.store.fail(job_id, error, retryable=retryable)
         if not retryable:
             self.discard_spool(job_id)
-        if error.code in REFUSED_AUDIO:
-            self._delete_stored_object(job_id)
 
     def _delete_stored_object(self, job_id: str) -> None:
         """Audio refused as such (too long, lying about its length, undecodable) is not kept:
