@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+import click
+from celery import Celery, bootsteps
 from celery.signals import beat_init, worker_ready
 
 from config import REPO_ROOT, get_settings
@@ -91,6 +92,23 @@ worker_telemetry.install()
 
 # `celery -A celery_app` looks for an attribute named `app` (or `celery`).
 app = celery_app
+
+
+class SeedQueueOption(bootsteps.Step):
+    """`--queue=audio_queue`, as the seed's worker command spells it: Celery 5 knows only
+    `--queues`/`-Q` and would refuse to start. The worker has selected its queues (all of
+    them, without `-Q`) by the time its steps are built, so this narrows the selection."""
+
+    def __init__(self, worker: Any, queue: str | None = None, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        if queue:
+            worker.setup_queues(queue)
+
+
+celery_app.user_options["worker"].add(
+    click.Option(["--queue"], default=None, help="The seed's spelling of --queues (-Q).")
+)
+celery_app.steps["worker"].add(SeedQueueOption)
 
 
 @worker_ready.connect

@@ -61,7 +61,6 @@ from media_guard.decode import (
 )
 from media_guard.errors import UNSUPPORTED
 from media_guard.tools import input_args
-
 from services.errors import PermanentError, StageError, TransientError
 
 with warnings.catch_warnings():

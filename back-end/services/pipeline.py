@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from media_guard.errors import REFUSALS
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from config import Settings
+from media_guard.errors import REFUSALS
 from services import audio
 from services.analysis_client import AnalysisClient
 from services.errors import PermanentError, StageError, TransientError

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import IO
 
 import anyio
-from media_guard.declared import TAIL_BYTES, declared_seconds
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from media_guard.declared import TAIL_BYTES, declared_seconds
 from services.sniff import HEAD_BYTES, bytes_needed_to_sniff, sniff_audio_format, wav_problem
 from services.writeback import start_writeback
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -101,3 +102,43 @@ def test_flowerconfig_when_settings_have_basic_auth_then_flower_uses_them() -> N
     refused = basic_auth({"FLOWER_BASIC_AUTH": ""})
     assert refused.returncode != 0
     assert "FLOWER_BASIC_AUTH" in refused.stderr
+
+
+def test_seed_worker_command_when_run_verbatim_then_consumes_audio_queue_and_completes_jobs(
+    stack_env: dict[str, str], workdir: Path, analysis_service: stack.Proc, token_id: str
+) -> None:
+    # Seed 003's command, word for word; only the environment says where Redis and S3 are.
+    seed_command = "celery -A celery_app worker --loglevel=info --queue=audio_queue"
+    own_redis = stack.redis_proc(workdir).start()
+    env = {**stack_env, "REDIS_URL": f"redis://127.0.0.1:{own_redis.name.split(':')[1]}/0"}
+    marker = workdir / f"seed-worker-{token_id}.ready"
+    worker = stack.Proc(
+        name="worker:seed",
+        argv=[str(stack.BIN / "celery"), *seed_command.split()[1:]],
+        env=stack.service_env(env, YOUSYNC_WORKER_READY_FILE=str(marker)),
+        cwd=stack.BACK_END,
+        log_path=workdir / f"seed-worker-{token_id}.log",
+        ready=marker.exists,
+        ready_timeout=60.0,
+    )
+    api = stack.api_proc(env, workdir)
+    try:
+        worker.start()
+        api.start()
+        base = f"http://127.0.0.1:{api.name.split(':')[1]}"
+        body = httpx.post(
+            f"{base}/tokens/{token_id}/upload-audio",
+            files={"file": ("take.wav", wav_bytes(1.0), "audio/wav")},
+            timeout=30,
+        ).json()
+        done = httpx.get(f"{base}{body['result_url']}?wait=30", timeout=40).json()
+    finally:
+        api.stop()
+        worker.stop()
+        own_redis.kill()
+
+    assert done["status"] == "completed", done
+    banner = worker.log_path.read_text()
+    queues = banner[banner.index("[queues]") : banner.index("[tasks]")]
+    assert ".> audio_queue" in queues
+    assert "maintenance" not in queues, "only the queue the seed names"

@@ -7,8 +7,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from media_guard.declared import TAIL_BYTES, declared_seconds
 
+from media_guard.declared import TAIL_BYTES, declared_seconds
 from tests.helpers import hostile_media
 
 

@@ -6,10 +6,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from media_guard.decode import length_cap_seconds
-from media_guard.formats import RULES
 
 from media_guard import DecodeLimits, MediaError, decode_pcm, probe, rule_for, sniff_file
+from media_guard.decode import length_cap_seconds
+from media_guard.formats import RULES
 from tests.helpers import hostile_media
 
 

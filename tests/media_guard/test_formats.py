@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from media_guard.formats import bytes_needed_to_sniff, id3_end, sniff_audio_format, sniff_file
 
+from media_guard.formats import bytes_needed_to_sniff, id3_end, sniff_audio_format, sniff_file
 from tests.helpers import hostile_media
 
 MPEG_FRAME = b"\xff\xfb\x90\x64" + b"\x00" * 12

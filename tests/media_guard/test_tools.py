@@ -6,6 +6,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+
 from media_guard.errors import DECODER_UNAVAILABLE, TIMEOUT, MediaError
 from media_guard.formats import RULES
 from media_guard.tools import ToolLimits, clean_detail, input_args, run_tool
