@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -142,3 +143,76 @@ def test_seed_worker_command_when_run_verbatim_then_consumes_audio_queue_and_com
     queues = banner[banner.index("[queues]") : banner.index("[tasks]")]
     assert ".> audio_queue" in queues
     assert "maintenance" not in queues, "only the queue the seed names"
+
+
+def seed_proc(command: str, env: dict[str, str], workdir: Path, **ready: Any) -> stack.Proc:
+    """A seed command, run from back-end/ with the venv's executable of its first word."""
+    words = command.split()
+    name = f"seed-{words[0]}-{uuid.uuid4().hex[:6]}"
+    return stack.Proc(
+        name=name,
+        argv=[str(stack.BIN / words[0]), *words[1:]],
+        env=stack.service_env(env),
+        cwd=stack.BACK_END,
+        log_path=workdir / f"{name}.log",
+        **ready,
+    )
+
+
+def test_seed_api_command_when_run_verbatim_but_the_port_then_serves_the_api(
+    backend_env: dict[str, str], workdir: Path
+) -> None:
+    port = stack.free_port()
+    api = seed_proc(
+        f"uvicorn main:app --reload --host 0.0.0.0 --port {port}",
+        backend_env,
+        workdir,
+        ready=lambda: stack.http_ok(f"http://127.0.0.1:{port}/healthz"),
+    )
+    try:
+        api.start()
+        openapi = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=10).json()
+    finally:
+        api.kill()  # its process group: the reloader and the server it started
+
+    assert "/tokens/{token_id}/upload-audio" in openapi["paths"]
+
+
+def test_seed_flower_command_when_run_verbatim_but_the_port_then_serves_behind_basic_auth(
+    backend_env: dict[str, str], workdir: Path, flower_auth: tuple[str, str]
+) -> None:
+    port = stack.free_port()
+    env = {**backend_env, "FLOWER_BASIC_AUTH": ":".join(flower_auth)}
+    flower = seed_proc(
+        f"celery -A celery_app flower --port={port}",
+        env,
+        workdir,
+        ready=lambda: stack.http_ok(f"http://127.0.0.1:{port}/healthcheck"),
+    )
+    try:
+        flower.start()
+        anonymous = httpx.get(f"http://127.0.0.1:{port}/api/workers", timeout=10)
+        authenticated = httpx.get(
+            f"http://127.0.0.1:{port}/api/workers", auth=flower_auth, timeout=10
+        )
+    finally:
+        flower.kill()
+
+    assert anonymous.status_code == 401
+    assert authenticated.status_code == 200
+
+
+def test_seed_inspect_command_when_run_verbatim_then_lists_the_running_worker(
+    backend_env: dict[str, str], worker_service: stack.Proc
+) -> None:
+    result = subprocess.run(
+        [str(stack.BIN / "celery"), "-A", "celery_app", "inspect", "active"],
+        cwd=stack.BACK_END,
+        env=stack.service_env(backend_env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "w1@" in result.stdout  # the session worker's hostname
