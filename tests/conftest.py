@@ -21,6 +21,20 @@ BUCKET = "yousync-test"
 ANALYSIS_SECRET = "test-analysis-secret"
 
 
+# Any test that needs one of these starts (or talks to) real processes of the stack.
+PROCESS_FIXTURES = frozenset(
+    {"workdir", "redis_service", "s3_service", "analysis_service", "worker_service", "api_service"}
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark them `integration`, so `-m "not integration"` runs the unit layer alone in seconds.
+    Fixture closures are transitive: a test that asks for `pipeline` is marked too."""
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+
+
 @pytest.fixture(scope="session")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("stack")
