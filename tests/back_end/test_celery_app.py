@@ -109,16 +109,17 @@ def test_seed_worker_command_when_run_verbatim_then_consumes_audio_queue_and_com
     stack_env: dict[str, str], workdir: Path, analysis_service: stack.Proc, token_id: str
 ) -> None:
     # Seed 003's command, word for word; only the environment says where Redis and S3 are.
-    seed_command = "celery -A celery_app worker --loglevel=info --queue=audio_queue"
     own_redis = stack.redis_proc(workdir).start()
-    env = {**stack_env, "REDIS_URL": f"redis://127.0.0.1:{own_redis.name.split(':')[1]}/0"}
     marker = workdir / f"seed-worker-{token_id}.ready"
-    worker = stack.Proc(
-        name="worker:seed",
-        argv=[str(stack.BIN / "celery"), *seed_command.split()[1:]],
-        env=stack.service_env(env, YOUSYNC_WORKER_READY_FILE=str(marker)),
-        cwd=stack.BACK_END,
-        log_path=workdir / f"seed-worker-{token_id}.log",
+    env = {
+        **stack_env,
+        "REDIS_URL": f"redis://127.0.0.1:{own_redis.name.split(':')[1]}/0",
+        "YOUSYNC_WORKER_READY_FILE": str(marker),
+    }
+    worker = seed_proc(
+        "celery -A celery_app worker --loglevel=info --queue=audio_queue",
+        env,
+        workdir,
         ready=marker.exists,
         ready_timeout=60.0,
     )
@@ -159,19 +160,28 @@ def seed_proc(command: str, env: dict[str, str], workdir: Path, **ready: Any) ->
     )
 
 
+def seed_server(
+    command: str, env: dict[str, str], workdir: Path, health: str
+) -> tuple[stack.Proc, str]:
+    """A seed command that serves HTTP, `{port}` in it replaced by a free port; ready once
+    `health` answers 200. Returns the process (not started) and its base URL."""
+    port = stack.free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = seed_proc(
+        command.format(port=port), env, workdir, ready=lambda: stack.http_ok(base + health)
+    )
+    return proc, base
+
+
 def test_seed_api_command_when_run_verbatim_but_the_port_then_serves_the_api(
     backend_env: dict[str, str], workdir: Path
 ) -> None:
-    port = stack.free_port()
-    api = seed_proc(
-        f"uvicorn main:app --reload --host 0.0.0.0 --port {port}",
-        backend_env,
-        workdir,
-        ready=lambda: stack.http_ok(f"http://127.0.0.1:{port}/healthz"),
+    api, base = seed_server(
+        "uvicorn main:app --reload --host 0.0.0.0 --port {port}", backend_env, workdir, "/healthz"
     )
     try:
         api.start()
-        openapi = httpx.get(f"http://127.0.0.1:{port}/openapi.json", timeout=10).json()
+        openapi = httpx.get(f"{base}/openapi.json", timeout=10).json()
     finally:
         api.kill()  # its process group: the reloader and the server it started
 
@@ -181,20 +191,14 @@ def test_seed_api_command_when_run_verbatim_but_the_port_then_serves_the_api(
 def test_seed_flower_command_when_run_verbatim_but_the_port_then_serves_behind_basic_auth(
     backend_env: dict[str, str], workdir: Path, flower_auth: tuple[str, str]
 ) -> None:
-    port = stack.free_port()
     env = {**backend_env, "FLOWER_BASIC_AUTH": ":".join(flower_auth)}
-    flower = seed_proc(
-        f"celery -A celery_app flower --port={port}",
-        env,
-        workdir,
-        ready=lambda: stack.http_ok(f"http://127.0.0.1:{port}/healthcheck"),
+    flower, base = seed_server(
+        "celery -A celery_app flower --port={port}", env, workdir, "/healthcheck"
     )
     try:
         flower.start()
-        anonymous = httpx.get(f"http://127.0.0.1:{port}/api/workers", timeout=10)
-        authenticated = httpx.get(
-            f"http://127.0.0.1:{port}/api/workers", auth=flower_auth, timeout=10
-        )
+        anonymous = httpx.get(f"{base}/api/workers", timeout=10)
+        authenticated = httpx.get(f"{base}/api/workers", auth=flower_auth, timeout=10)
     finally:
         flower.kill()
 
