@@ -34,6 +34,8 @@ from typing import Annotated, Any
 import anyio
 from fastapi import Depends, FastAPI, Path, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from analysis_server.analysis import (
     Inputs,
@@ -48,6 +50,7 @@ from analysis_server.errors import (
     AnalysisError,
     AudioTooLarge,
     Unauthorized,
+    error_body,
     install_error_handlers,
 )
 from analysis_server.models import (
@@ -88,15 +91,37 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def require_caller(request: Request, services: ServicesDep) -> None:
-    """The shared secret, compared in constant time; anyone else gets 401."""
-    scheme, _, presented = request.headers.get("authorization", "").partition(" ")
-    expected = services.settings.analysis_shared_secret.encode()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), expected):
-        raise Unauthorized("this server answers the YouSync worker only (bearer secret)")
+OPEN_PATHS = frozenset({"/healthz"})
 
 
-Caller = [Depends(require_caller)]
+class RequireSharedSecret:
+    """Every request but OPEN_PATHS must carry `Authorization: Bearer <shared secret>`,
+    compared in constant time; anyone else gets 401 before a byte of the body is read (a
+    route dependency would run only after FastAPI parsed the body, and answer 422 first)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in OPEN_PATHS:
+            services: Services = scope["app"].state.services
+            presented = Headers(scope=scope).get("authorization", "")
+            scheme, _, token = presented.partition(" ")
+            expected = services.settings.analysis_shared_secret.encode()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(
+                token.strip().encode(), expected
+            ):
+                error = Unauthorized("this server answers the YouSync worker only (bearer secret)")
+                response = JSONResponse(
+                    error_body(error.code, error.message),
+                    status_code=error.status_code,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorBody, "description": "unauthorized"}
 }
@@ -141,12 +166,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="YouSync analysis server", version="1", lifespan=lifespan)
     install_error_handlers(app)
+    app.add_middleware(RequireSharedSecret)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", dependencies=Caller, responses=UNAUTHORIZED)
+    @app.get("/readyz", responses=UNAUTHORIZED)
     async def readyz(services: ServicesDep) -> JSONResponse:
         check = await check_bucket(
             services.s3,
@@ -164,7 +190,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.post(
         "/analyze",
         response_model=AnalysisResult,
-        dependencies=Caller,
         responses={
             **UNAUTHORIZED,
             200: {"content": {NDJSON: {}}, "description": "JSON, or NDJSON progress lines"},
@@ -224,7 +249,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/references/{token_id}",
         status_code=201,
         response_model=ReferenceInfo,
-        dependencies=Caller,
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -272,7 +296,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get(
         "/references/{token_id}",
         response_class=StreamingResponse,
-        dependencies=Caller,
         responses={
             **UNAUTHORIZED,
             200: {"content": {"audio/*": {}}, "description": "the stored audio, as uploaded"},
@@ -299,7 +322,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/references/{token_id}",
         status_code=204,
         response_class=Response,
-        dependencies=Caller,
         responses={
             **UNAUTHORIZED,
             404: {"model": ErrorBody, "description": "reference_not_found"},

@@ -37,6 +37,7 @@ from media_guard import (
     sniff_file,
 )
 from media_guard import errors as media
+from media_guard.probe import probe_limits
 
 _LOSSLESS = frozenset({"flac", "alac"})
 _ERRORS: dict[str, type[AnalysisError]] = {
@@ -80,7 +81,7 @@ def decode_file(path: Path, *, limits: DecodeLimits) -> DecodedAudio:
         rule = rule_for(sniffed) if sniffed else None
         if rule is None:
             raise MediaError(media.UNSUPPORTED, "not audio in a format we accept")
-        info = probe(path, rule)
+        info = probe(path, rule, limits=probe_limits(limits.tool))
         # Decoded straight to float32 (exact for up to 24-bit sources): the buffer ffmpeg
         # fills *is* the sample array, with no integer copy beside it.
         pcm = decode_pcm(path, info, limits, encoding="f32")

@@ -144,10 +144,11 @@ async def check_bucket(s3: S3Client, *, bucket: str, within_seconds: float) -> B
             await s3.head_bucket(Bucket=bucket)
     except TimeoutError:
         error = f"no answer within {within_seconds:g}s"
-    except ClientError as exc:
-        error = f"{exc.response.get('Error', {}).get('Code', 'error')}"
-    except _TRANSIENT_ERRORS as exc:
-        error = f"{type(exc).__name__}: {exc}"
+    except (ClientError, *_TRANSIENT_ERRORS) as exc:
+        # The kind of failure only: botocore's text names the endpoint and the bucket, and a
+        # NoSuchBucket code would tell a caller the bucket is missing. The log has it all.
+        log.warning("readiness: S3 check failed: %r", exc)
+        error = "refused" if isinstance(exc, ClientError) else "unreachable"
     latency_ms = round((time.perf_counter() - started) * 1000, 1)
     return BucketCheck(ok=error is None, latency_ms=latency_ms, error=error)
 

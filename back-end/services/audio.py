@@ -58,8 +58,10 @@ from media_guard.decode import (
     output_format,
     pump,
     refuse_declared_length,
+    refuse_discarded_excess,
 )
 from media_guard.errors import UNSUPPORTED
+from media_guard.probe import probe_limits
 from media_guard.tools import input_args
 from services.errors import PermanentError, StageError, TransientError
 
@@ -77,8 +79,9 @@ HARD_MAX_SAMPLE_RATE = 48000
 # The metering output of the streaming path: enough resolution for a duration exact to a
 # fraction of a millisecond, little enough data that reading it costs nothing.
 METER_RATE = 8000
-# Whole-file decodes: generous, but below the task's soft time limit (840 s by default).
-DECODE_TIMEOUT_SECONDS = 600.0
+# Whole-file decodes (also their CPU-time limit): 601 s of any accepted codec decodes and
+# encodes in a few seconds here; twenty times that is for a loaded host, not for a file.
+DECODE_TIMEOUT_SECONDS = 120.0
 # libopus encodes at these rates only; decoders always return 48 kHz.
 _OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
@@ -145,14 +148,16 @@ def stage_error(error: MediaError) -> StageError:
     return kind(error.code, error.message)
 
 
-def probe(path: Path, source_format: str | None = None) -> Probe:
+def probe(path: Path, source_format: str | None = None, *, tool: ToolLimits | None = None) -> Probe:
     """Sniff `path` again (the API saw only its first bytes), check it is `source_format`, and
     probe it under that format's rule."""
     sniffed = sniff_file(path)
     rule = rule_for(sniffed) if sniffed else None
-    if rule is None or (source_format is not None and sniffed != source_format):
+    # Behind an ID3 tag larger than its window the API can only guess "mp3"; ADTS is fine too.
+    agrees = sniffed == source_format or (source_format, sniffed) == ("mp3", "aac")
+    if rule is None or (source_format is not None and not agrees):
         raise MediaError(UNSUPPORTED, "The file is not audio in a format we accept")
-    return guarded_probe(path, rule)
+    return guarded_probe(path, rule, limits=probe_limits(tool or ToolLimits()))
 
 
 def decoded_bound_bytes(info: Probe, limits: DecodeLimits) -> int:
@@ -174,7 +179,7 @@ def _stored_format(path: Path, store_format: str) -> tuple[int, int]:
     """(sample rate, channels) a decoder will get from the stored file (48 kHz for Opus)."""
     rule = rule_for({"flac": "flac", "mp3": "mp3", "ogg": "ogg"}[store_format])
     assert rule is not None
-    stored = guarded_probe(path, rule)
+    stored = guarded_probe(path, rule, limits=probe_limits(ToolLimits()))
     return stored.sample_rate, stored.channels
 
 
@@ -219,6 +224,7 @@ def _prepare_with_ffmpeg(
     source: Path, info: Probe, *, store_format: str, target: Path, limits: DecodeLimits
 ) -> tuple[int, tuple[int, int]]:
     """One pass: the stored file (unless keeping the original) plus the metering stream."""
+    refuse_discarded_excess(source, info, limits)
     cap = length_cap_seconds(info, limits.max_seconds)
     args = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-y"]
     args += input_args(info.rule, source, max_seconds=cap)
@@ -265,7 +271,7 @@ def prepare(
     target = dest.with_name(f"{dest.name}.{extension}")
     method: Method = "ffmpeg"
     try:
-        info = probe(source, source_format)
+        info = probe(source, source_format, tool=limits.tool)
         refuse_declared_length(info, limits.max_seconds)
         if decoded_bound_bytes(info, limits) <= stream_threshold_bytes:
             method = "pydub"

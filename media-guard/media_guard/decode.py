@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import math
 import mmap
+import os
+import re
+import signal
 import subprocess
 import tempfile
 import threading
@@ -37,7 +40,14 @@ from media_guard.errors import (
     MediaError,
 )
 from media_guard.probe import Probe
-from media_guard.tools import ToolLimits, clean_detail, input_args, spawn_tool
+from media_guard.tools import (
+    STDERR_TAIL_BYTES,
+    ToolLimits,
+    clean_detail,
+    input_args,
+    run_tool,
+    spawn_tool,
+)
 
 # Encoder delay and padding differ between containers by tens of milliseconds, never seconds.
 TOLERANCE_SECONDS = 0.5
@@ -45,6 +55,8 @@ TOLERANCE_RATIO = 0.05
 # Decoded past a limit by this much is enough to know the limit was passed.
 OVERSHOOT_SECONDS = 1.0
 READ_BYTES = 1024 * 1024
+# How a child ends that used up RLIMIT_CPU: SIGXCPU at the soft limit (SIGKILL at the hard).
+_OUT_OF_CPU = frozenset({-signal.SIGXCPU, -signal.SIGKILL})
 
 
 @dataclass(frozen=True)
@@ -198,9 +210,9 @@ def pump(
             if process.poll() is None:
                 process.kill()
                 process.wait()
-        errors.seek(0)
-        detail = errors.read(64 * 1024).decode(errors="replace")
-    if expired.is_set():
+        errors.seek(max(0, errors.seek(0, os.SEEK_END) - STDERR_TAIL_BYTES))
+        detail = errors.read().decode(errors="replace")
+    if expired.is_set() or (returncode in _OUT_OF_CPU and not overflowed):
         raise MediaError(TIMEOUT, f"Decoding did not finish within {tool.timeout_seconds:.0f} s")
     if returncode != 0 and not overflowed:
         raise MediaError(
@@ -214,9 +226,40 @@ def max_output_bytes(seconds: float, *, rate: int, channels: int, width: int) ->
     return (math.ceil(seconds * rate) + 4096) * channels * width
 
 
+def packet_span_seconds(path: Path, info: Probe, *, up_to: float, tool: ToolLimits) -> float:
+    """The time the audio stream's packets cover, up to `up_to`, read without decoding (the
+    stream copied to ffmpeg's null muxer, which takes milliseconds for any length)."""
+    args = ["ffmpeg", "-nostdin", "-hide_banner", "-v", "error", "-nostats"]
+    args += input_args(info.rule, path)
+    args += ["-map", "0:a:0", "-c", "copy", "-t", f"{up_to:.3f}", "-f", "null", "-"]
+    args += ["-progress", "pipe:1"]
+    result = run_tool(args, limits=tool)
+    if result.returncode != 0:
+        detail = clean_detail(result.stderr.decode(errors="replace"), path)
+        raise MediaError(UNDECODABLE, f"The file could not be read as audio: {detail}")
+    times = re.findall(rb"^out_time_us=(\d+)$", result.stdout, flags=re.MULTILINE)
+    return int(times[-1]) / 1e6 if times else 0.0
+
+
+def refuse_discarded_excess(path: Path, info: Probe, limits: DecodeLimits) -> None:
+    """Where packets can be marked as discarded, a decoder can spend minutes of CPU on audio
+    that never comes out, and no output cap would notice: so the time the packets cover is
+    judged first, before any decode, against the limit and the declared length."""
+    if not info.rule.discards:
+        return
+    cap = length_cap_seconds(info, limits.max_seconds)
+    span = packet_span_seconds(path, info, up_to=cap, tool=limits.tool)
+    declared = info.exact_duration
+    if span > limits.max_seconds or (
+        declared is not None and span > declared + tolerance(declared)
+    ):
+        check_length(info, span, limits.max_seconds)
+
+
 def decode_pcm(path: Path, info: Probe, limits: DecodeLimits, *, encoding: str = "s16") -> Pcm:
     """Decode `path` (probed as `info`) into memory within `limits`; raises MediaError."""
     refuse_declared_length(info, limits.max_seconds)
+    refuse_discarded_excess(path, info, limits)
     rate, channels = output_format(info, limits)
     cap = length_cap_seconds(info, limits.max_seconds)
     codec, muxer, width = ENCODINGS[encoding]

@@ -17,6 +17,8 @@ from pathlib import Path
 
 SNIFF_BYTES = 16
 _ID3_HEADER = 10
+# Recorders write one ID3 tag, rarely two; a chain of many is a way to make sniffing slow.
+MAX_ID3_TAGS = 8
 
 CONTENT_TYPES = {
     "wav": "audio/wav",
@@ -42,6 +44,15 @@ _PCM = frozenset(
 )
 
 
+# ffmpeg's decoder names per codec name, where they differ (the whitelist matches decoders).
+_DECODERS = {
+    "mp3": ("mp3float", "mp3"),
+    "aac": ("aac", "aac_fixed"),
+    "opus": ("opus", "libopus"),
+    "vorbis": ("vorbis", "libvorbis"),
+}
+
+
 @dataclass(frozen=True)
 class FormatRule:
     """How one sniffed format is opened, and what ffprobe may find inside it."""
@@ -53,22 +64,42 @@ class FormatRule:
     options: tuple[str, ...] = ()
     # Whether the container states its length, or ffprobe only estimates it from the bitrate.
     exact_duration: bool = True
+    # Cover art (ID3 APIC, FLAC PICTURE, MP4 covr) is a picture stream ffprobe decodes too.
+    pictures: bool = False
+    # Whether packets can be marked for discarding (Matroska DiscardPadding, MP4 edit lists):
+    # a decoder then spends CPU on audio that never comes out, which no output cap can see.
+    discards: bool = False
+
+    @property
+    def decoders(self) -> str:
+        """The `-codec_whitelist`: ffmpeg may open these decoders on this file and no other."""
+        names = [name for codec in sorted(self.codecs) for name in _DECODERS.get(codec, (codec,))]
+        return ",".join(names + (["mjpeg", "png"] if self.pictures else []))
 
 
 RULES: dict[str, FormatRule] = {
     "wav": FormatRule("wav", frozenset({"wav"}), _PCM),
-    "flac": FormatRule("flac", frozenset({"flac"}), frozenset({"flac"})),
-    "ogg": FormatRule("ogg", frozenset({"ogg"}), frozenset({"opus", "vorbis", "flac"})),
+    "flac": FormatRule("flac", frozenset({"flac"}), frozenset({"flac"}), pictures=True),
+    "ogg": FormatRule(
+        "ogg", frozenset({"ogg"}), frozenset({"opus", "vorbis", "flac"}), pictures=True
+    ),
     "webm": FormatRule(
-        "matroska", frozenset({"matroska,webm"}), frozenset({"opus", "vorbis", "flac"})
+        "matroska",
+        frozenset({"matroska,webm"}),
+        frozenset({"opus", "vorbis", "flac"}),
+        discards=True,
     ),
     "m4a": FormatRule(
         "mov",
         frozenset({"mov,mp4,m4a,3gp,3g2,mj2"}),
         frozenset({"aac", "alac", "mp3"}),
         options=("-enable_drefs", "0"),
+        pictures=True,
+        discards=True,
     ),
-    "mp3": FormatRule("mp3", frozenset({"mp3"}), frozenset({"mp3"}), exact_duration=False),
+    "mp3": FormatRule(
+        "mp3", frozenset({"mp3"}), frozenset({"mp3"}), exact_duration=False, pictures=True
+    ),
     "aac": FormatRule("aac", frozenset({"aac"}), frozenset({"aac"}), exact_duration=False),
 }
 
@@ -77,18 +108,28 @@ def rule_for(audio_format: str) -> FormatRule | None:
     return RULES.get(audio_format)
 
 
+def _id3_size(header: bytes) -> int | None:
+    """Bytes of the ID3v2 tag whose 10-byte header is `header` (footer included), or None."""
+    if len(header) < _ID3_HEADER or header[:3] != b"ID3":
+        return None
+    size = 0
+    for byte in header[6:10]:
+        size = (size << 7) | (byte & 0x7F)  # "syncsafe": 7 bits per byte
+    return _ID3_HEADER + size + (_ID3_HEADER if header[5] & 0x10 else 0)
+
+
 def id3_end(head: bytes) -> int | None:
     """Offset of the first byte after the leading ID3v2 tags (several may follow each other),
-    or None when `head` does not start with one. May point beyond `head`."""
-    offset = 0
-    while head[offset : offset + 3] == b"ID3" and len(head) >= offset + _ID3_HEADER:
-        flags = head[offset + 5]
-        size = 0
-        for byte in head[offset + 6 : offset + 10]:
-            size = (size << 7) | (byte & 0x7F)  # "syncsafe": 7 bits per byte
-        offset += _ID3_HEADER + size + (_ID3_HEADER if flags & 0x10 else 0)
-        if offset + 3 > len(head):
-            break
+    or None when `head` does not start with one. May point beyond `head`. More than
+    MAX_ID3_TAGS tags in a row is not a recording (-1: refuse)."""
+    offset, tags = 0, 0
+    while (size := _id3_size(head[offset : offset + _ID3_HEADER])) is not None:
+        tags += 1
+        if tags > MAX_ID3_TAGS:
+            return -1
+        offset += size
+    if tags == 0 and head[:3] == b"ID3":
+        return len(head) + _ID3_HEADER  # a header cut short: its end lies beyond `head`
     return offset or None
 
 
@@ -96,7 +137,7 @@ def bytes_needed_to_sniff(head: bytes) -> int:
     """How many leading bytes `sniff_audio_format` wants: more than SNIFF_BYTES only behind
     an ID3 tag, whose end must be seen to know what it prefixes."""
     end = id3_end(head)
-    return SNIFF_BYTES if end is None else end + SNIFF_BYTES
+    return SNIFF_BYTES if end is None or end < 0 else end + SNIFF_BYTES
 
 
 def _mpeg_frame(head: bytes) -> str | None:
@@ -128,6 +169,8 @@ def sniff_audio_format(head: bytes, *, whole_file: bool = False) -> str | None:
         return "m4a"
     end = id3_end(head)
     if end is not None:
+        if end < 0:
+            return None
         if end + 4 > len(head):
             return None if whole_file else "mp3"
         return _mpeg_frame(head[end:])
@@ -135,14 +178,20 @@ def sniff_audio_format(head: bytes, *, whole_file: bool = False) -> str | None:
 
 
 def sniff_file(path: Path) -> str | None:
-    """`sniff_audio_format` on a whole file, looking behind an ID3 tag however large."""
+    """`sniff_audio_format` on a whole file, looking behind ID3 tags however large: walked
+    forward header by header (at most MAX_ID3_TAGS), so the cost does not grow with the file."""
     with path.open("rb") as handle:
         head = handle.read(SNIFF_BYTES)
-        end = id3_end(head)
-        while end is not None and end + 4 > len(head):
-            handle.seek(0)
-            head = handle.read(end + SNIFF_BYTES)
-            if len(head) < end + 4:
-                return None  # the file ends inside (or right after) its tags
-            end = id3_end(head)
-    return sniff_audio_format(head, whole_file=True)
+        if _id3_size(head[:_ID3_HEADER]) is None:
+            return sniff_audio_format(head, whole_file=True)
+        offset = 0
+        for _ in range(MAX_ID3_TAGS):
+            handle.seek(offset)
+            size = _id3_size(handle.read(_ID3_HEADER))
+            if size is None:
+                break
+            offset += size
+        else:
+            return None  # more tags than any recorder writes
+        handle.seek(offset)
+        return _mpeg_frame(handle.read(SNIFF_BYTES))

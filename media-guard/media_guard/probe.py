@@ -17,7 +17,16 @@ from media_guard.formats import FormatRule
 from media_guard.tools import ToolLimits, clean_detail, input_args, run_tool
 
 _SAMPLE_FMT_BYTES = {"u8": 1, "s16": 2, "s32": 4, "flt": 4, "dbl": 8, "s64": 8}
-PROBE_LIMITS = ToolLimits(timeout_seconds=30.0)
+PROBE_TIMEOUT_SECONDS = 30.0
+PROBE_LIMITS = ToolLimits(timeout_seconds=PROBE_TIMEOUT_SECONDS)
+
+
+def probe_limits(tool: ToolLimits) -> ToolLimits:
+    """A decode's limits made a probe's: the same address space, a shorter clock."""
+    return ToolLimits(
+        timeout_seconds=min(tool.timeout_seconds, PROBE_TIMEOUT_SECONDS),
+        address_space_bytes=tool.address_space_bytes,
+    )
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,9 @@ def probe(path: Path, rule: FormatRule, *, limits: ToolLimits = PROBE_LIMITS) ->
     )
     result = run_tool(args, limits=limits)
     if result.returncode != 0:
+        if b"not on whitelist" in result.stderr:
+            # A stream of another codec (a video track, say): ffmpeg refused to open its decoder.
+            raise MediaError(UNSUPPORTED, "The file holds a stream of a codec not accepted here")
         detail = clean_detail(result.stderr.decode(errors="replace"), path)
         raise MediaError(UNDECODABLE, f"The file could not be read as audio: {detail}")
     try:

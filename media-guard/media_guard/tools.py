@@ -1,18 +1,21 @@
-"""Starting ffprobe and ffmpeg on untrusted input: forced demuxer, `file` protocol only, an
-address-space limit on the child, and error text cleaned of host paths.
+"""Starting ffprobe and ffmpeg on untrusted input: forced demuxer, `file` protocol only, only
+the rule's decoders, resource limits on the child, and error text cleaned of host paths.
 
 The address-space limit (RLIMIT_AS) is what stops a decoder that allocates without bound, which
 no amount of argument checking can rule out in a C library. Debian's ffmpeg maps ≈ 300 MB of
 shared libraries before it reads a byte, so the limit must leave room for that (512 MB was
-enough for every format we accept, by measurement; the default is 1 GB).
+enough for every format we accept, by measurement; the default is 1 GB). The CPU-time limit
+(RLIMIT_CPU, the timeout in seconds) kills a child that spins even where no wall clock watches.
+Both are set by util-linux's `prlimit` before it execs the tool.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import resource
+import shutil
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -22,31 +25,27 @@ from media_guard.formats import FormatRule
 
 MB = 1024 * 1024
 DEFAULT_ADDRESS_SPACE_BYTES = 1024 * MB
+PRLIMIT = "prlimit"
 _ABSOLUTE_PATH = re.compile(r"(?<![\w:])/(?:[\w.@+\-]+/)*[\w.@+\-]*")
+# ffmpeg's stderr is kept up to this much, from its end (where the reason for failing is).
+STDERR_TAIL_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
 class ToolLimits:
-    """Bounds on one ffmpeg/ffprobe child: wall-clock seconds and address space."""
+    """Bounds on one ffmpeg/ffprobe child: wall-clock (and CPU) seconds and address space."""
 
     timeout_seconds: float = 600.0
     address_space_bytes: int = DEFAULT_ADDRESS_SPACE_BYTES
 
 
 def input_args(rule: FormatRule, path: Path, *, max_seconds: float | None = None) -> list[str]:
-    """The input half of a command line: no protocol but `file`, the demuxer forced, and at
-    most `max_seconds` of the input read (`-t` before `-i` limits every output at once)."""
+    """The input half of a command line: no protocol but `file`, no decoder but the rule's,
+    the demuxer forced, and at most `max_seconds` of the input read (`-t` before `-i` limits
+    every output at once)."""
     limit = [] if max_seconds is None else ["-t", f"{max_seconds:.3f}"]
-    return [
-        "-protocol_whitelist",
-        "file",
-        *rule.options,
-        *limit,
-        "-f",
-        rule.demuxer,
-        "-i",
-        str(path),
-    ]
+    allowed = ["-protocol_whitelist", "file", "-codec_whitelist", rule.decoders, *rule.options]
+    return [*allowed, *limit, "-f", rule.demuxer, "-i", str(path)]
 
 
 def clean_detail(text: str, path: Path | None = None) -> str:
@@ -59,28 +58,35 @@ def clean_detail(text: str, path: Path | None = None) -> str:
     return _ABSOLUTE_PATH.sub("<path>", line)[:300]
 
 
-def _limit_address_space(limit: int) -> Callable[[], None]:
-    def apply() -> None:  # runs in the child between fork and exec: setrlimit only
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+def _within_hard_limit(kind: int, wanted: int) -> int:
+    """A process may lower its limits, never raise them past its own hard limit."""
+    hard = resource.getrlimit(kind)[1]
+    return wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
 
-    return apply
+
+def limited(args: list[str], limits: ToolLimits) -> list[str]:
+    """`args` run by `prlimit`, which sets the child's address-space and CPU-time limits and
+    then execs it: no Python runs between fork and exec (a `preexec_fn` would, which is unsafe
+    from the threads both processes decode in)."""
+    memory = _within_hard_limit(resource.RLIMIT_AS, limits.address_space_bytes)
+    cpu = _within_hard_limit(resource.RLIMIT_CPU, max(1, math.ceil(limits.timeout_seconds)))
+    return [PRLIMIT, f"--as={memory}", f"--cpu={cpu}", "--", *args]
 
 
 def spawn_tool(
     args: list[str], *, limits: ToolLimits, stdout: int | None, stderr: int | IO[Any] | None
 ) -> subprocess.Popen[bytes]:
-    """Start ffmpeg/ffprobe under the address-space limit; a missing binary is the host's
+    """Start ffmpeg/ffprobe under the limits; a missing binary (or prlimit) is the host's
     fault, so a retryable `decoder_unavailable`."""
+    missing = [tool for tool in (PRLIMIT, args[0]) if shutil.which(tool) is None]
+    if missing:
+        raise MediaError(DECODER_UNAVAILABLE, f"{' and '.join(missing)} not installed")
     try:
         return subprocess.Popen(
-            args,
-            stdin=subprocess.DEVNULL,
-            stdout=stdout,
-            stderr=stderr,
-            preexec_fn=_limit_address_space(limits.address_space_bytes),
+            limited(args, limits), stdin=subprocess.DEVNULL, stdout=stdout, stderr=stderr
         )
-    except FileNotFoundError as exc:
-        raise MediaError(DECODER_UNAVAILABLE, f"{args[0]} is not installed") from exc
+    except OSError as exc:
+        raise MediaError(DECODER_UNAVAILABLE, f"{args[0]} could not be started") from exc
 
 
 def run_tool(args: list[str], *, limits: ToolLimits) -> subprocess.CompletedProcess[bytes]:

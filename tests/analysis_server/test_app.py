@@ -314,7 +314,8 @@ def test_readyz_when_storage_unreachable_then_503_with_s3_not_ok(no_storage_url:
     assert response.status_code == 503
     body = response.json()
     assert body["s3"]["ok"] is False
-    assert body["s3"]["error"]
+    assert body["s3"]["error"] == "unreachable"
+    assert "127.0.0.1" not in response.text, "botocore's text names the endpoint and bucket"
     assert time.monotonic() - started < 5
     # Liveness is independent of storage: the process itself is fine.
     assert httpx.get(f"{no_storage_url}/healthz", timeout=5).status_code == 200
@@ -470,3 +471,17 @@ def test_put_reference_when_8_channels_of_10_minutes_then_decoded_within_300_mb(
     assert response.json()["channels"] == 8  # the source's; decoded as mono
     print(f"analysis server peak RSS growth: {growth / 2**20:.0f} MB")
     assert growth < 300 * 1024 * 1024, f"the analysis server grew by {growth >> 20} MB"
+
+
+def test_analyze_when_no_secret_and_a_malformed_body_then_401_not_a_parse_error(
+    analysis_url: str,
+) -> None:
+    # Nobody without the secret learns how the server parses what it is sent.
+    response = httpx.post(
+        f"{analysis_url}/analyze",
+        content=b"{not json",
+        headers={"Content-Type": "application/json"},
+        timeout=10,
+    )
+
+    assert_error(response, 401, "unauthorized")

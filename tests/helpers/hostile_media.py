@@ -78,3 +78,56 @@ def piped_flac(seconds: float) -> bytes:
         check=True,
         timeout=120,
     ).stdout
+
+
+def _ebml(element_id: bytes, payload: bytes) -> bytes:
+    size = len(payload)
+    length = next(n for n in range(1, 9) if size < (1 << (7 * n)) - 1)
+    return element_id + ((1 << (7 * length)) | size).to_bytes(length, "big") + payload
+
+
+def _uint(element_id: bytes, value: int) -> bytes:
+    return _ebml(element_id, value.to_bytes(max(1, (value.bit_length() + 7) // 8), "big"))
+
+
+def webm_all_discarded(blocks: int) -> bytes:
+    """WebM/Opus whose every 120 ms block carries DiscardPadding of its whole length: the
+    decoder works through all of it and outputs nothing, so no output cap ever trips. Written
+    by hand (no tool writes such a file on purpose); ffprobe accepts it as Opus in WebM."""
+    header = _ebml(
+        b"\x1a\x45\xdf\xa3",
+        _uint(b"\x42\x86", 1)
+        + _uint(b"\x42\xf7", 1)
+        + _uint(b"\x42\xf2", 4)
+        + _uint(b"\x42\xf3", 8)
+        + _ebml(b"\x42\x82", b"webm")
+        + _uint(b"\x42\x87", 4)
+        + _uint(b"\x42\x85", 2),
+    )
+    info = _ebml(b"\x15\x49\xa9\x66", _uint(b"\x2a\xd7\xb1", 1_000_000))
+    opus_head = b"OpusHead\x01\x01" + (0).to_bytes(2, "little") + (48000).to_bytes(4, "little")
+    opus_head += b"\x00\x00\x00"
+    audio = _ebml(b"\xe1", _ebml(b"\xb5", b"\x40\xe7\x70\x00\x00\x00\x00\x00") + _uint(b"\x9f", 1))
+    track = _ebml(
+        b"\xae",
+        _uint(b"\xd7", 1)
+        + _uint(b"\x73\xc5", 1)
+        + _uint(b"\x83", 2)
+        + _ebml(b"\x86", b"A_OPUS")
+        + _ebml(b"\x63\xa2", opus_head)
+        + audio,
+    )
+    body = bytearray(header + b"\x18\x53\x80\x67\x01\xff\xff\xff\xff\xff\xff\xff")
+    body += info + _ebml(b"\x16\x54\xae\x6b", track)
+    packet = bytes([0xFB, 6])  # six lost 20 ms CELT frames: the decoder conceals them
+    per_cluster, written, cluster_ms = 250, 0, 0
+    while written < blocks:
+        count = min(per_cluster, blocks - written)
+        cluster = bytearray(_uint(b"\xe7", cluster_ms))
+        for index in range(count):
+            block = _ebml(b"\xa1", b"\x81" + (index * 120).to_bytes(2, "big") + b"\x00" + packet)
+            cluster += _ebml(b"\xa0", block + _uint(b"\x75\xa2", 120_000_000))
+        body += _ebml(b"\x1f\x43\xb6\x75", bytes(cluster))
+        cluster_ms += count * 120
+        written += count
+    return bytes(body)

@@ -138,3 +138,44 @@ def test_decode_pcm_when_cut_short_then_truncated(tmp_path: Path) -> None:
         decode_pcm(cut, probed(cut), DecodeLimits())
 
     assert refused.value.code == "truncated_audio"
+
+
+def test_decode_pcm_when_every_packet_is_discarded_then_refused_from_packet_time_undecoded(
+    tmp_path: Path,
+) -> None:
+    # 40 minutes of blocks that decode to nothing: no output cap could trip, and the decode
+    # would burn CPU through all of them before finding the file empty.
+    source = tmp_path / "discarded.webm"
+    source.write_bytes(hostile_media.webm_all_discarded(20_000))
+
+    with pytest.raises(MediaError) as refused:
+        decode_pcm(source, probed(source), DecodeLimits(max_seconds=600))
+
+    assert refused.value.code == "audio_too_long"
+
+
+def test_probe_when_a_video_track_rides_along_then_its_decoder_is_never_opened(
+    tmp_path: Path,
+) -> None:
+    source = make(
+        tmp_path / "take.webm",
+        *("-f", "lavfi", "-i", "sine=d=2", "-f", "lavfi", "-i", "color=red:s=32x32:d=1"),
+        *("-map", "0", "-map", "1", "-c:a", "libopus", "-c:v", "png", "-f", "matroska"),
+    )
+
+    with pytest.raises(MediaError) as refused:
+        probed(source)
+
+    assert refused.value.code == "unsupported_audio_format"
+
+
+def test_probe_when_mp3_has_cover_art_then_accepted(tmp_path: Path) -> None:
+    source = make(
+        tmp_path / "take.mp3",
+        *("-f", "lavfi", "-i", "sine=d=2", "-f", "lavfi", "-i", "color=red:s=32x32:d=1"),
+        *("-map", "0", "-map", "1", "-frames:v", "1", "-c:v", "png"),
+        *("-disposition:v", "attached_pic", "-id3v2_version", "3"),
+    )
+
+    assert probed(source).codec == "mp3"
+    assert decode_pcm(source, probed(source), DecodeLimits()).seconds == pytest.approx(2, abs=0.1)

@@ -50,8 +50,18 @@ def test_sniff_when_no_id3_tag_then_sixteen_bytes_suffice() -> None:
         (hostile_media.id3_padding(8192) + MPEG_FRAME, "mp3"),
         (hostile_media.concat_script("victim.wav", tag=hostile_media.id3_padding(8192)), None),
         (hostile_media.id3_padding(8192)[:5000], None),
+        (hostile_media.id3_padding(2) + hostile_media.id3_padding(8192) + MPEG_FRAME, "mp3"),
+        (hostile_media.id3_padding(8192) + ADTS_FRAME, "aac"),
+        (hostile_media.id3_padding(4000) + hostile_media.id3_padding(3) * 9 + MPEG_FRAME, None),
     ],
-    ids=["mp3-with-cover-art", "concat-behind-8k-tag", "file-ends-inside-the-tag"],
+    ids=[
+        "mp3-with-cover-art",
+        "concat-behind-8k-tag",
+        "file-ends-inside-the-tag",
+        "tiny-tag-then-large-tag",
+        "adts-behind-8k-tag",
+        "ten-chained-tags",
+    ],
 )
 def test_sniff_file_when_tag_is_larger_than_any_head_then_looks_behind_it_on_disk(
     tmp_path: Path, body: bytes, expected: str | None
@@ -60,3 +70,10 @@ def test_sniff_file_when_tag_is_larger_than_any_head_then_looks_behind_it_on_dis
     path.write_bytes(body)
 
     assert sniff_file(path) == expected
+
+
+def test_sniff_when_more_chained_tags_than_any_recorder_writes_then_refused() -> None:
+    head = hostile_media.id3_padding(3) * 9 + MPEG_FRAME
+
+    assert sniff_audio_format(head) is None
+    assert id3_end(head) == -1

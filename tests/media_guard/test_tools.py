@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,30 @@ from media_guard.formats import RULES
 from media_guard.tools import ToolLimits, clean_detail, input_args, run_tool
 
 
-def test_run_tool_when_started_then_child_has_the_address_space_limit() -> None:
-    limits = ToolLimits(address_space_bytes=640 * 1024 * 1024)
+def test_run_tool_when_started_then_child_has_the_address_space_and_cpu_limits() -> None:
+    limits = ToolLimits(address_space_bytes=640 * 1024 * 1024, timeout_seconds=42.5)
 
-    result = run_tool(["sh", "-c", "ulimit -v"], limits=limits)
+    result = run_tool(["sh", "-c", "ulimit -v; ulimit -t"], limits=limits)
 
-    assert result.stdout.decode().strip() == str(640 * 1024)  # ulimit -v counts KiB
+    # ulimit -v counts KiB; the CPU limit is the timeout, rounded up.
+    assert result.stdout.decode().split() == [str(640 * 1024), "43"]
+
+
+def test_run_tool_when_the_process_hard_limit_is_lower_then_that_limit_not_an_error() -> None:
+    # A worker started under a lower hard limit (a container's) cannot raise it for a child.
+    code = (
+        "from media_guard.tools import ToolLimits, run_tool;"
+        "print(run_tool(['sh', '-c', 'ulimit -v'], limits=ToolLimits()).stdout.decode())"
+    )
+    result = subprocess.run(
+        ["prlimit", f"--as={900 * 1024 * 1024}", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [str(900 * 1024)]
 
 
 def test_run_tool_when_child_outlives_its_timeout_then_killed_and_decode_timeout() -> None:

@@ -17,6 +17,7 @@ import pytest
 
 from services import audio
 from services.errors import PermanentError
+from tests.helpers import hostile_media
 
 pytestmark = pytest.mark.skipif(
     shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None,
@@ -391,3 +392,17 @@ def test_prepare_when_large_input_then_ffmpeg_path_memory_stays_flat_unlike_pydu
     assert streamed < 10 * 1024 * 1024, f"ffmpeg path grew the worker by {streamed} bytes"
     # The in-memory path holds the clip as converted by ffmpeg: mono, 44.1 kHz, 16-bit.
     assert in_memory > 3 * 60 * 44_100 * 2, "pydub holds at least the whole decoded clip"
+
+
+def test_prepare_when_api_guessed_mp3_behind_a_large_tag_and_it_is_adts_then_prepared(
+    tmp_path: Path,
+) -> None:
+    # The API sees 4 KB: behind a larger ID3 tag it can only say "mp3"; ADTS AAC is as good.
+    adts = tmp_path / "take.aac"
+    ffmpeg("-f", "lavfi", "-i", "sine=f=440:d=2", "-c:a", "aac", "-f", "adts", str(adts))
+    source = tmp_path / "take"
+    source.write_bytes(hostile_media.id3_padding(8192) + adts.read_bytes())
+
+    prepared = run(source, threshold=IN_MEMORY, source_format="mp3")
+
+    assert abs(prepared.duration_ms - 2000) <= 60
