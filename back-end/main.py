@@ -31,6 +31,7 @@ from services.events import EventHub
 from services.jobs import AsyncJobStore
 from services.limits import UploadSlots
 from services.metrics import bind as bind_metrics
+from services.models import ANALYZE_TASK
 from services.stall_watch import watch_stalls
 from services.storage import s3_client_kwargs
 
@@ -38,19 +39,26 @@ log = logging.getLogger("yousync.api")
 
 
 def _enqueue(job_id: str, task_id: str) -> None:
-    """Blocking publish to the broker; the API runs it in a worker thread."""
-    from tasks.audio_tasks import analyze_audio
+    """Blocking publish to the broker; the API runs it in a worker thread. By the task's name
+    and the workers' routing: the API never imports worker code (the task module would bring
+    the pipeline, pydub and the audio preparation into every API process). No result is
+    expected (the job's state is its Redis hash), so no result backend is touched either."""
+    from celery_app import AUDIO_QUEUE, celery_app
 
-    analyze_audio.apply_async(args=[job_id], task_id=task_id)
+    celery_app.send_task(
+        ANALYZE_TASK,
+        args=[job_id],
+        task_id=task_id,
+        queue=AUDIO_QUEUE,
+        ignore_result=True,
+        result_cls=str,
+    )
 
 
 def _freeze_startup_objects() -> None:
     """Python's full collections scan every tracked object and pause the event loop, so every
-    open stream and upload, for as long as they take: ~200 ms here with the modules the first
-    publish would import (Celery's task module pulls in boto3). Importing them now and freezing
-    what startup built leaves full collections only the objects requests create."""
-    import tasks.audio_tasks  # noqa: F401  (no connections: clients are built on first use)
-
+    open stream and upload, for as long as they take (~200 ms measured). Freezing what startup
+    built leaves full collections only the objects requests create."""
     gc.collect()
     gc.freeze()
 

@@ -21,6 +21,10 @@ class JobStatus(StrEnum):
         return self in TERMINAL_STATUSES
 
 
+# The analysis task's name, as the broker carries it: the API publishes by it and the worker
+# registers under it. Never rename it: messages queued during a deploy carry the old name.
+ANALYZE_TASK = "tasks.audio_tasks.analyze_audio"
+
 TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 

@@ -25,10 +25,10 @@ from celery.signals import setup_logging, task_postrun, task_prerun
 
 from config import get_settings
 from services import keys, logging_setup, metrics
+from services.models import ANALYZE_TASK
 
 log = logging.getLogger("yousync.worker")
 
-ANALYZE_TASK = "tasks.audio_tasks.analyze_audio"
 
 # task id -> (perf_counter at start, context token); a prefork child runs one task at a time,
 # so this holds at most a few entries.

@@ -19,6 +19,7 @@ from celery_app import AUDIO_QUEUE, celery_app, settings
 from services.analysis_client import AnalysisClient
 from services.errors import PermanentError, StageError, TransientError
 from services.jobs import JobStore, Refused
+from services.models import ANALYZE_TASK
 from services.pipeline import Pipeline
 from services.storage import Storage
 
@@ -80,7 +81,7 @@ class AudioTask(Task):
 @celery_app.task(
     base=AudioTask,
     bind=True,
-    name="tasks.audio_tasks.analyze_audio",
+    name=ANALYZE_TASK,
     queue=AUDIO_QUEUE,
     acks_late=True,
     reject_on_worker_lost=True,

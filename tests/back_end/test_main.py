@@ -1,0 +1,35 @@
+"""The API process: what it loads. It publishes tasks by name and never imports worker code,
+so its memory holds no pipeline, no pydub, no audio preparation."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from devtools import stack
+
+SCRIPT = """
+import sys
+from starlette.testclient import TestClient
+import main
+with TestClient(main.app) as client:
+    assert client.get("/healthz").status_code == 200
+worker_code = ("pydub", "tasks.audio_tasks", "services.pipeline", "services.audio")
+print(" ".join(name for name in worker_code if name in sys.modules) or "none")
+"""
+
+
+def test_api_when_its_lifespan_has_run_then_no_worker_module_is_loaded(
+    backend_env: dict[str, str],
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT],
+        cwd=stack.BACK_END,
+        env=stack.service_env(backend_env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["none"]
