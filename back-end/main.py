@@ -51,8 +51,17 @@ def _enqueue(job_id: str, task_id: str) -> None:
         task_id=task_id,
         queue=AUDIO_QUEUE,
         ignore_result=True,
-        result_cls=str,
+        result_cls=_Published,
     )
+
+
+class _Published:
+    """What `send_task` hands back instead of an AsyncResult, whose construction would build
+    this thread's result backend for a result nobody reads."""
+
+    def __init__(self, task_id: str) -> None:
+        self.id = task_id
+        self.ignored = True
 
 
 def _freeze_startup_objects() -> None:
