@@ -314,7 +314,9 @@ def test_readyz_when_storage_unreachable_then_503_with_s3_not_ok(no_storage_url:
     assert response.status_code == 503
     body = response.json()
     assert body["s3"]["ok"] is False
-    assert body["s3"]["error"] == "unreachable"
+    # Refused at once, or no answer within readiness's deadline on a loaded host: either way
+    # the kind of failure only.
+    assert body["s3"]["error"] == "unreachable" or body["s3"]["error"].startswith("no answer")
     assert "127.0.0.1" not in response.text, "botocore's text names the endpoint and bucket"
     assert time.monotonic() - started < 5
     # Liveness is independent of storage: the process itself is fine.
