@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._stack import ForeignLoad, Row, command_for, running_stack, write_result
 from bench.summary import write_summary

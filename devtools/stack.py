@@ -207,6 +207,20 @@ def service_env(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
     return env
 
 
+def run_in_back_end(
+    argv: Sequence[str], env: Mapping[str, str], *, timeout: float = 60.0
+) -> subprocess.CompletedProcess[str]:
+    """One short command run from back-end/ to its end, as an operator types it there."""
+    return subprocess.run(
+        list(argv),
+        cwd=BACK_END,
+        env=service_env(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 # The API's own flags: on shutdown, open streams get at most 5 s to end.
 API_UVICORN_ARGS = ("--timeout-graceful-shutdown", "5")
 

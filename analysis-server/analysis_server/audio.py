@@ -32,12 +32,9 @@ from media_guard import (
     DecodeLimits,
     MediaError,
     decode_pcm,
-    probe,
-    rule_for,
-    sniff_file,
 )
 from media_guard import errors as media
-from media_guard.probe import probe_limits
+from media_guard.probe import probe_file, probe_limits
 
 _LOSSLESS = frozenset({"flac", "alac"})
 _ERRORS: dict[str, type[AnalysisError]] = {
@@ -77,11 +74,7 @@ def decode_file(path: Path, *, limits: DecodeLimits) -> DecodedAudio:
     """Decode the file at `path`; raises UnsupportedAudioFormat, UndecodableAudio,
     AudioTooLong, EmptyAudio or DecoderUnavailable."""
     try:
-        sniffed = sniff_file(path)
-        rule = rule_for(sniffed) if sniffed else None
-        if rule is None:
-            raise MediaError(media.UNSUPPORTED, "not audio in a format we accept")
-        info = probe(path, rule, limits=probe_limits(limits.tool))
+        info = probe_file(path, limits=probe_limits(limits.tool))
         # Decoded straight to float32 (exact for up to 24-bit sources): the buffer ffmpeg
         # fills *is* the sample array, with no integer copy beside it.
         pcm = decode_pcm(path, info, limits, encoding="f32")

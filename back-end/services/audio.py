@@ -48,7 +48,6 @@ from media_guard import (
     ToolLimits,
     length_cap_seconds,
     rule_for,
-    sniff_file,
 )
 from media_guard import probe as guarded_probe
 from media_guard.decode import (
@@ -60,8 +59,7 @@ from media_guard.decode import (
     refuse_declared_length,
     refuse_discarded_excess,
 )
-from media_guard.errors import UNSUPPORTED
-from media_guard.probe import probe_limits
+from media_guard.probe import probe_file, probe_limits
 from media_guard.tools import input_args
 from services.errors import PermanentError, StageError, TransientError
 
@@ -151,13 +149,7 @@ def stage_error(error: MediaError) -> StageError:
 def probe(path: Path, source_format: str | None = None, *, tool: ToolLimits | None = None) -> Probe:
     """Sniff `path` again (the API saw only its first bytes), check it is `source_format`, and
     probe it under that format's rule."""
-    sniffed = sniff_file(path)
-    rule = rule_for(sniffed) if sniffed else None
-    # Behind an ID3 tag larger than its window the API can only guess "mp3"; ADTS is fine too.
-    agrees = sniffed == source_format or (source_format, sniffed) == ("mp3", "aac")
-    if rule is None or (source_format is not None and not agrees):
-        raise MediaError(UNSUPPORTED, "The file is not audio in a format we accept")
-    return guarded_probe(path, rule, limits=probe_limits(tool or ToolLimits()))
+    return probe_file(path, limits=probe_limits(tool or ToolLimits()), expected=source_format)
 
 
 def decoded_bound_bytes(info: Probe, limits: DecodeLimits) -> int:
@@ -177,7 +169,7 @@ def store_format_for(source: Probe, *, store_format: str, limits: DecodeLimits) 
 
 def _stored_format(path: Path, store_format: str) -> tuple[int, int]:
     """(sample rate, channels) a decoder will get from the stored file (48 kHz for Opus)."""
-    rule = rule_for({"flac": "flac", "mp3": "mp3", "ogg": "ogg"}[store_format])
+    rule = rule_for(store_format)  # the store formats are upload formats too
     assert rule is not None
     stored = guarded_probe(path, rule, limits=probe_limits(ToolLimits()))
     return stored.sample_rate, stored.channels

@@ -25,7 +25,6 @@ import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -36,17 +35,16 @@ from media_guard.errors import (
     TIMEOUT,
     TOO_LONG,
     TRUNCATED,
-    UNDECODABLE,
     MediaError,
 )
 from media_guard.probe import Probe
 from media_guard.tools import (
     STDERR_TAIL_BYTES,
     ToolLimits,
-    clean_detail,
     input_args,
     run_tool,
     spawn_tool,
+    unreadable,
 )
 
 # Encoder delay and padding differ between containers by tens of milliseconds, never seconds.
@@ -70,8 +68,11 @@ class DecodeLimits:
 
 
 # Output encodings: ffmpeg codec and raw muxer, bytes per sample.
-ENCODINGS = {"s16": ("pcm_s16le", "s16le", 2), "s32": ("pcm_s32le", "s32le", 4)}
-ENCODINGS["f32"] = ("pcm_f32le", "f32le", 4)
+ENCODINGS = {
+    "s16": ("pcm_s16le", "s16le", 2),
+    "s32": ("pcm_s32le", "s32le", 4),
+    "f32": ("pcm_f32le", "f32le", 4),
+}
 
 
 @dataclass(frozen=True)
@@ -115,16 +116,22 @@ def length_cap_seconds(info: Probe, max_seconds: float) -> float:
     return cap
 
 
-def check_length(info: Probe, decoded_seconds: float, max_seconds: float) -> None:
-    """Judge what a decode yielded against the limit and against the header's claim."""
-    if decoded_seconds > max_seconds:
+def check_not_longer(info: Probe, seconds: float, max_seconds: float) -> None:
+    """Refuse audio longer than the limit, or longer than its header declares."""
+    if seconds > max_seconds:
         raise MediaError(TOO_LONG, f"The audio lasts longer than the limit of {max_seconds:g} s")
     declared = info.exact_duration
-    if declared is not None and decoded_seconds > declared + tolerance(declared):
+    if declared is not None and seconds > declared + tolerance(declared):
         raise MediaError(
             LONGER_THAN_DECLARED,
             f"The file declares {declared:.1f} s of audio but holds more; it is refused",
         )
+
+
+def check_length(info: Probe, decoded_seconds: float, max_seconds: float) -> None:
+    """Judge what a decode yielded against the limit and against the header's claim."""
+    check_not_longer(info, decoded_seconds, max_seconds)
+    declared = info.exact_duration
     if decoded_seconds <= 0:
         raise MediaError(EMPTY, "The file contains no audio")
     if declared is not None and declared - decoded_seconds > tolerance(declared):
@@ -165,7 +172,6 @@ def pump(
     tool: ToolLimits,
     max_bytes: int,
     keep: bool,
-    on_started: Callable[[], None] | None = None,
 ) -> Pumped:
     """Run an ffmpeg whose stdout is raw PCM and read it to the end, keeping it or only
     counting it; stop (and kill ffmpeg) past `max_bytes` or past the timeout. A non-zero exit
@@ -188,8 +194,6 @@ def pump(
         watchdog = threading.Timer(tool.timeout_seconds, expire)
         watchdog.start()
         try:
-            if on_started is not None:
-                on_started()
             stdout: IO[bytes] | None = process.stdout
             assert stdout is not None
             with stdout:
@@ -211,13 +215,11 @@ def pump(
                 process.kill()
                 process.wait()
         errors.seek(max(0, errors.seek(0, os.SEEK_END) - STDERR_TAIL_BYTES))
-        detail = errors.read().decode(errors="replace")
+        detail = errors.read()
     if expired.is_set() or (returncode in _OUT_OF_CPU and not overflowed):
         raise MediaError(TIMEOUT, f"Decoding did not finish within {tool.timeout_seconds:.0f} s")
     if returncode != 0 and not overflowed:
-        raise MediaError(
-            UNDECODABLE, f"The file could not be decoded as audio: {clean_detail(detail, path)}"
-        )
+        raise unreadable(detail, path, doing="decoded")
     return Pumped(data=buffer[:total], total=total, overflowed=overflowed)
 
 
@@ -235,8 +237,7 @@ def packet_span_seconds(path: Path, info: Probe, *, up_to: float, tool: ToolLimi
     args += ["-progress", "pipe:1"]
     result = run_tool(args, limits=tool)
     if result.returncode != 0:
-        detail = clean_detail(result.stderr.decode(errors="replace"), path)
-        raise MediaError(UNDECODABLE, f"The file could not be read as audio: {detail}")
+        raise unreadable(result.stderr, path)
     times = re.findall(rb"^out_time_us=(\d+)$", result.stdout, flags=re.MULTILINE)
     return int(times[-1]) / 1e6 if times else 0.0
 
@@ -249,11 +250,7 @@ def refuse_discarded_excess(path: Path, info: Probe, limits: DecodeLimits) -> No
         return
     cap = length_cap_seconds(info, limits.max_seconds)
     span = packet_span_seconds(path, info, up_to=cap, tool=limits.tool)
-    declared = info.exact_duration
-    if span > limits.max_seconds or (
-        declared is not None and span > declared + tolerance(declared)
-    ):
-        check_length(info, span, limits.max_seconds)
+    check_not_longer(info, span, limits.max_seconds)
 
 
 def decode_pcm(path: Path, info: Probe, limits: DecodeLimits, *, encoding: str = "s16") -> Pcm:

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from media_guard.errors import UNDECODABLE, UNSUPPORTED, MediaError
-from media_guard.formats import FormatRule
-from media_guard.tools import ToolLimits, clean_detail, input_args, run_tool
+from media_guard.formats import FormatRule, rule_for, sniff_file
+from media_guard.tools import ToolLimits, input_args, run_tool, unreadable
 
 _SAMPLE_FMT_BYTES = {"u8": 1, "s16": 2, "s32": 4, "flt": 4, "dbl": 8, "s64": 8}
 PROBE_TIMEOUT_SECONDS = 30.0
@@ -48,6 +48,20 @@ class Probe:
         return self.duration_seconds if self.rule.exact_duration else None
 
 
+def probe_file(
+    path: Path, *, limits: ToolLimits = PROBE_LIMITS, expected: str | None = None
+) -> Probe:
+    """Sniff `path` on disk, then probe it under that format's rule. With `expected` (what
+    the API sniffed from the upload's first bytes) the two must agree; behind an ID3 tag
+    larger than the API's window its provisional "mp3" may turn out to be ADTS AAC."""
+    sniffed = sniff_file(path)
+    rule = rule_for(sniffed) if sniffed else None
+    agrees = expected in (None, sniffed) or (expected, sniffed) == ("mp3", "aac")
+    if rule is None or not agrees:
+        raise MediaError(UNSUPPORTED, "The file is not audio in a format we accept")
+    return probe(path, rule, limits=limits)
+
+
 def _positive(value: Any) -> float | None:
     try:
         number = float(value)
@@ -70,8 +84,7 @@ def probe(path: Path, rule: FormatRule, *, limits: ToolLimits = PROBE_LIMITS) ->
         if b"not on whitelist" in result.stderr:
             # A stream of another codec (a video track, say): ffmpeg refused to open its decoder.
             raise MediaError(UNSUPPORTED, "The file holds a stream of a codec not accepted here")
-        detail = clean_detail(result.stderr.decode(errors="replace"), path)
-        raise MediaError(UNDECODABLE, f"The file could not be read as audio: {detail}")
+        raise unreadable(result.stderr, path)
     try:
         info = json.loads(result.stdout or b"{}")
     except json.JSONDecodeError as exc:

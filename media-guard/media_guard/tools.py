@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from media_guard.errors import DECODER_UNAVAILABLE, TIMEOUT, MediaError
+from media_guard.errors import DECODER_UNAVAILABLE, TIMEOUT, UNDECODABLE, MediaError
 from media_guard.formats import FormatRule
 
 MB = 1024 * 1024
@@ -56,6 +56,12 @@ def clean_detail(text: str, path: Path | None = None) -> str:
     if path is not None:
         line = line.replace(str(path), "<input>")
     return _ABSOLUTE_PATH.sub("<path>", line)[:300]
+
+
+def unreadable(stderr: bytes, path: Path, *, doing: str = "read") -> MediaError:
+    """The refusal for a tool that exited non-zero on `path`: its last words, without paths."""
+    detail = clean_detail(stderr.decode(errors="replace"), path)
+    return MediaError(UNDECODABLE, f"The file could not be {doing} as audio: {detail}")
 
 
 def _within_hard_limit(kind: int, wanted: int) -> int:

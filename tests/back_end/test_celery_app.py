@@ -209,13 +209,8 @@ def test_seed_flower_command_when_run_verbatim_but_the_port_then_serves_behind_b
 def test_seed_inspect_command_when_run_verbatim_then_lists_the_running_worker(
     backend_env: dict[str, str], worker_service: stack.Proc
 ) -> None:
-    result = subprocess.run(
-        [str(stack.BIN / "celery"), "-A", "celery_app", "inspect", "active"],
-        cwd=stack.BACK_END,
-        env=stack.service_env(backend_env),
-        capture_output=True,
-        text=True,
-        timeout=60,
+    result = stack.run_in_back_end(
+        [str(stack.BIN / "celery"), "-A", "celery_app", "inspect", "active"], backend_env
     )
 
     assert result.returncode == 0, result.stderr

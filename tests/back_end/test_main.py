@@ -3,7 +3,6 @@ so its memory holds no pipeline, no pydub, no audio preparation."""
 
 from __future__ import annotations
 
-import subprocess
 import sys
 
 from devtools import stack
@@ -22,14 +21,7 @@ print(" ".join(name for name in worker_code if name in sys.modules) or "none")
 def test_api_when_its_lifespan_has_run_then_no_worker_module_is_loaded(
     backend_env: dict[str, str],
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT],
-        cwd=stack.BACK_END,
-        env=stack.service_env(backend_env),
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = stack.run_in_back_end([sys.executable, "-c", SCRIPT], backend_env)
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["none"]
