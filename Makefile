@@ -10,17 +10,16 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Lives inside the venv, so deleting .venv also forgets that requirements were installed.
 STAMP := $(VENV)/.requirements.stamp
-# Bench scripts run as plain files; give them the same import roots as pytest (pyproject).
-BENCH_PYTHONPATH := $(CURDIR):$(CURDIR)/back-end:$(CURDIR)/analysis-server
 
-.PHONY: help setup dev test lint bench clean distclean
+.PHONY: help setup dev test lint bench lock clean distclean
 
 help:
 	@echo "make dev      set up, then run the whole local stack (Ctrl-C stops it)"
 	@echo "make test     set up, then run the test suite (PYTEST_ARGS='-k upload -x' to narrow)"
-	@echo "make lint     ruff check + ruff format --check"
+	@echo "make lint     ruff check + ruff format --check, mypy, import contracts (as .ci/run)"
 	@echo "make bench    run bench/bench_*.py in turn, then print bench/results/summary.md"
 	@echo "make setup    only create .venv, install requirements.txt and the Debian packages"
+	@echo "make lock     regenerate constraints.txt from requirements.in (pip-compile)"
 	@echo "make clean    remove var/ and caches;  make distclean  also removes .venv"
 
 # Debian's python3 lacks venv/ensurepip until python3-venv is installed; a failed venv is
@@ -30,7 +29,7 @@ $(PY):
 	@echo "==> creating $(VENV)"
 	@python3 -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 
-$(STAMP): requirements.txt | $(PY)
+$(STAMP): requirements.txt constraints.txt back-end/pyproject.toml analysis-server/pyproject.toml media-guard/pyproject.toml | $(PY)
 	@echo "==> installing requirements.txt into $(VENV)"
 	@$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	@$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
@@ -46,22 +45,39 @@ test: setup
 	@bash scripts/ensure_system_deps.sh browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-# Both checks run even when the first fails, so one run shows every problem.
+# Every check runs even when an earlier one fails, so one run shows every problem: ruff, the
+# type checker (settings in pyproject.toml) and the import contracts between the processes'
+# packages (.importlinter).
 lint: setup
 	@rc=0; \
+	echo "==> ruff"; \
 	$(VENV)/bin/ruff check . || rc=1; \
 	$(VENV)/bin/ruff format --check . || rc=1; \
+	echo "==> mypy"; \
+	$(VENV)/bin/mypy || rc=1; \
+	echo "==> import contracts"; \
+	$(VENV)/bin/lint-imports --no-cache || rc=1; \
 	exit $$rc
 
-# Not decided yet whether bench becomes a package (`python -m bench`); until then every
-# bench/bench_*.py is a standalone script writing into bench/results/.
+# pip-compile resolves requirements.in (our three distributions and their extras) into exact
+# versions; editable lines are dropped because pip refuses them in a constraints file.
+lock: setup
+	$(VENV)/bin/pip-compile --quiet --strip-extras --allow-unsafe --no-emit-index-url \
+		--no-emit-find-links --output-file constraints.txt requirements.in
+	@awk '/^-e /{skip=1; next} skip && /^ +#/{next} {skip=0; print}' constraints.txt > constraints.tmp
+	@mv constraints.tmp constraints.txt
+
+# Each bench/bench_*.py runs as a module from the repository root (`python -m bench.<name>`),
+# so it imports bench's helpers, devtools and the test helpers as packages; results go to
+# bench/results/.
 bench: setup
 	@found=0; \
 	for script in bench/bench_*.py; do \
 		[[ -e $$script ]] || continue; \
 		found=1; \
 		echo "==> $$script"; \
-		PYTHONPATH=$(BENCH_PYTHONPATH) $(PY) "$$script"; \
+		module=$${script%.py}; \
+		$(PY) -m "$${module//\//.}"; \
 	done; \
 	if [[ $$found == 0 ]]; then echo "no bench/bench_*.py scripts yet"; fi; \
 	if [[ -f bench/results/summary.md ]]; then echo; cat bench/results/summary.md; fi

@@ -14,7 +14,7 @@ def _basic_auth() -> list[str]:
 
     from tornado.options import options
 
-    from config import get_settings
+    from yousync.core.config import get_settings
 
     configured = get_settings().flower_basic_auth
     if configured:

@@ -3,7 +3,7 @@
 garbage-collection pauses next to the delivery latencies it measures. `app` is the product's
 own app object, not a wrapper: no middleware, route or setting differs.
 
-Run from back-end/ with the repository root on PYTHONPATH:
+Run from the repository root (uvicorn puts its working directory on the import path):
 `BENCH_GC_LOG=/tmp/gc.log uvicorn bench._gc_logged_api:app`.
 """
 
@@ -16,6 +16,6 @@ from bench._gc_probe import install
 
 install(Path(os.environ["BENCH_GC_LOG"]))
 
-from main import app  # noqa: E402  (hooks first, so the import-time collections are seen too)
+from yousync.api.app import app  # noqa: E402  (hooks first, so the import-time collections are seen too)
 
 __all__ = ["app"]

@@ -15,8 +15,8 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-from config import Settings
-from services.jobs import AsyncJobStore, JobStore
+from yousync.core.config import Settings
+from yousync.core.jobs import AsyncJobStore, JobStore
 
 BENCH_CLIENT_PREFIX = "bench-"
 

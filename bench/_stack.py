@@ -110,7 +110,7 @@ def write_result(name: str, figures: dict[str, object], rows: list[Row] | None =
     return path
 
 
-RUN_ONE = "PYTHONPATH=.:back-end:analysis-server .venv/bin/python bench/<script>"
+RUN_ONE = ".venv/bin/python -m bench.<script>  (from the repository root)"
 
 
 def command_for(script: str) -> str:

@@ -17,8 +17,8 @@
 Inputs are made by ffmpeg (the 6-hour Opus takes about two minutes to encode and is kept in
 var/bench-cache/ between runs).
 
-Run: `make bench`, or alone: PYTHONPATH=.:back-end:analysis-server .venv/bin/python
-bench/bench_hostile_media.py (about 4 minutes, plus the Opus once).
+Run: `make bench`, or alone from the repository root: .venv/bin/python -m
+bench.bench_hostile_media (about 4 minutes, plus the Opus once).
 """
 
 from __future__ import annotations

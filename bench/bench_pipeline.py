@@ -19,8 +19,8 @@
 Why: the design promises the API answers at once and the worker's overhead is small next to
 the real work; these numbers say how many jobs a worker clears and what one job costs us.
 
-Run: `make bench`, or alone: PYTHONPATH=.:back-end:analysis-server .venv/bin/python
-bench/bench_pipeline.py (about 2 minutes).
+Run: `make bench`, or alone from the repository root: .venv/bin/python -m
+bench.bench_pipeline (about 2 minutes).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import io
 import math
 import os
 import struct
-import sys
 import tempfile
 import time
 import wave
@@ -41,8 +40,6 @@ from unittest import mock
 
 import httpx
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._jobs import create_jobs
 from bench._stack import (
@@ -153,7 +150,7 @@ class StubAnalysis:
 
 
 def stub_prepare(source: Path, *, dest: Path, **_: Any) -> Any:
-    from services.audio import PreparedAudio
+    from yousync.worker.audio import PreparedAudio
 
     target = dest.with_name(f"{dest.name}.flac")
     target.write_bytes(b"fLaC")
@@ -172,9 +169,9 @@ def stub_prepare(source: Path, *, dest: Path, **_: Any) -> Any:
 def in_process(
     redis_url: str, spool: Path, *, real_prepare: bool, throttled: bool = False
 ) -> dict[str, Any]:
-    from config import Settings
-    from services.jobs import JobStore
-    from services.pipeline import Pipeline
+    from yousync.core.config import Settings
+    from yousync.core.jobs import JobStore
+    from yousync.worker.pipeline import Pipeline
 
     # Unthrottled, every callback that raises the percent is written (the most a job can
     # cause); throttled uses the product's default interval, and as the stand-ins report
@@ -203,7 +200,7 @@ def in_process(
     patch = (
         contextlib.nullcontext()
         if real_prepare
-        else mock.patch("services.pipeline.audio.prepare", stub_prepare)
+        else mock.patch("yousync.worker.pipeline.audio.prepare", stub_prepare)
     )
     with patch:
         for index, job_id in enumerate(job_ids):
@@ -314,7 +311,7 @@ def main() -> None:
             redis_url = f"redis://127.0.0.1:{redis_server.name.split(':')[1]}/0"
             # Telemetry inside the pipeline reads the process settings: point them here too.
             os.environ["REDIS_URL"] = redis_url
-            from config import get_settings
+            from yousync.core.config import get_settings
 
             get_settings.cache_clear()
             spool = workdir / "spool"

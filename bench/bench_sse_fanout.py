@@ -34,8 +34,8 @@ How it measures:
 * Other processes' CPU during each window is recorded (`foreign_cpu_cores`): this machine is
   shared, and each round first waits for it to be quiet.
 
-Run: `make bench`, or alone: PYTHONPATH=.:back-end:analysis-server .venv/bin/python
-bench/bench_sse_fanout.py [--sizes 1000,5000,10000] [--client-procs 1] (about 8 minutes).
+Run: `make bench`, or alone from the repository root: .venv/bin/python -m
+bench.bench_sse_fanout [--sizes 1000,5000,10000] [--client-procs 1] (about 8 minutes).
 """
 
 from __future__ import annotations
@@ -45,7 +45,6 @@ import contextlib
 import multiprocessing
 import random
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -54,8 +53,6 @@ from typing import Any
 
 import httpx
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import _sse_clients
 from bench._gc_probe import read_pauses, request_snapshot
@@ -74,7 +71,7 @@ from bench._stack import (
 )
 from bench.summary import write_summary
 from devtools import stack
-from services.jobs import JobStore
+from yousync.core.jobs import JobStore
 
 HOST = "127.0.0.1"
 TOKEN = "bench-fanout"
@@ -681,7 +678,6 @@ def main() -> None:
                 # baseline) but must not start writing `stalled` events for the benchmark's
                 # jobs, which sit idle longer than the default 30 s at 10,000 clients.
                 "STALL_SECONDS": "3600",
-                "PYTHONPATH": f"{stack.REPO_ROOT}:{stack.BACK_END}",
             }
             common = {
                 "fleet": fleet,
@@ -707,7 +703,7 @@ def main() -> None:
                         "api",
                         API_APP,
                         {**env, "BENCH_GC_LOG": str(gc_log)},
-                        stack.BACK_END,
+                        stack.REPO_ROOT,
                         workdir,
                     )
                 with serving(server) as base_url:

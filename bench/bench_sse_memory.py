@@ -18,22 +18,19 @@ Per server: RSS and tracked objects before and with N idle clients (KB and objec
 client), and how long one full garbage collection takes with them connected — the pause every
 stream on that process waits out whenever Python runs a generation-2 collection.
 
-Run: `make bench`, or alone: PYTHONPATH=.:back-end:analysis-server .venv/bin/python
-bench/bench_sse_memory.py [--clients 5000] (about 1.5 minutes).
+Run: `make bench`, or alone from the repository root: .venv/bin/python -m
+bench.bench_sse_memory [--clients 5000] (about 1.5 minutes).
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._gc_probe import request_snapshot
 from bench._jobs import create_jobs
@@ -68,7 +65,7 @@ def measure(
 ) -> dict[str, Any]:
     gc_log = workdir / f"gc-{app.rsplit(':', 1)[1]}.log"
     server = uvicorn_server(
-        "server", app, {**env, "BENCH_GC_LOG": str(gc_log)}, stack.BACK_END, workdir
+        "server", app, {**env, "BENCH_GC_LOG": str(gc_log)}, stack.REPO_ROOT, workdir
     )
     base = f"http://{HOST}:{server.name.split(':')[1]}"
     port = int(server.name.split(":")[1])
@@ -149,7 +146,6 @@ def main() -> None:
                 "ANALYSIS_SERVER_URL": "http://127.0.0.1:9",
                 "SPOOL_DIR": str(workdir),
                 "STALL_SECONDS": "3600",
-                "PYTHONPATH": f"{stack.REPO_ROOT}:{stack.BACK_END}",
             }
             for label, app in VARIANTS:
                 quiet = wait_for_quiet()

@@ -19,8 +19,8 @@ CPU is only the HTTP client's), and the 50 MB baseline is bench/raw_receive_app.
 same uvicorn (also run under the 1 MB load, to show what the machine allows at all).
 Spool files are deleted after each phase.
 
-Run: `make bench`, or alone: PYTHONPATH=.:back-end:analysis-server .venv/bin/python
-bench/bench_upload_concurrency.py (about 1 minute).
+Run: `make bench`, or alone from the repository root: .venv/bin/python -m
+bench.bench_upload_concurrency (about 1 minute).
 """
 
 from __future__ import annotations
@@ -28,15 +28,12 @@ from __future__ import annotations
 import asyncio
 import random
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._stack import (
     ForeignLoad,

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import io
 import os
-import sys
 import time
 import wave
 from pathlib import Path
 from typing import Any
 
 import httpx
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._stack import (
     ForeignLoad,

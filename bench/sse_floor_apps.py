@@ -37,8 +37,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from bench._gc_probe import install
-from router.sse_response import CompactEventSourceResponse
-from services.events import Subscription
+from yousync.api.router.sse_response import CompactEventSourceResponse
+from yousync.api.streaming.events import Subscription
 
 if os.environ.get("BENCH_GC_LOG"):
     install(Path(os.environ["BENCH_GC_LOG"]))

@@ -3,17 +3,14 @@ table of measured figures with their targets, whether each was met, and the comm
 reproduces it. Every benchmark script calls `write_summary()` when it finishes, so the table
 always reflects the latest run of each script; `make bench` prints it at the end.
 
-Run alone: PYTHONPATH=. .venv/bin/python bench/summary.py
+Run alone from the repository root: .venv/bin/python -m bench.summary
 """
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench._stack import RESULTS, RUN_ONE
 

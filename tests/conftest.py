@@ -214,7 +214,7 @@ def celery_client(backend_env: dict[str, str], worker_service: stack.Proc) -> It
     does, to the session's worker and reads their results back."""
     from celery import Celery
 
-    from config import Settings
+    from yousync.core.config import Settings
 
     broker = Settings(redis_url=backend_env["REDIS_URL"]).broker_url
     app = Celery("test-client", broker=broker, backend=broker)

@@ -203,10 +203,14 @@ class Pacing:
                 yield Progress(value, stage)
 
 
+def _named_temporary_file() -> IO[bytes]:
+    return tempfile.NamedTemporaryFile(prefix="ysa-")
+
+
 @asynccontextmanager
 async def scratch_file() -> AsyncIterator[IO[bytes]]:
     """A temporary file opened and deleted in worker threads (both touch the disk)."""
-    handle = await anyio.to_thread.run_sync(partial(tempfile.NamedTemporaryFile, prefix="ysa-"))
+    handle = await anyio.to_thread.run_sync(_named_temporary_file)
     try:
         yield handle
     finally:

@@ -115,7 +115,8 @@ def frame_rms_dbfs(mono: FloatArray, sample_rate: int, *, frame_ms: float = 20.0
         tail = mono[whole * frame_len :]
         power = np.append(power, _mean_square(tail))
     with np.errstate(divide="ignore"):
-        return (10 * np.log10(power)).astype(np.float32)
+        decibels: npt.NDArray[np.float32] = (10 * np.log10(power)).astype(np.float32)
+    return decibels
 
 
 def _active_frames(

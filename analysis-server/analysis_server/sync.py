@@ -143,7 +143,8 @@ def downsample(values: Float64Array, factor: int) -> Float64Array:
     means = values[:whole].reshape(-1, factor).mean(axis=1)
     if whole < values.size:
         means = np.append(means, values[whole:].mean())
-    return means
+    result: npt.NDArray[np.float64] = means
+    return result
 
 
 def dtw_path(

@@ -65,7 +65,7 @@ def _ogg(head: bytes, tail: bytes) -> float | None:
         if page + 14 <= len(tail):
             (granule,) = struct.unpack_from("<q", tail, page + 6)
             if granule >= 0:  # -1: no packet ends on this page
-                return max(granule - pre_skip, 0) / rate
+                return float(max(granule - pre_skip, 0) / rate)
         page = tail.rfind(b"OggS", 0, page)
     return None
 

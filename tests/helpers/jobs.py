@@ -9,8 +9,8 @@ import uuid
 import redis
 import redis.asyncio as aioredis
 
-from config import Settings
-from services.jobs import AsyncJobStore, JobStore
+from yousync.core.config import Settings
+from yousync.core.jobs import AsyncJobStore, JobStore
 
 
 def create_job(redis_url: str, token_id: str, job_id: str | None = None) -> str:

@@ -1,0 +1,25 @@
+"""`GET /metrics`: Prometheus text format (OpenMetrics when the scraper asks for it) — this
+process's metrics and the cluster's, read from Redis at scrape time (services/metrics.py says
+which is which and why)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4
+
+from yousync.observability import metrics
+
+router = APIRouter(tags=["health"])
+
+
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics: uploads, jobs, stage timings, SSE clients and events",
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}}},
+)
+async def prometheus_metrics(request: Request) -> Response:
+    bound: metrics.ApiMetrics = request.app.state.metrics
+    cluster = await metrics.read_cluster(bound.redis)
+    body, content_type = metrics.render(cluster, request.headers.get("accept"))
+    return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

@@ -1,0 +1,156 @@
+"""What one SSE client receives: replay from a Redis Stream, then live events, in order, each
+exactly once.
+
+Two feeds share this code: a job (its own Stream; ends after the terminal event) and a token
+(the token's Stream, which interleaves every event of its jobs; never ends). Ids are Redis Stream
+ids of the feed's Stream, totally ordered; a live notification at or below the last id this
+client already has is a duplicate of the replay and is skipped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from sse_starlette import ServerSentEvent
+
+from yousync.api.streaming.events import (
+    RESYNC,
+    SHUTDOWN,
+    EventHub,
+    Notification,
+    ShutdownSignal,
+    parse_stream_id,
+)
+from yousync.core import keys
+from yousync.core.jobs import AsyncJobStore, Event
+from yousync.observability import metrics
+
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+SHUTDOWN_COMMENT = "server shutting down; reconnect with Last-Event-ID"
+
+
+class JobNotFound(Exception):
+    pass
+
+
+class InvalidLastEventId(Exception):
+    pass
+
+
+class AlreadyFinished(Exception):
+    """The client has already received the terminal event: answer 204 so EventSource stops."""
+
+
+@dataclass(frozen=True)
+class Feed:
+    """The Stream one client follows, and how its live notifications map onto that Stream."""
+
+    stream_key: str
+    job_id: str | None = None
+    token_id: str | None = None
+
+    @classmethod
+    def for_job(cls, job_id: str) -> Feed:
+        return cls(stream_key=keys.job_events(job_id), job_id=job_id)
+
+    @classmethod
+    def for_token(cls, token_id: str) -> Feed:
+        return cls(stream_key=keys.token_events(token_id), token_id=token_id)
+
+    @property
+    def ends_at_terminal(self) -> bool:
+        return self.job_id is not None
+
+    def note_id(self, note: Notification) -> str:
+        return note.id if self.job_id else note.token_event_id
+
+
+def _valid_last_id(last_event_id: str | None) -> str | None:
+    if not last_event_id:
+        return None
+    if not _STREAM_ID.match(last_event_id):
+        raise InvalidLastEventId("Last-Event-ID is not an event id of this API")
+    return last_event_id
+
+
+async def check_job_stream_start(
+    store: AsyncJobStore, job_id: str, last_event_id: str | None
+) -> str | None:
+    """Decide before the response starts, since after a 200 no error status can be sent.
+    Returns the validated Last-Event-ID (or None)."""
+    feed = Feed.for_job(job_id)
+    tail = await store.stream_tail(feed.stream_key)
+    if not tail:
+        raise JobNotFound(job_id)
+    last = _valid_last_id(last_event_id)
+    latest = tail[-1]
+    if last:
+        if parse_stream_id(last) > parse_stream_id(latest.id):
+            raise InvalidLastEventId("Last-Event-ID is not an event of this job")
+        if latest.status.terminal and last == latest.id:
+            raise AlreadyFinished(job_id)
+    return last
+
+
+async def check_token_stream_start(last_event_id: str | None) -> str | None:
+    return _valid_last_id(last_event_id)
+
+
+async def _initial(store: AsyncJobStore, feed: Feed, last: str | None) -> list[Event]:
+    if last:
+        return await store.read_after(feed.stream_key, last)
+    if feed.job_id:
+        return await store.stream_tail(feed.stream_key)
+    # A token's current state: the newest event of each of its jobs, in Stream order.
+    newest_first = await store.stream_tail(feed.stream_key, count=1000, newest_first=True)
+    seen: set[str] = set()
+    latest_per_job = []
+    for event in newest_first:
+        if event.fields.get("job_id") not in seen:
+            seen.add(event.fields.get("job_id", ""))
+            latest_per_job.append(event)
+    return latest_per_job[::-1]
+
+
+def _from_event(event: Event) -> tuple[str, str, bool]:
+    return event.id, event.snapshot().model_dump_json(), event.status.terminal
+
+
+async def feed_events(
+    store: AsyncJobStore,
+    hub: EventHub,
+    feed: Feed,
+    *,
+    last_event_id: str | None,
+    retry_ms: int,
+    shutdown: ShutdownSignal,
+) -> AsyncIterator[ServerSentEvent]:
+    with hub.subscribe(job_id=feed.job_id, token_id=feed.token_id) as sub:
+        shutdown.attach(sub)
+        last = last_event_id or "0-0"
+        pending = [_from_event(event) for event in await _initial(store, feed, last_event_id)]
+        if last_event_id:
+            metrics.sse_replay(len(pending))
+        retry: int | None = retry_ms
+        while True:
+            for event_id, data, terminal in pending:
+                if parse_stream_id(event_id) <= parse_stream_id(last):
+                    continue
+                yield ServerSentEvent(data=data, id=event_id, retry=retry)
+                metrics.sse_event_delivered()
+                retry = None
+                last = event_id
+                if terminal and feed.ends_at_terminal:
+                    return
+            pending = []  # delivered: not kept alive while this client idles
+            item = await sub.get()
+            if item is SHUTDOWN:
+                yield ServerSentEvent(comment=SHUTDOWN_COMMENT)
+                return
+            if item is RESYNC:
+                pending = [_from_event(e) for e in await store.read_after(feed.stream_key, last)]
+            else:
+                assert isinstance(item, Notification)
+                pending = [(feed.note_id(item), item.data, item.terminal)]

@@ -1,0 +1,338 @@
+"""Receive a multipart upload straight into the spool, stopping at the size limit.
+
+Why not `UploadFile`: Starlette spools the whole body before the handler runs and has no size
+limit, so a 2 GB body would be read in full before we could say 413. Here
+python-multipart's push parser sees each chunk as it arrives; the file part is hashed, sniffed
+and written in batches off the event loop, and the first byte past `MAX_UPLOAD_MB` ends the
+request. Whatever is rejected leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import anyio
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from media_guard.declared import TAIL_BYTES, declared_seconds
+from yousync.api.uploads.sniff import (
+    HEAD_BYTES,
+    bytes_needed_to_sniff,
+    sniff_audio_format,
+    wav_problem,
+)
+from yousync.api.uploads.writeback import start_writeback
+
+FILE_FIELD = "file"
+# Room for boundaries, part headers and small extra fields beyond the file itself.
+MULTIPART_OVERHEAD = 64 * 1024
+MAX_FIELD_BYTES = 16 * 1024
+# Half a MB: one batch being written plus one arriving keeps an upload's buffers at ~1 MB.
+WRITE_BATCH = 512 * 1024
+
+
+class UploadRejected(Exception):
+    """A client error: mapped to `{"detail", "code"}` with `status`."""
+
+    def __init__(self, status: int, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class SpooledUpload:
+    path: Path
+    size: int
+    sha256: str
+    audio_format: str
+    filename: str
+
+
+def _too_large(max_bytes: int) -> UploadRejected:
+    return UploadRejected(
+        413, "file_too_large", f"The file is larger than the {max_bytes // (1024 * 1024)} MB limit"
+    )
+
+
+class _FilePart:
+    """State of the `file` part: spool file, hash, size and the first bytes for sniffing."""
+
+    def __init__(
+        self, path: Path, filename: str, max_bytes: int, max_seconds: float | None = None
+    ) -> None:
+        self.path = path
+        self.filename = filename
+        self.max_bytes = max_bytes
+        self.max_seconds = max_seconds
+        self.hasher = hashlib.sha256()
+        self.size = 0
+        self.head = bytearray()
+        self.pending = bytearray()
+        self.audio_format: str | None = None
+        self.handle: IO[bytes] | None = None
+        self._in_flight: asyncio.Future[None] | None = None
+
+    def feed(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size > self.max_bytes:
+            raise _too_large(self.max_bytes)
+        if len(self.head) < HEAD_BYTES:
+            self.head += data[: HEAD_BYTES - len(self.head)]
+        # Behind an ID3 tag the verdict waits for the tag's end (or the whole sniffing window).
+        if self.audio_format is None and len(self.head) >= min(
+            bytes_needed_to_sniff(bytes(self.head)), HEAD_BYTES
+        ):
+            self._sniff()
+        self.pending += data
+
+    def _sniff(self, *, whole_file: bool = False) -> None:
+        self.audio_format = sniff_audio_format(bytes(self.head), whole_file=whole_file)
+        if self.audio_format is None:
+            raise UploadRejected(
+                415,
+                "unsupported_audio_format",
+                "The file is not audio we accept (WAV, MP3, FLAC, OGG/Opus, M4A/AAC, WebM)",
+            )
+
+    def _write_pending(self, chunk: bytearray) -> None:
+        if self.handle is None:
+            self.handle = self.path.open("xb")
+        offset = self.handle.tell()
+        self.handle.write(chunk)
+        # In the page cache first, then the disk starts on it while this thread hashes and
+        # the next batch arrives: the fsync before the 202 is left only the tail.
+        self.handle.flush()
+        start_writeback(self.handle.fileno(), offset, len(chunk))
+        self.hasher.update(chunk)
+
+    async def flush(self, force: bool = False) -> None:
+        """A batch is written and hashed in a thread while the next one arrives (file writes
+        and hashlib release the GIL, so that runs on the other core). One batch in flight at
+        most: an upload holds two batches at worst, and a slow disk slows the reader down."""
+        if self.pending and (force or len(self.pending) >= WRITE_BATCH):
+            # Hand the buffer itself to the thread (nothing else touches it): copying it to
+            # bytes first would hold every batch twice, per concurrent upload.
+            chunk, self.pending = self.pending, bytearray()
+            await self._drain()
+            loop = asyncio.get_running_loop()
+            self._in_flight = loop.run_in_executor(None, self._write_pending, chunk)
+        if force:
+            await self._drain()
+
+    async def _drain(self) -> None:
+        if self._in_flight is not None:
+            # Shielded: a cancelled request must not orphan the write (discard waits for it).
+            await asyncio.shield(self._in_flight)
+            self._in_flight = None
+
+    async def finish(self) -> SpooledUpload:
+        if self.size == 0:
+            raise UploadRejected(422, "empty_file", "The file is empty")
+        if self.audio_format is None:
+            self._sniff(whole_file=self.size == len(self.head))
+        assert self.audio_format is not None
+        if self.audio_format == "wav":
+            problem = wav_problem(bytes(self.head), self.size)
+            if problem:
+                raise UploadRejected(422, problem, f"The WAV file is not playable ({problem})")
+        await self.flush(force=True)
+        await anyio.to_thread.run_sync(self._close)
+        await self._refuse_declared_too_long()
+        return SpooledUpload(
+            path=self.path,
+            size=self.size,
+            sha256=self.hasher.hexdigest(),
+            audio_format=self.audio_format,
+            filename=self.filename,
+        )
+
+    async def _refuse_declared_too_long(self) -> None:
+        """A file whose header states more than MAX_AUDIO_DURATION_SECONDS gets 422 now, not a
+        job that waits in the queue to be refused (six 6-hour files once held up everyone)."""
+        if self.max_seconds is None or self.audio_format not in ("wav", "flac", "ogg"):
+            return
+        tail = b""
+        if self.audio_format == "ogg":
+            tail = await anyio.to_thread.run_sync(self._read_tail)
+        declared = declared_seconds(self.audio_format, bytes(self.head), tail, self.size)
+        if declared is not None and declared > self.max_seconds:
+            raise UploadRejected(
+                422,
+                "audio_too_long",
+                f"The audio lasts {declared:.0f} s; the limit is {self.max_seconds:g} s",
+            )
+
+    def _read_tail(self) -> bytes:
+        with self.path.open("rb") as handle:
+            handle.seek(max(self.size - TAIL_BYTES, 0))
+            return handle.read(TAIL_BYTES)
+
+    def _close(self) -> None:
+        if self.handle is not None:
+            self.handle.flush()
+            os.fsync(self.handle.fileno())
+            self.handle.close()
+            self.handle = None
+
+    async def discard(self) -> None:
+        """Waits out a write still in flight first: it could create the file after the unlink."""
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
+            await self._drain()
+        with contextlib.suppress(OSError):
+            if self.handle is not None:
+                self.handle.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+def _checked_filename(raw: bytes) -> str:
+    """The client's file name is kept for display only (the spool path is the job id), but a
+    name that could not be a plain file name is refused rather than silently rewritten."""
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UploadRejected(422, "invalid_filename", "The file name is not UTF-8") from None
+    if (
+        len(raw) > 255
+        or "/" in name
+        or "\\" in name
+        or name in (".", "..")
+        or any(ord(char) < 32 or ord(char) == 127 for char in name)
+    ):
+        raise UploadRejected(
+            422, "invalid_filename", "The file name must be a plain name of at most 255 bytes"
+        )
+    return name
+
+
+def _boundary(content_type: str | None) -> bytes:
+    mime, params = parse_options_header(content_type or "")
+    if mime != b"multipart/form-data":
+        raise UploadRejected(
+            415, "not_multipart", "Send the audio as multipart/form-data with a `file` field"
+        )
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise UploadRejected(422, "invalid_multipart", "The multipart body has no boundary")
+    return boundary
+
+
+class _PartCollector:
+    """Callbacks for python-multipart: routes part data to the file part, bounds the rest."""
+
+    def __init__(self, spool_path: Path, max_bytes: int, max_seconds: float | None) -> None:
+        self.spool_path = spool_path
+        self.max_bytes = max_bytes
+        self.max_seconds = max_seconds
+        self.file: _FilePart | None = None
+        self.ended = False
+        self._current: _FilePart | None = None
+        self._other_bytes = 0
+        self._header_field = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_part_begin": self._part_begin,
+            "on_header_field": lambda d, s, e: self._header_field.extend(d[s:e]),
+            "on_header_value": lambda d, s, e: self._header_value.extend(d[s:e]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": self._part_data,
+            "on_end": self._end,
+        }
+
+    def _part_begin(self) -> None:
+        self._headers = {}
+        self._current = None
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
+        self._header_field.clear()
+        self._header_value.clear()
+
+    def _headers_finished(self) -> None:
+        _, params = parse_options_header(self._headers.get(b"content-disposition", b""))
+        name = params.get(b"name", b"")
+        if name != FILE_FIELD.encode():
+            if b"filename" in params:
+                # A file under another name is a client mistake worth naming, not a big field.
+                field_name = name.decode("utf-8", errors="replace")[:64]
+                raise UploadRejected(
+                    422, "missing_file", f"Send the audio in the `file` field, not `{field_name}`"
+                )
+            return
+        if self.file is not None:
+            raise UploadRejected(422, "multiple_files", "Send exactly one `file` field")
+        filename = _checked_filename(params.get(b"filename", b""))
+        self.file = self._current = _FilePart(
+            self.spool_path, filename, self.max_bytes, self.max_seconds
+        )
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._current is not None:
+            self._current.feed(data[start:end])
+            return
+        self._other_bytes += end - start
+        if self._other_bytes > MAX_FIELD_BYTES:
+            raise UploadRejected(
+                413, "field_too_large", "Form fields other than `file` are too large"
+            )
+
+    def _end(self) -> None:
+        self.ended = True
+
+
+async def receive_upload(
+    chunks: AsyncIterator[bytes],
+    *,
+    content_type: str | None,
+    content_length: str | None,
+    spool_path: Path,
+    max_bytes: int,
+    max_seconds: float | None = None,
+) -> SpooledUpload:
+    """Stream the request body into `spool_path`; raises `UploadRejected` on any client error
+    (a header stating more than `max_seconds` of audio included)."""
+    boundary = _boundary(content_type)
+    if content_length is not None:
+        try:
+            declared = int(content_length)
+        except ValueError:
+            raise UploadRejected(400, "invalid_content_length", "Bad Content-Length") from None
+        if declared > max_bytes + MULTIPART_OVERHEAD:
+            raise _too_large(max_bytes)
+    collector = _PartCollector(spool_path, max_bytes, max_seconds)
+    parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
+    try:
+        async for chunk in chunks:
+            try:
+                parser.write(chunk)
+            except MultipartParseError:
+                raise UploadRejected(
+                    422, "invalid_multipart", "The multipart body is malformed"
+                ) from None
+            if collector.file is not None:
+                await collector.file.flush()
+            if collector.ended:
+                break
+        if not collector.ended:
+            raise UploadRejected(422, "invalid_multipart", "The multipart body ended early")
+        if collector.file is None:
+            raise UploadRejected(422, "missing_file", "The form has no `file` field")
+        return await collector.file.finish()
+    except BaseException:
+        if collector.file is not None:
+            await collector.file.discard()
+        raise

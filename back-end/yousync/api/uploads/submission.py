@@ -1,0 +1,197 @@
+"""Accepting an upload: spool it, record the job and its first event, enqueue the task by id.
+
+Order matters for "nothing left behind": the body is fully validated before anything reaches
+Redis; if the broker then refuses the task, the job record and spool file are removed again
+and the client gets 503, so a job that exists is always a job that was enqueued.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import anyio
+from redis.exceptions import RedisError
+
+from yousync.api.uploads.receive import UploadRejected, receive_upload
+from yousync.core.config import Settings
+from yousync.core.jobs import AsyncJobStore
+from yousync.core.models import JobStatus, Stage
+from yousync.observability import metrics
+
+log = logging.getLogger(__name__)
+
+Enqueue = Callable[[str, str], None]
+
+
+class ServiceUnavailable(Exception):
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class Accepted:
+    job_id: str
+    task_id: str
+    token_id: str
+    status: JobStatus
+    deduplicated: bool = False
+    replayed: bool = False  # answered from an earlier request with the same Idempotency-Key
+
+
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+
+def _accepted_from(job: dict[str, str], *, replayed: bool = False) -> Accepted:
+    return Accepted(
+        job_id=job["job_id"],
+        task_id=job.get("task_id", ""),
+        token_id=job["token_id"],
+        status=JobStatus(job["status"]),
+        deduplicated=job.get("deduplicated") == "1",
+        replayed=replayed,
+    )
+
+
+async def submit_upload(
+    *,
+    token_id: str,
+    chunks: AsyncIterator[bytes],
+    content_type: str | None,
+    content_length: str | None,
+    idempotency_key: str | None = None,
+    settings: Settings,
+    store: AsyncJobStore,
+    enqueue: Enqueue,
+) -> Accepted:
+    job_id = str(uuid.uuid4())
+    if idempotency_key is not None:
+        if not _IDEMPOTENCY_KEY.match(idempotency_key):
+            raise UploadRejected(
+                422, "invalid_idempotency_key", "Idempotency-Key: 1–128 visible ASCII characters"
+            )
+        earlier = await _claim(store, token_id, idempotency_key, job_id)
+        if earlier is not None:
+            return earlier
+    try:
+        accepted = await _submit(
+            job_id=job_id,
+            token_id=token_id,
+            chunks=chunks,
+            content_type=content_type,
+            content_length=content_length,
+            settings=settings,
+            store=store,
+            enqueue=enqueue,
+        )
+    except BaseException:
+        if idempotency_key is not None:
+            with contextlib.suppress(RedisError):
+                await store.settle_idempotency(token_id, idempotency_key, None)
+        raise
+    if idempotency_key is not None:
+        await store.settle_idempotency(token_id, idempotency_key, accepted.job_id)
+    return accepted
+
+
+async def _claim(store: AsyncJobStore, token_id: str, key: str, job_id: str) -> Accepted | None:
+    """None when this request owns the key; the earlier job's answer when it exists."""
+    try:
+        for _ in range(2):
+            earlier = await store.claim_idempotency(token_id, key, job_id)
+            if earlier is None:
+                return None
+            if earlier.startswith("pending:"):
+                raise UploadRejected(
+                    409, "request_in_progress", "A request with this Idempotency-Key is running"
+                )
+            job = await store.get(earlier)
+            if job:
+                return _accepted_from(job, replayed=True)
+            # The earlier job expired: the key is free again.
+            await store.settle_idempotency(token_id, key, None)
+    except RedisError as exc:
+        raise ServiceUnavailable("redis_unavailable", "Job state store is unavailable") from exc
+    raise UploadRejected(409, "request_in_progress", "The Idempotency-Key is contended")
+
+
+async def _submit(
+    *,
+    job_id: str,
+    token_id: str,
+    chunks: AsyncIterator[bytes],
+    content_type: str | None,
+    content_length: str | None,
+    settings: Settings,
+    store: AsyncJobStore,
+    enqueue: Enqueue,
+) -> Accepted:
+    task_id = str(uuid.uuid4())
+    await anyio.to_thread.run_sync(lambda: settings.spool_dir.mkdir(parents=True, exist_ok=True))
+    upload = await receive_upload(
+        chunks,
+        content_type=content_type,
+        content_length=content_length,
+        spool_path=settings.spool_dir / job_id,
+        max_bytes=settings.max_upload_bytes,
+        max_seconds=settings.max_audio_duration_seconds,
+    )
+    try:
+        earlier = await store.deduplicate(token_id, upload.sha256)
+        if earlier is not None:
+            # The same recording was analysed for this token within the TTL: answer with its
+            # result at once, as a new job that is already completed.
+            await store.create(
+                job_id,
+                token_id,
+                status=JobStatus.COMPLETED,
+                progress=100,
+                stage=Stage.DONE,
+                message="Identical upload already analysed",
+                result=json.loads(earlier["result"]),
+                s3_url=earlier.get("s3_url"),
+                deduplicated=True,
+                sha256=upload.sha256,
+                size_bytes=upload.size,
+                deduplicated_from=earlier["job_id"],
+            )
+            await anyio.to_thread.run_sync(upload.path.unlink)
+            metrics.upload_accepted(upload.size)
+            return Accepted(
+                job_id=job_id,
+                task_id="",
+                token_id=token_id,
+                status=JobStatus.COMPLETED,
+                deduplicated=True,
+            )
+        await store.create(
+            job_id,
+            token_id,
+            task_id=task_id,
+            spool_path=str(upload.path),
+            sha256=upload.sha256,
+            size_bytes=upload.size,
+            source_format=upload.audio_format,
+            filename=upload.filename,
+        )
+    except RedisError as exc:
+        upload.path.unlink(missing_ok=True)
+        raise ServiceUnavailable("redis_unavailable", "Job state store is unavailable") from exc
+    try:
+        with anyio.fail_after(settings.enqueue_timeout_seconds * 3):
+            await anyio.to_thread.run_sync(enqueue, job_id, task_id, abandon_on_cancel=True)
+    except Exception as exc:
+        log.warning("job %s: enqueue failed (%r); rolling back", job_id, exc)
+        with contextlib.suppress(RedisError):
+            await store.delete(job_id, token_id)
+        upload.path.unlink(missing_ok=True)
+        raise ServiceUnavailable("broker_unavailable", "Task queue is unavailable") from exc
+    metrics.upload_accepted(upload.size)
+    return Accepted(job_id=job_id, task_id=task_id, token_id=token_id, status=JobStatus.QUEUED)

@@ -1,0 +1,75 @@
+"""The Celery application both processes share: broker, serialization, queues and routing.
+
+The API publishes through it by task name (`send_task`) and the worker (yousync.worker.celery_app)
+adds its tasks, Beat's schedule and its signals to it. Settings (reasons in ARCHITECTURE.md and
+CELERY_GUIDE.md §3): JSON only, late acks with redelivery when a worker dies, one task prefetched
+per process (tasks are long), task events on so Flower sees them, and a broker visibility timeout
+longer than the hard time limit so Redis does not redeliver running tasks. Task and queue names
+are the wire contract: renaming them strands messages already queued during a deploy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from yousync.core.config import get_settings
+
+AUDIO_QUEUE = "audio_queue"
+# Beat's sweeps (tasks/maintenance.py) have their own queue, so a backlog of long analyses does
+# not hold them up; `make dev`'s worker consumes both.
+MAINTENANCE_QUEUE = "maintenance"
+
+settings = get_settings()
+
+celery_app = Celery("yousync", broker=settings.broker_url)
+_transport_options: dict[str, Any] = {
+    "visibility_timeout": settings.broker_visibility_timeout,
+    # kombu scans for unacked tasks of dead workers only every 10th tick by default (~100 s
+    # after the visibility timeout); scan every tick instead: one ZRANGE per worker per tick.
+    "unacked_restore_interval": settings.broker_restore_interval_seconds,
+    "unacked_restore_throttle": 1,
+    "socket_connect_timeout": 3,
+    "socket_timeout": 10,
+}
+celery_app.conf.update(
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    # Results are kept for the maintenance tasks (an operator running a sweep by hand reads
+    # what it did); `analyze_audio` ignores its result: a job's state is its Redis hash and
+    # Stream and Flower reads task states from events. That matters in the API:
+    # for a task with a result, `apply_async` touches Celery's result backend, which is built
+    # once per thread (it is not thread-safe) — an entry-point scan and a new connection pool
+    # in the upload threads (py-spy under bench/bench_upload_concurrency.py: a third of the
+    # time spent publishing a task).
+    result_backend=settings.broker_url if settings.broker_url.startswith("redis") else None,
+    result_expires=3600,
+    task_default_queue=AUDIO_QUEUE,
+    task_routes={
+        "tasks.audio_tasks.*": {"queue": AUDIO_QUEUE},
+        "tasks.maintenance.*": {"queue": MAINTENANCE_QUEUE},
+    },
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    worker_prefetch_multiplier=1,
+    task_time_limit=settings.task_time_limit,
+    task_soft_time_limit=settings.task_soft_time_limit,
+    worker_send_task_events=True,
+    task_send_sent_event=True,
+    broker_transport_options=_transport_options,
+    result_backend_transport_options=_transport_options,
+    broker_connection_retry_on_startup=True,
+    broker_connection_timeout=settings.enqueue_timeout_seconds,
+    # The API enqueues inside a request: give up quickly and answer 503 rather than hang.
+    task_publish_retry=True,
+    task_publish_retry_policy={
+        "max_retries": 2,
+        "interval_start": 0,
+        "interval_step": 0.5,
+        "interval_max": 1,
+    },
+    timezone="UTC",
+    enable_utc=True,
+)

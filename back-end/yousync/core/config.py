@@ -1,0 +1,201 @@
+"""The one settings object of the API and the worker.
+
+Values come from the environment first, then from the repository's `.env` (local defaults only).
+Everything else in the back end asks `get_settings()`; nothing reads `os.environ` itself, so a test
+or a second process changes behaviour by changing the environment of the process it starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# back-end/yousync/core/config.py → the checkout (an editable install keeps it there).
+REPO_ROOT = Path(__file__).resolve().parents[3]
+
+# Values that are fine on a laptop and wrong anywhere else (.env ships them).
+_LOCAL_DUMMIES = {
+    "local-dummy-key",
+    "local-dummy-secret",
+    "yousync:local-only",
+    "local-only-analysis-secret",
+    "",
+}
+
+AudioStoreFormat = Literal["original", "flac", "mp3", "ogg"]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_file=REPO_ROOT / ".env", env_file_encoding="utf-8", extra="ignore"
+    )
+
+    environment: Literal["dev", "test", "prod"] = "dev"
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    celery_broker_url: str = ""
+    redis_max_connections: int = 50
+
+    s3_bucket: str = "yousync-audio"
+    s3_endpoint_url: str = ""
+    aws_region: str = "us-east-1"
+    aws_access_key_id: str = ""
+    aws_secret_access_key: str = ""
+    s3_multipart_threshold_mb: int = 8
+
+    analysis_server_url: str = "http://127.0.0.1:8001"
+    analysis_timeout_seconds: float = 300.0
+    # Sent as a bearer token on every call; the analysis server refuses requests without it.
+    # Empty is refused in prod (validator below); `.env` carries a local-only value.
+    analysis_shared_secret: str = ""
+
+    spool_dir: Path = Path("var/spool")
+    max_upload_mb: float = 100.0
+    audio_store_format: AudioStoreFormat = "flac"
+    # Preparation (services/audio.py). Ceilings, not targets (0 = keep the source's): a take is
+    # downmixed to at most this many channels and resampled down to at most this rate, never
+    # up. Mono by default: a dub is one voice, and mono halves what is stored.
+    prepare_channels: int = Field(1, ge=0)
+    prepare_sample_rate: int = Field(48000, ge=0)
+    # Above this much decoded PCM (estimated by ffprobe before decoding), the worker streams
+    # the file through an ffmpeg subprocess instead of decoding it into memory with pydub,
+    # whose peak is ≈ 3× the decoded size (README "Analysis" has the measurements).
+    prepare_stream_threshold_mb: float = Field(64.0, ge=0)
+    # Longer audio fails as `audio_too_long` (not retryable) while preparing, before anything
+    # goes to S3: the analysis server's own limit, so nothing is stored only to be refused.
+    max_audio_duration_seconds: float = Field(600.0, gt=0)
+    # Address-space limit (RLIMIT_AS) of every ffmpeg/ffprobe child: a decoder bug or a
+    # crafted file cannot take the host's memory. ffmpeg maps ≈ 300 MB of libraries at start.
+    ffmpeg_max_memory_mb: int = Field(1024, ge=512)
+
+    job_ttl_seconds: int = 3600
+    # While a job runs its keys live this long, so a stuck job still has a record to inspect.
+    active_job_ttl_seconds: int = 86400
+    events_maxlen: int = 200
+
+    task_max_retries: int = 3
+    # Deliveries that crashed their worker before a job counts as a poison pill.
+    task_max_deliveries: int = 3
+    # A worker that loses Redis mid-job waits this long for it, this many times, then gives up.
+    redis_outage_wait_seconds: float = 60.0
+    redis_outage_reruns: int = 3
+    task_retry_delay: float = 60.0
+    task_soft_time_limit: int = 840
+    task_time_limit: int = 900
+    # Must exceed task_time_limit, or Redis redelivers a running task (celery#5935).
+    broker_visibility_timeout: int = 1800
+    enqueue_timeout_seconds: float = 3.0
+    # How often workers look for tasks of dead workers past the visibility timeout.
+    broker_restore_interval_seconds: float = 10.0
+    # Touched when a worker is ready to consume (supervisors, test fixtures).
+    worker_ready_file: Path | None = Field(None, alias="YOUSYNC_WORKER_READY_FILE")
+
+    sse_ping_seconds: float = 15.0
+    sse_send_timeout_seconds: float = 30.0
+    sse_retry_ms: int = 3000
+    # Time streams get on shutdown to send their farewell comment (under uvicorn's graceful limit).
+    sse_shutdown_grace_seconds: float = 2.0
+    sse_client_queue_size: int = 64
+    result_max_wait_seconds: float = 60.0
+
+    api_keys: str = ""
+    stream_token_secret: str = ""
+    stream_token_ttl_seconds: int = 6 * 3600
+    sse_max_clients: int = 20000
+    upload_max_concurrent_per_client: int = 4
+    cors_origins: str = "http://127.0.0.1:8000,http://localhost:8000"
+    flower_basic_auth: str = ""
+
+    # A running job silent this long gets `stalled: true` (cleared by its next real progress).
+    stall_seconds: float = 30.0
+    stall_check_seconds: float = 1.0
+
+    progress_min_interval_seconds: float = Field(0.1, ge=0)
+
+    # Logs (services/logging_setup.py): `text` is key=value lines, `json` one object per line.
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+
+    # Celery Beat maintenance (tasks/maintenance.py).
+    maintenance_interval_seconds: float = Field(300.0, gt=0)
+    # A spool file with no job record is an upload still arriving until it is this old.
+    spool_orphan_grace_seconds: float = 600.0
+    # A failed/cancelled job keeps its spool file this long after it ended, for a retry.
+    spool_retention_seconds: float = 3600.0
+    # A `queued` job untouched this long is stuck (its message was lost); `processing` jobs use
+    # the hard time limit plus the longest retry backoff.
+    stuck_queued_seconds: float = 3600.0
+    multipart_max_age_seconds: float = 86400.0
+
+    @field_validator("spool_dir")
+    @classmethod
+    def _spool_dir_from_repo_root(cls, value: Path) -> Path:
+        return value if value.is_absolute() else REPO_ROOT / value
+
+    @model_validator(mode="after")
+    def _refuse_local_dummies_outside_dev(self) -> Settings:
+        if self.environment != "prod":
+            return self
+        # Empty AWS keys are fine in prod (instance role); the shipped dummies are not.
+        unsafe = [
+            name
+            for name in ("aws_access_key_id", "aws_secret_access_key")
+            if getattr(self, name) in _LOCAL_DUMMIES - {""}
+        ]
+        if self.flower_basic_auth in _LOCAL_DUMMIES:
+            unsafe.append("flower_basic_auth")
+        if self.api_keys and not self.stream_token_secret:
+            unsafe.append("stream_token_secret")
+        if self.analysis_shared_secret in _LOCAL_DUMMIES:
+            unsafe.append("analysis_shared_secret")
+        if unsafe:
+            raise ValueError(f"refusing local default values in prod: {', '.join(unsafe)}")
+        if self.task_time_limit >= self.broker_visibility_timeout:
+            raise ValueError("broker_visibility_timeout must exceed task_time_limit")
+        return self
+
+    @property
+    def broker_url(self) -> str:
+        """The broker defaults to db 1 of REDIS_URL's server, so job state on db 0 can be
+        flushed or inspected without touching Celery's queues and bindings."""
+        if self.celery_broker_url:
+            return self.celery_broker_url
+        base, _, _db = self.redis_url.rpartition("/")
+        return f"{base}/1" if _db.isdigit() else self.redis_url
+
+    @property
+    def prepare_stream_threshold_bytes(self) -> int:
+        return int(self.prepare_stream_threshold_mb * 1024 * 1024)
+
+    @property
+    def api_key_set(self) -> frozenset[str]:
+        return frozenset(key.strip() for key in self.api_keys.split(",") if key.strip())
+
+    @property
+    def stream_secret(self) -> str:
+        """Outside prod an unset secret is derived from the API keys, so every local API
+        process agrees on it; prod refuses an empty STREAM_TOKEN_SECRET (validator above)."""
+        if self.stream_token_secret:
+            return self.stream_token_secret
+        return hashlib.sha256(f"yousync-stream:{self.api_keys}".encode()).hexdigest()
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [origin.strip() for origin in self.cors_origins.split(",") if origin.strip()]
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,73 @@
+-- Every change to a job, atomically: hash, event Stream, token Stream, indexes, pub/sub.
+-- Loaded by yousync/core/jobs.py, which fills in the TERMINAL table from models.TERMINAL_STATUSES
+-- (one definition of "terminal"). KEYS: hash, stream, token jobs, token stream, active set,
+-- outcome counters. ARGV: mode, TTLs, maxlen, channel, the snapshot field list (JSON), then
+-- field/value pairs.
+local hash, stream, token_jobs, token_stream, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local mode, active_ttl, terminal_ttl, maxlen, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local TERMINAL = {--[[TERMINAL]]}
+local SNAP = cjson.decode(ARGV[6])
+
+local exists = redis.call('EXISTS', hash) == 1
+if mode == 'create' and exists then return {0, 'exists'} end
+if mode ~= 'create' and not exists then return {0, 'missing'} end
+local cur_status = redis.call('HGET', hash, 'status')
+if mode == 'reopen' then
+  if cur_status ~= 'failed' and cur_status ~= 'cancelled' then return {0, 'not_reopenable'} end
+elseif cur_status and TERMINAL[cur_status] then
+  return {0, 'terminal'}
+end
+if mode == 'stall' then
+  -- Only a running job that is not already marked can stall; the next real write clears it.
+  if cur_status ~= 'processing' then return {0, 'not_running'} end
+  if redis.call('HGET', hash, 'stalled') == '1' then return {0, 'already_stalled'} end
+end
+local cur_progress = tonumber(redis.call('HGET', hash, 'progress') or '0')
+
+-- Transient markers are cleared by any real write that does not set them again
+-- (HSET applies pairs in order, so a value given below wins).
+local pairs_ = {}
+if mode ~= 'stall' then
+  pairs_ = {'stalled', '', 'next_retry_in', ''}
+end
+local new_status = cur_status
+for i = 7, #ARGV, 2 do
+  local k, v = ARGV[i], ARGV[i + 1]
+  if k == 'progress' and tonumber(v) < cur_progress then return {0, 'progress_decrease'} end
+  if k == 'status' then new_status = v end
+  pairs_[#pairs_ + 1] = k
+  pairs_[#pairs_ + 1] = v
+end
+redis.call('HSET', hash, unpack(pairs_))
+
+local values = redis.call('HMGET', hash, unpack(SNAP))
+local entry, snapshot = {}, {}
+for i, name in ipairs(SNAP) do
+  local v = values[i]
+  if v and v ~= '' then
+    entry[#entry + 1] = name
+    entry[#entry + 1] = v
+    snapshot[name] = v
+  end
+end
+local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(entry))
+local token_id = redis.call('XADD', token_stream, 'MAXLEN', '~', maxlen * 5, '*', unpack(entry))
+redis.call('HSET', hash, 'last_event_id', id)
+local ttl = TERMINAL[new_status] and terminal_ttl or active_ttl
+redis.call('EXPIRE', hash, ttl)
+redis.call('EXPIRE', stream, ttl)
+redis.call('EXPIRE', token_stream, active_ttl)
+if mode == 'create' then
+  redis.call('ZADD', token_jobs, redis.call('TIME')[1], snapshot['job_id'])
+  redis.call('EXPIRE', token_jobs, active_ttl)
+end
+if TERMINAL[new_status] then
+  redis.call('ZREM', active, snapshot['job_id'])
+  if not TERMINAL[cur_status] then redis.call('HINCRBY', KEYS[6], new_status, 1) end
+else
+  local now = redis.call('TIME')
+  redis.call('ZADD', active, tonumber(now[1]) + tonumber(now[2]) / 1e6, snapshot['job_id'])
+end
+redis.call('PUBLISH', channel, cjson.encode({job_id = snapshot['job_id'],
+  token_id = snapshot['token_id'], id = id, token_event_id = token_id, snapshot = snapshot}))
+return {1, id}

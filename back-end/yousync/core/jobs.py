@@ -1,0 +1,289 @@
+"""Job state and events in Redis: one hash, one Stream, one pub/sub notification per change.
+
+Every state change runs as one Lua script, so a reader never sees a hash without its event, an
+event without its notification, a progress that went backwards, or a change after a terminal
+state (a redelivered task or a late byte callback simply gets `Refused`). The sync store serves
+the Celery worker; the async store serves the API. Both share the script and argument building.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+from yousync.core import keys
+from yousync.core.config import Settings
+from yousync.core.errors import StageError
+from yousync.core.models import (
+    SNAPSHOT_FIELDS,
+    TERMINAL_STATUSES,
+    JobSnapshot,
+    JobStatus,
+    Stage,
+    encode_fields,
+)
+
+_WRITE_SCRIPT = (
+    resources.files(__package__)
+    .joinpath("job_write.lua")
+    .read_text(encoding="utf-8")
+    .replace(
+        "--[[TERMINAL]]",
+        ", ".join(f"{status.value} = true" for status in sorted(TERMINAL_STATUSES)),
+    )
+)
+
+# Internal markers live in the same hash but never reach an event.
+_SET_MARKERS_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+
+IDEMPOTENCY_TTL = 24 * 3600
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Refused(Exception):
+    """A state change the job's current state does not allow (terminal, missing, decrease)."""
+
+    def __init__(self, job_id: str, reason: str) -> None:
+        super().__init__(f"job {job_id}: {reason}")
+        self.job_id = job_id
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class Event:
+    """One Stream entry: its id is the SSE event id, its fields the snapshot."""
+
+    id: str
+    fields: dict[str, str]
+
+    @property
+    def status(self) -> JobStatus:
+        return JobStatus(self.fields["status"])
+
+    def snapshot(self) -> JobSnapshot:
+        return JobSnapshot.from_fields(self.fields)
+
+
+def _write_args(
+    settings: Settings, mode: str, job_id: str, token_id: str, values: dict[str, Any]
+) -> tuple[list[str], list[str]]:
+    fields = encode_fields({**values, "updated_at": now_iso()})
+    argv = [
+        mode,
+        str(settings.active_job_ttl_seconds),
+        str(settings.job_ttl_seconds),
+        str(settings.events_maxlen),
+        keys.EVENTS_CHANNEL,
+        _SNAPSHOT_FIELDS_JSON,
+    ]
+    for name, value in fields.items():
+        argv += [name, value]
+    key_list = [
+        keys.job(job_id),
+        keys.job_events(job_id),
+        keys.token_jobs(token_id),
+        keys.token_events(token_id),
+        keys.ACTIVE_JOBS,
+        keys.METRICS_JOBS_FINISHED,
+    ]
+    return key_list, argv
+
+
+_SNAPSHOT_FIELDS_JSON = "[" + ",".join(f'"{name}"' for name in SNAPSHOT_FIELDS) + "]"
+
+
+def _initial_values(job_id: str, token_id: str, markers: dict[str, Any]) -> dict[str, Any]:
+    created = now_iso()
+    return {
+        "job_id": job_id,
+        "token_id": token_id,
+        "status": JobStatus.QUEUED,
+        "progress": 0,
+        "stage": Stage.QUEUED,
+        "message": "Upload received; waiting for a worker",
+        "created_at": created,
+        **markers,
+    }
+
+
+def _checked(job_id: str, reply: list[Any]) -> str:
+    ok, detail = reply
+    detail = detail.decode() if isinstance(detail, bytes) else str(detail)
+    if int(ok) != 1:
+        raise Refused(job_id, detail)
+    return detail
+
+
+def _decode(mapping: dict[Any, Any]) -> dict[str, str]:
+    return {
+        (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
+        for k, v in mapping.items()
+    }
+
+
+def _events(entries: Sequence[Any] | None) -> list[Event]:
+    return [
+        Event(id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id, fields=_decode(f))
+        for entry_id, f in entries or ()
+    ]
+
+
+class JobStore:
+    """Blocking store for the Celery worker (one connection pool per worker process)."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+        self._write = client.register_script(_WRITE_SCRIPT)
+        self._set_markers = client.register_script(_SET_MARKERS_SCRIPT)
+
+    def get(self, job_id: str) -> dict[str, str]:
+        return _decode(self._client.hgetall(keys.job(job_id)))
+
+    def ping(self) -> bool:
+        return bool(self._client.ping())
+
+    def update(self, job_id: str, token_id: str, **values: Any) -> str:
+        """Write a change and its event; returns the event id or raises `Refused`."""
+        key_list, argv = _write_args(self._settings, "update", job_id, token_id, values)
+        return _checked(job_id, self._write(keys=key_list, args=argv))
+
+    def reopen(self, job_id: str, token_id: str, **values: Any) -> str:
+        key_list, argv = _write_args(self._settings, "reopen", job_id, token_id, values)
+        return _checked(job_id, self._write(keys=key_list, args=argv))
+
+    def fail(self, job_id: str, error: StageError, *, retryable: bool) -> None:
+        """Ends the job `failed`; a job already terminal (or gone) keeps what it has."""
+        job = self.get(job_id)
+        if not job:
+            return
+        with contextlib.suppress(Refused):
+            self.update(
+                job_id,
+                job["token_id"],
+                status=JobStatus.FAILED,
+                message=error.message,
+                error={"code": error.code, "message": error.message, "retryable": retryable},
+                eta_seconds=None,
+            )
+
+    def set_markers(self, job_id: str, **markers: Any) -> bool:
+        flat = [item for pair in encode_fields(markers).items() for item in pair]
+        return bool(self._set_markers(keys=[keys.job(job_id)], args=flat))
+
+    def remember_result(self, token_id: str, sha256: str, job_id: str) -> None:
+        """An identical upload of this token within the TTL gets this job's result at once."""
+        self._client.set(keys.dedupe(token_id, sha256), job_id, ex=self._settings.job_ttl_seconds)
+
+    def count_delivery(self, job_id: str, delta: int) -> int:
+        """In-flight delivery counter, kept only while the job exists."""
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.exists(keys.job(job_id))
+            pipe.hincrby(keys.job(job_id), "deliveries", delta)
+            exists, value = pipe.execute()
+        if not exists:
+            self._client.delete(keys.job(job_id))  # HINCRBY must not create a stray hash
+        return int(value)
+
+    def stage_history(self) -> dict[str, float]:
+        """Mean stage durations by size bucket, for ETAs of stages not yet started."""
+        raw = _decode(self._client.hgetall(keys.STAGE_STATS))
+        return {name: float(value) for name, value in raw.items()}
+
+    def record_stage(self, name: str, seconds: float, *, weight: float = 0.3) -> None:
+        """Exponentially weighted: recent jobs count most; a lost race between two workers
+        only drops one sample."""
+        previous = self._client.hget(keys.STAGE_STATS, name)
+        value = seconds if previous is None else (1 - weight) * float(previous) + weight * seconds
+        self._client.hset(keys.STAGE_STATS, name, f"{value:.4f}")
+
+
+class AsyncJobStore:
+    """Non-blocking store for the API's handlers and SSE streams."""
+
+    def __init__(self, client: aioredis.Redis, settings: Settings) -> None:
+        self._client = client
+        self._settings = settings
+        self._write = client.register_script(_WRITE_SCRIPT)
+        self._set_markers = client.register_script(_SET_MARKERS_SCRIPT)
+
+    async def create(self, job_id: str, token_id: str, **markers: Any) -> str:
+        values = _initial_values(job_id, token_id, markers)
+        key_list, argv = _write_args(self._settings, "create", job_id, token_id, values)
+        return _checked(job_id, await self._write(keys=key_list, args=argv))
+
+    async def claim_idempotency(self, token_id: str, key: str, job_id: str) -> str | None:
+        """Claim `key` for a new job; returns the value already there when it was taken."""
+        redis_key = keys.idempotency(token_id, key)
+        if await self._client.set(redis_key, f"pending:{job_id}", nx=True, ex=IDEMPOTENCY_TTL):
+            return None
+        existing = await self._client.get(redis_key)
+        return existing.decode() if isinstance(existing, bytes) else existing
+
+    async def settle_idempotency(self, token_id: str, key: str, job_id: str | None) -> None:
+        """The claimed request ended: remember its job (24 h), or free the key on failure."""
+        redis_key = keys.idempotency(token_id, key)
+        if job_id is None:
+            await self._client.delete(redis_key)
+        else:
+            await self._client.set(redis_key, job_id, ex=IDEMPOTENCY_TTL)
+
+    async def deduplicate(self, token_id: str, sha256: str) -> dict[str, str] | None:
+        """The completed job of an identical earlier upload of this token, if still known."""
+        job_id = await self._client.get(keys.dedupe(token_id, sha256))
+        if not job_id:
+            return None
+        job = await self.get(job_id.decode() if isinstance(job_id, bytes) else job_id)
+        return job if job.get("status") == JobStatus.COMPLETED else None
+
+    async def reopen(self, job_id: str, token_id: str, **values: Any) -> str:
+        key_list, argv = _write_args(self._settings, "reopen", job_id, token_id, values)
+        return _checked(job_id, await self._write(keys=key_list, args=argv))
+
+    async def update(self, job_id: str, token_id: str, **values: Any) -> str:
+        key_list, argv = _write_args(self._settings, "update", job_id, token_id, values)
+        return _checked(job_id, await self._write(keys=key_list, args=argv))
+
+    async def mark_stalled(self, job_id: str, token_id: str) -> str:
+        key_list, argv = _write_args(self._settings, "stall", job_id, token_id, {"stalled": True})
+        return _checked(job_id, await self._write(keys=key_list, args=argv))
+
+    async def set_markers(self, job_id: str, **markers: Any) -> bool:
+        flat = [item for pair in encode_fields(markers).items() for item in pair]
+        return bool(await self._set_markers(keys=[keys.job(job_id)], args=flat))
+
+    async def delete(self, job_id: str, token_id: str) -> None:
+        """Undo a job whose enqueue failed, so no half-made job is left behind."""
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.delete(keys.job(job_id), keys.job_events(job_id))
+            pipe.zrem(keys.token_jobs(token_id), job_id)
+            await pipe.execute()
+
+    async def get(self, job_id: str) -> dict[str, str]:
+        return _decode(await self._client.hgetall(keys.job(job_id)))
+
+    async def stream_tail(
+        self, stream_key: str, *, count: int = 1, newest_first: bool = False
+    ) -> list[Event]:
+        """The last `count` entries of a Stream, oldest first unless `newest_first`."""
+        entries = _events(await self._client.xrevrange(stream_key, count=count))
+        return entries if newest_first else entries[::-1]
+
+    async def read_after(self, stream_key: str, last_id: str) -> list[Event]:
+        """Every entry after `last_id` (exclusive): a reconnect's replay or a resync."""
+        return _events(await self._client.xrange(stream_key, min=f"({last_id}"))

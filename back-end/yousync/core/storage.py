@@ -1,0 +1,140 @@
+"""S3 for the worker: boto3's managed transfer (multipart above a threshold) with byte progress.
+
+The worker is synchronous Celery code, so blocking boto3 is right here; the API never imports
+this module. The object key is derived from the job, so a retried upload overwrites instead of
+duplicating, and s3transfer aborts its multipart upload itself when a part fails.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import boto3
+from boto3.s3.transfer import TransferConfig
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from yousync.core.config import Settings
+from yousync.core.errors import TransientError
+
+MB = 1024 * 1024
+log = logging.getLogger(__name__)
+
+
+def _unavailable(operation: str, exc: Exception) -> TransientError:
+    """botocore's and s3transfer's messages name the spool file's host path and the bucket's
+    URL: those go to the log; the job's error, which users read, names the failure only."""
+    log.warning("S3 %s failed: %s", operation, exc)
+    return TransientError("storage_unavailable", f"S3 {operation} failed ({type(exc).__name__})")
+
+
+def object_key(token_id: str, job_id: str, extension: str) -> str:
+    return f"audio/{token_id}/{job_id}.{extension}"
+
+
+def s3_client_kwargs(settings: Settings) -> dict[str, object]:
+    """Shared by boto3 (worker) and aioboto3 (API readiness): only S3_ENDPOINT_URL decides
+    whether this is AWS or a local S3."""
+    kwargs: dict[str, object] = {"region_name": settings.aws_region}
+    if settings.s3_endpoint_url:
+        kwargs["endpoint_url"] = settings.s3_endpoint_url
+    if settings.aws_access_key_id:
+        kwargs["aws_access_key_id"] = settings.aws_access_key_id
+        kwargs["aws_secret_access_key"] = settings.aws_secret_access_key
+    return kwargs
+
+
+class ByteProgress:
+    """Accumulates s3transfer's Callback amounts, which arrive on transfer threads and go
+    negative when a part is rewound for a retry; the fraction never moves backwards."""
+
+    def __init__(self, total: int, report: Callable[[float], None]) -> None:
+        self._total = max(total, 1)
+        self._report = report
+        self._lock = threading.Lock()
+        self._sent = 0
+        self._best = 0.0
+
+    def __call__(self, amount: int) -> None:
+        with self._lock:
+            self._sent = max(0, self._sent + amount)
+            fraction = min(self._sent / self._total, 1.0)
+            if fraction <= self._best:
+                return
+            self._best = fraction
+        self._report(fraction)
+
+
+class Storage:
+    def __init__(self, settings: Settings) -> None:
+        self.bucket = settings.s3_bucket
+        self._client = boto3.client(
+            "s3",
+            config=Config(
+                connect_timeout=5, read_timeout=60, retries={"max_attempts": 2, "mode": "standard"}
+            ),
+            **s3_client_kwargs(settings),
+        )
+        threshold = settings.s3_multipart_threshold_mb * MB
+        self._transfer = TransferConfig(
+            multipart_threshold=threshold, multipart_chunksize=threshold, use_threads=True
+        )
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.bucket}/{key}"
+
+    def size_of(self, key: str) -> int | None:
+        try:
+            head = self._client.head_object(Bucket=self.bucket, Key=key)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise _unavailable("head_object", exc) from exc
+        except BotoCoreError as exc:
+            raise _unavailable("head_object", exc) from exc
+        return int(head["ContentLength"])
+
+    def upload(
+        self, path: Path, key: str, *, content_type: str, on_progress: Callable[[float], None]
+    ) -> int:
+        size = path.stat().st_size
+        try:
+            self._client.upload_file(
+                str(path),
+                self.bucket,
+                key,
+                ExtraArgs={"ContentType": content_type},
+                Callback=ByteProgress(size, on_progress),
+                Config=self._transfer,
+            )
+        except (BotoCoreError, ClientError, boto3.exceptions.S3UploadFailedError) as exc:
+            raise _unavailable("upload", exc) from exc
+        return size
+
+    def delete(self, key: str) -> None:
+        try:
+            self._client.delete_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable("delete", exc) from exc
+
+    def abort_multipart_uploads(self, key: str, *, attempts: int = 3) -> int:
+        """Abort every unfinished multipart upload of `key` (leftovers are billed). Listing
+        again after aborting, because an abort racing a part upload may need repeating."""
+        aborted = 0
+        for _ in range(attempts):
+            try:
+                listed = self._client.list_multipart_uploads(Bucket=self.bucket, Prefix=key)
+            except (BotoCoreError, ClientError) as exc:
+                raise _unavailable("listing", exc) from exc
+            uploads = [u for u in listed.get("Uploads", []) if u["Key"] == key]
+            if not uploads:
+                break
+            for upload in uploads:
+                self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload["UploadId"]
+                )
+                aborted += 1
+        return aborted

@@ -1,0 +1,66 @@
+"""The worker's Celery app: `cd back-end && celery -A celery_app worker --queues=audio_queue`.
+
+The shared app (yousync.core.broker: broker, queues, routing) plus what only the worker and Beat
+need: the task modules, Beat's schedule, structured-log signals and the seed's `--queue` spelling.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+from celery import bootsteps
+from celery.signals import beat_init, worker_ready
+
+from yousync.core.broker import AUDIO_QUEUE, MAINTENANCE_QUEUE, celery_app, settings
+from yousync.core.config import REPO_ROOT
+from yousync.worker import telemetry as worker_telemetry
+
+__all__ = ["AUDIO_QUEUE", "MAINTENANCE_QUEUE", "app", "celery_app", "settings"]
+
+celery_app.conf.include = ["yousync.worker.tasks.audio_tasks", "yousync.worker.tasks.maintenance"]
+
+# Celery Beat (`celery -A celery_app beat`) sends the maintenance sweeps; `expires` drops a
+# sweep nobody ran before the next one was due instead of stacking them up.
+_every = settings.maintenance_interval_seconds
+celery_app.conf.beat_schedule = {
+    name: {"task": f"tasks.maintenance.{name}", "schedule": _every, "options": {"expires": _every}}
+    for name in ("sweep_spool", "mark_stuck_jobs", "abort_stale_multipart_uploads")
+}
+celery_app.conf.beat_schedule_filename = str(REPO_ROOT / "var" / "celerybeat-schedule")
+
+# Structured logs with job_id, task/stage lines and stage timings (services/worker_telemetry.py).
+worker_telemetry.install()
+
+# `celery -A celery_app` looks for an attribute named `app` (or `celery`).
+app = celery_app
+
+
+class SeedQueueOption(bootsteps.Step):
+    """`--queue=audio_queue`, as the seed's worker command spells it: Celery 5 knows only
+    `--queues`/`-Q` and would refuse to start. The worker has selected its queues (all of
+    them, without `-Q`) by the time its steps are built, so this narrows the selection."""
+
+    def __init__(self, worker: Any, queue: str | None = None, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        if queue:
+            worker.setup_queues(queue)
+
+
+celery_app.user_options["worker"].add(
+    click.Option(["--queue"], default=None, help="The seed's spelling of --queues (-Q).")
+)
+celery_app.steps["worker"].add(SeedQueueOption)
+
+
+@worker_ready.connect
+def _mark_ready(**_: Any) -> None:
+    """Lets supervisors and the test fixtures know the worker consumes, without polling it."""
+    if settings.worker_ready_file:
+        Path(settings.worker_ready_file).touch()
+
+
+@beat_init.connect
+def _schedule_dir(**_: Any) -> None:
+    Path(celery_app.conf.beat_schedule_filename).parent.mkdir(parents=True, exist_ok=True)

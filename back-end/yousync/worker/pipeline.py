@@ -1,0 +1,247 @@
+"""The stages of one analysis job, each idempotent and skipped when an earlier delivery of the
+task finished it (markers in the job hash), so a redelivered task resumes instead of redoing.
+
+    prepare (pydub)          5 → 10 %
+    upload to S3            10 → 40 %   byte-level
+    analysis server         40 → 95 %   NDJSON progress forwarded
+    store result                100 %   completed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from media_guard.errors import REFUSALS
+from yousync.core.config import Settings
+from yousync.core.errors import PermanentError, StageError, TransientError
+from yousync.core.jobs import JobStore, Refused
+from yousync.core.models import JobStatus, Stage
+from yousync.core.storage import Storage, object_key
+from yousync.worker import audio
+from yousync.worker.analysis_client import AnalysisClient
+from yousync.worker.eta import EtaEstimator
+from yousync.worker.progress import ProgressReporter
+
+log = logging.getLogger(__name__)
+
+# The analysis server's own refusal of an oversized object counts too.
+REFUSED_AUDIO = REFUSALS | {"audio_too_large"}
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    store: JobStore
+    storage: Storage
+    analysis: AnalysisClient
+
+    def run(self, job_id: str) -> str:
+        """Run what is left of the job; returns the final status."""
+        job = self.store.get(job_id)
+        if not job:
+            log.warning("job %s: no record (expired or deleted); nothing to do", job_id)
+            self.discard_spool(job_id)
+            return "missing"
+        if JobStatus(job["status"]).terminal:
+            log.info("job %s: already %s; redelivery ignored", job_id, job["status"])
+            return job["status"]
+        token_id = job["token_id"]
+        reporter = ProgressReporter(
+            self.store,
+            job_id,
+            token_id,
+            start=int(job.get("progress") or 0),
+            min_interval=self.settings.progress_min_interval_seconds,
+            eta=EtaEstimator(
+                size_bytes=int(job.get("size_bytes") or 0), history=self.store.stage_history()
+            ),
+        )
+        if self._already_uploaded(job):
+            # A previous delivery stored the object: prepare and upload are done.
+            log.info("job %s: S3 object already uploaded; resuming at analysis", job_id)
+            prepared = {
+                k: job[f"prepared_{k}"] for k in ("path", "extension", "content_type", "size")
+            }
+            key = job["s3_key"]
+            s3_url = self.storage.url(key)
+        else:
+            reporter.report(5, Stage.PREPARING, "Decoding and preparing the audio", force=True)
+            prepared = self._prepare(job_id, job)
+            reporter.report(10, Stage.PREPARING, "Audio prepared", force=True)
+            key = object_key(token_id, job_id, prepared["extension"])
+            s3_url = self.storage.url(key)
+            on_bytes = reporter.span(10, 40, Stage.UPLOADING, "Uploading to storage")
+            reporter.report(10, Stage.UPLOADING, "Uploading to storage", force=True)
+            if job.get("upload_started"):
+                # An earlier attempt was cut off (S3 outage, killed worker) and could not abort
+                # its multipart upload; abort leftovers before starting over.
+                self.storage.abort_multipart_uploads(key)
+            self.store.set_markers(job_id, upload_started=1)
+            self.storage.upload(
+                Path(prepared["path"]),
+                key,
+                content_type=prepared["content_type"],
+                on_progress=on_bytes,
+            )
+            self.store.set_markers(job_id, s3_key=key)
+            reporter.report(
+                40, Stage.UPLOADING, "Stored; requesting analysis", force=True, s3_url=s3_url
+            )
+
+        on_analysis = reporter.span(40, 95, Stage.ANALYZING, "Analysing")
+        reporter.report(40, Stage.ANALYZING, "Analysing", force=True)
+        result = self.analysis.analyze(
+            {"job_id": job_id, "token_id": token_id, "key": key},
+            on_progress=on_analysis,
+        )
+        reporter.report(95, Stage.STORING, "Saving the result", force=True)
+        result = {**result, "stored": _stored_summary(job, prepared)}
+        self.store.update(
+            job_id,
+            token_id,
+            status=JobStatus.COMPLETED,
+            progress=100,
+            stage=Stage.DONE,
+            message="Analysis complete",
+            result=result,
+            s3_url=s3_url,
+            eta_seconds=None,
+        )
+        reporter.finish()
+        if job.get("sha256"):
+            self.store.remember_result(token_id, job["sha256"], job_id)
+        self.discard_spool(job_id)
+        return JobStatus.COMPLETED.value
+
+    def _already_uploaded(self, job: dict[str, str]) -> bool:
+        key, size = job.get("s3_key"), job.get("prepared_size")
+        return bool(key and size and self.storage.size_of(key) == int(size))
+
+    def _prepare(self, job_id: str, job: dict[str, str]) -> dict[str, str]:
+        """Decode and convert, unless a previous delivery left the prepared file behind."""
+        done = job.get("prepared_path")
+        if done and Path(done).exists():
+            return {k: job[f"prepared_{k}"] for k in ("path", "extension", "content_type", "size")}
+        spool = Path(job["spool_path"])
+        if not spool.exists():
+            raise PermanentError("spool_missing", "The uploaded file is no longer available")
+        prepared = audio.prepare(
+            spool,
+            source_format=job["source_format"],
+            store_format=self.settings.audio_store_format,
+            dest=spool.with_name(f"{spool.name}.prepared"),
+            bounds=audio.Bounds(
+                max_seconds=self.settings.max_audio_duration_seconds,
+                sample_rate=self.settings.prepare_sample_rate,
+                channels=self.settings.prepare_channels,
+                address_space_bytes=self.settings.ffmpeg_max_memory_mb * audio.MB,
+            ),
+            stream_threshold_bytes=self.settings.prepare_stream_threshold_bytes,
+        )
+        markers = {
+            "path": str(prepared.path),
+            "extension": prepared.extension,
+            "content_type": prepared.content_type,
+            "size": str(prepared.size),
+        }
+        self.store.set_markers(
+            job_id,
+            **{f"prepared_{k}": v for k, v in markers.items()},
+            duration_ms=prepared.duration_ms,
+        )
+        return markers
+
+    def fail(self, job_id: str, error: StageError, *, retryable: bool) -> None:
+        # The object goes first: whoever sees `failed` finds nothing of refused audio left.
+        if error.code in REFUSED_AUDIO:
+            self._delete_stored_object(job_id)
+        self.store.fail(job_id, error, retryable=retryable)
+        if not retryable:
+            self.discard_spool(job_id)
+
+    def _delete_stored_object(self, job_id: str) -> None:
+        """Audio refused as such (too long, lying about its length, undecodable) is not kept:
+        when the analysis server is the one refusing, the object is already in S3."""
+        job = self.store.get(job_id)
+        key = job.get("s3_key") if job else None
+        if key:
+            with contextlib.suppress(TransientError):
+                self.storage.delete(key)
+
+    def note_retry(self, job_id: str, error: StageError, *, attempt: int, delay: float) -> None:
+        job = self.store.get(job_id)
+        if not job:
+            return
+        with contextlib.suppress(Refused):
+            self.store.update(
+                job_id,
+                job["token_id"],
+                status=JobStatus.PROCESSING,
+                message=f"{error.message} — retry {attempt} in {delay:.0f}s",
+                attempt=attempt,
+                next_retry_in=round(delay, 2),
+            )
+
+    def wait_for_state_store(self, *, timeout: float) -> None:
+        """Block until Redis answers again (it may be restarting and loading its data)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.store.ping():
+                    return
+            except RedisConnectionError:
+                if time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.5)
+
+    def begin_delivery(self, job_id: str, *, worker_pid: int) -> bool:
+        """Counts deliveries that started and never ended: a task that kills its own worker
+        would otherwise be redelivered forever (a poison pill). False when this
+        delivery must not run — the job is failed as poison instead. Only a delivery that runs
+        records its pid: a refused one must not look like a running job meanwhile."""
+        crashes = self.store.count_delivery(job_id, +1)
+        if crashes > self.settings.task_max_deliveries:
+            error = StageError("poison", f"The job crashed its worker {crashes - 1} times")
+            self.fail(job_id, error, retryable=False)
+            return False
+        self.store.set_markers(job_id, worker_pid=worker_pid)
+        return True
+
+    def end_delivery(self, job_id: str) -> None:
+        self.store.count_delivery(job_id, -1)
+
+    def clean_up_if_cancelled(self, job_id: str) -> None:
+        """After a cancellation: delete the spool and abort an unfinished multipart upload. A
+        completely stored object stays, so a retry can resume at the analysis."""
+        job = self.store.get(job_id)
+        if job.get("status") != JobStatus.CANCELLED:
+            return
+        self.discard_spool(job_id)
+        if job.get("prepared_extension"):
+            key = object_key(job["token_id"], job_id, job["prepared_extension"])
+            self.storage.abort_multipart_uploads(key)
+
+    def discard_spool(self, job_id: str) -> None:
+        """Delete the upload and its prepared copy once no retry can need them. Paths derive
+        from the job id, so this works even when the job record is gone."""
+        for path in self.settings.spool_dir.glob(f"{job_id}*"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+
+def _stored_summary(job: dict[str, str], prepared: dict[str, str]) -> dict[str, Any]:
+    uploaded = int(job.get("size_bytes") or 0)
+    stored = int(prepared["size"])
+    return {
+        "format": prepared["extension"],
+        "bytes": stored,
+        "uploaded_bytes": uploaded,
+        "saved_bytes": uploaded - stored,
+    }

@@ -1,0 +1,143 @@
+"""The Celery task. It receives a job id only (never file bytes) and runs the pipeline;
+what to retry and what to fail is decided here from the error's kind."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import random
+from functools import lru_cache
+
+import redis
+from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from yousync.core.errors import PermanentError, StageError, TransientError
+from yousync.core.jobs import JobStore, Refused
+from yousync.core.models import ANALYZE_TASK
+from yousync.core.storage import Storage
+from yousync.worker.analysis_client import AnalysisClient
+from yousync.worker.celery_app import AUDIO_QUEUE, celery_app, settings
+from yousync.worker.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=1)
+def pipeline() -> Pipeline:
+    """Clients are built once per worker process, after the fork, never at import time."""
+    client = redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=3, socket_timeout=10, health_check_interval=30
+    )
+    return Pipeline(
+        settings=settings,
+        store=JobStore(client, settings),
+        storage=Storage(settings),
+        analysis=AnalysisClient(
+            settings.analysis_server_url,
+            timeout=settings.analysis_timeout_seconds,
+            secret=settings.analysis_shared_secret,
+        ),
+    )
+
+
+def retry_delay(retries: int) -> float:
+    """Exponential backoff from TASK_RETRY_DELAY with ±20 % jitter, so retries of many jobs
+    that failed together do not hit the recovering service together."""
+    return settings.task_retry_delay * (2.0**retries) * random.uniform(0.8, 1.2)
+
+
+TIMEOUT = StageError("timeout", "The analysis took too long")
+
+
+class AudioTask(Task):
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[no-untyped-def]
+        """After a hard time limit Celery kills the child and, here in the worker's main
+        process, acks the message: nothing would ever end the job, which would sit in
+        `processing` until the stuck-job sweep. A short-lived connection rather than
+        `pipeline()`: cached in this parent, its clients would be inherited by every child
+        forked later."""
+        if not isinstance(exc, TimeLimitExceeded) or not args:
+            return
+        job_id = str(args[0])
+        client = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=3, socket_timeout=5
+        )
+        try:
+            store = JobStore(client, settings)
+            store.fail(job_id, TIMEOUT, retryable=True)
+            # The child was killed by the limit, not by the job: not a crash (poison count).
+            store.count_delivery(job_id, -1)
+            log.warning("job %s: hard time limit (%ss); failed as timeout", job_id, exc.args[0])
+        except RedisError as error:
+            log.error("job %s: hard time limit, and Redis is unreachable: %s", job_id, error)
+        finally:
+            client.close()
+
+
+@celery_app.task(
+    base=AudioTask,
+    bind=True,
+    name=ANALYZE_TASK,
+    queue=AUDIO_QUEUE,
+    acks_late=True,
+    reject_on_worker_lost=True,
+    max_retries=settings.task_max_retries,
+    ignore_result=True,  # see celery_app.py: the job hash is the result
+)
+def analyze_audio(self: Task, job_id: str) -> str:
+    runner = pipeline()
+    if not runner.begin_delivery(job_id, worker_pid=os.getpid()):
+        return "failed"
+    try:
+        return _run_through_redis_outages(self, runner, job_id)
+    finally:
+        with contextlib.suppress(RedisConnectionError):
+            runner.end_delivery(job_id)
+
+
+def _run_through_redis_outages(self: Task, runner: Pipeline, job_id: str) -> str:
+    """A Redis restart mid-job must not strand the job in `processing`: nothing can be written
+    (not even `failed`) while Redis is away, so wait for it and run again; the stage markers
+    make the rerun resume where the job was."""
+    for _ in range(settings.redis_outage_reruns):
+        try:
+            return _run(self, runner, job_id)
+        except RedisConnectionError as exc:
+            log.warning("job %s: Redis unreachable (%s); waiting to resume", job_id, exc)
+            runner.wait_for_state_store(timeout=settings.redis_outage_wait_seconds)
+    return _run(self, runner, job_id)
+
+
+def _run(self: Task, runner: Pipeline, job_id: str) -> str:
+    try:
+        return runner.run(job_id)
+    except Refused as refused:
+        # The job was cancelled or finished elsewhere while we worked: stop, clean up after a
+        # cancellation (spool, stored object, any multipart upload), write nothing more.
+        log.info("job %s: stopped, state refused the write (%s)", job_id, refused.reason)
+        runner.clean_up_if_cancelled(job_id)
+        return refused.reason
+    except PermanentError as error:
+        log.warning("job %s: failed permanently: %s", job_id, error)
+        runner.fail(job_id, error, retryable=False)
+        return "failed"
+    except TransientError as error:
+        if self.request.retries < self.max_retries:
+            delay = retry_delay(self.request.retries)
+            attempt = self.request.retries + 1
+            log.warning("job %s: %s; retry %d in %.1fs", job_id, error, attempt, delay)
+            runner.note_retry(job_id, error, attempt=attempt, delay=delay)
+            raise self.retry(countdown=delay, exc=error) from error
+        runner.fail(job_id, error, retryable=True)
+        return "failed"
+    except SoftTimeLimitExceeded:
+        runner.fail(job_id, TIMEOUT, retryable=True)
+        return "failed"
+    except Exception:
+        log.exception("job %s: unexpected error", job_id)
+        runner.fail(job_id, StageError("internal_error", "Unexpected worker error"), retryable=True)
+        raise

@@ -1,0 +1,225 @@
+"""Celery Beat's maintenance sweeps (schedule: `beat_schedule` in celery_app.py; queue
+`maintenance`). Each is safe to run any number of times, on any worker, concurrently.
+
+* `sweep_spool` — deletes spool files nothing can need any more: those of completed jobs, of
+  failed/cancelled jobs ended more than SPOOL_RETENTION_SECONDS ago (kept until then so a retry
+  can re-run the first stages), and of jobs whose record is gone (expired) once the file is older
+  than SPOOL_ORPHAN_GRACE_SECONDS — the API writes the file *before* it creates the job record,
+  so a young file without a record is an upload still arriving.
+* `mark_stuck_jobs` — a `processing` job with no write for longer than the hard time limit plus
+  the longest retry backoff has lost its task (a SIGKILLed child after the time limit, a worker
+  host gone): it ends `failed` with code `stuck` (retryable). A `queued` job untouched for
+  STUCK_QUEUED_SECONDS lost its message. The set of active jobs scored by their last write
+  (`keys.ACTIVE_JOBS`, kept by the job-state script) makes this one range query.
+* `abort_stale_multipart_uploads` — S3 bills the parts of unfinished multipart uploads; abort
+  ours (`audio/` prefix) that started more than MULTIPART_MAX_AGE_SECONDS (a day) ago.
+
+Every argument is optional and defaults to the settings; tests pass small ages.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, cast
+
+import boto3
+import redis
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from yousync.core import keys
+from yousync.core.jobs import JobStore, Refused
+from yousync.core.models import JobStatus
+from yousync.core.storage import s3_client_kwargs
+from yousync.observability.logging_setup import JOB_ID_PATTERN
+from yousync.worker.celery_app import MAINTENANCE_QUEUE, celery_app, settings
+
+log = logging.getLogger("yousync.maintenance")
+
+OBJECT_PREFIX = "audio/"
+
+
+@lru_cache(maxsize=1)
+def _redis() -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.redis_url, socket_connect_timeout=3, socket_timeout=10, decode_responses=True
+    )
+
+
+@lru_cache(maxsize=1)
+def _store() -> JobStore:
+    return JobStore(_redis(), settings)
+
+
+@lru_cache(maxsize=1)
+def _s3() -> Any:
+    return boto3.client(
+        "s3",
+        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2}),
+        **s3_client_kwargs(settings),
+    )
+
+
+def _redis_now(client: redis.Redis) -> float:
+    seconds, micros = client.time()
+    return float(seconds) + float(micros) / 1e6
+
+
+def _iso_age(value: bytes | str | None, now: float) -> float | None:
+    if not value:
+        return None
+    if isinstance(value, bytes):
+        value = value.decode()
+    try:
+        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return now - stamp.timestamp()
+
+
+def stuck_processing_seconds() -> float:
+    """The hard time limit, plus the longest backoff a retrying job may wait between writes."""
+    longest_backoff = settings.task_retry_delay * 2.0 ** max(settings.task_max_retries - 1, 0) * 1.2
+    return settings.task_time_limit + longest_backoff
+
+
+@celery_app.task(name="tasks.maintenance.sweep_spool", queue=MAINTENANCE_QUEUE)
+def sweep_spool(
+    orphan_grace_seconds: float | None = None, retention_seconds: float | None = None
+) -> dict[str, Any]:
+    grace = (
+        settings.spool_orphan_grace_seconds
+        if orphan_grace_seconds is None
+        else float(orphan_grace_seconds)
+    )
+    retention = (
+        settings.spool_retention_seconds if retention_seconds is None else float(retention_seconds)
+    )
+    spool_dir = Path(settings.spool_dir)
+    if not spool_dir.is_dir():
+        return {"deleted": [], "kept": 0}
+    by_job: dict[str, list[Path]] = {}
+    for path in spool_dir.iterdir():
+        found = JOB_ID_PATTERN.match(path.name)
+        if found and path.is_file():
+            by_job.setdefault(found.group(0), []).append(path)
+    client = _redis()
+    now = time.time()
+    deleted: list[str] = []
+    kept = 0
+    for job_id, paths in by_job.items():
+        status, updated_at = client.hmget(keys.job(job_id), ["status", "updated_at"])
+        if status is None:
+            newest = max((_mtime(path) for path in paths), default=now)
+            why = "expired" if now - newest >= grace else None
+        elif status == JobStatus.COMPLETED:
+            why = "completed"
+        elif status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            age = _iso_age(updated_at, now)
+            why = status if age is not None and age >= retention else None
+        else:
+            why = None
+        if why is None:
+            kept += len(paths)
+            continue
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                deleted.append(path.name)
+        log.info(
+            "spool files deleted", extra={"job_id": job_id, "reason": why, "files": len(paths)}
+        )
+    return {"deleted": sorted(deleted), "kept": kept}
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+@celery_app.task(name="tasks.maintenance.mark_stuck_jobs", queue=MAINTENANCE_QUEUE)
+def mark_stuck_jobs(
+    processing_seconds: float | None = None, queued_seconds: float | None = None
+) -> list[str]:
+    limits = {
+        JobStatus.PROCESSING: (
+            stuck_processing_seconds() if processing_seconds is None else float(processing_seconds)
+        ),
+        JobStatus.QUEUED: (
+            settings.stuck_queued_seconds if queued_seconds is None else float(queued_seconds)
+        ),
+    }
+    client = _redis()
+    now = _redis_now(client)
+    cutoff = now - min(limits.values())
+    marked: list[str] = []
+    due = cast(
+        "list[tuple[str, float]]",
+        client.zrangebyscore(keys.ACTIVE_JOBS, "-inf", cutoff, withscores=True),
+    )
+    for job_id, last_write in due:
+        job = _store().get(job_id)
+        if not job:
+            client.zrem(keys.ACTIVE_JOBS, job_id)
+            continue
+        limit = limits.get(JobStatus(job["status"]))
+        if limit is None or now - last_write < limit:
+            continue
+        minutes = (now - last_write) / 60
+        message = f"The job made no progress for {minutes:.0f} min and was stopped"
+        try:
+            _store().update(
+                job_id,
+                job["token_id"],
+                status=JobStatus.FAILED,
+                message=message,
+                error={"code": "stuck", "message": message, "retryable": True},
+                eta_seconds=None,
+            )
+        except Refused:
+            continue  # finished (or was cancelled) meanwhile
+        marked.append(job_id)
+        log.warning(
+            "job marked stuck",
+            extra={"job_id": job_id, "was": job["status"], "idle_seconds": round(now - last_write)},
+        )
+    return marked
+
+
+@celery_app.task(name="tasks.maintenance.abort_stale_multipart_uploads", queue=MAINTENANCE_QUEUE)
+def abort_stale_multipart_uploads(older_than_seconds: float | None = None) -> dict[str, Any]:
+    max_age = (
+        settings.multipart_max_age_seconds if older_than_seconds is None else older_than_seconds
+    )
+    cutoff = datetime.now(UTC) - timedelta(seconds=float(max_age))
+    s3 = _s3()
+    aborted: list[str] = []
+    kept = 0
+    pages = s3.get_paginator("list_multipart_uploads").paginate(
+        Bucket=settings.s3_bucket, Prefix=OBJECT_PREFIX
+    )
+    for page in pages:
+        for upload in page.get("Uploads", []):
+            if upload["Initiated"] > cutoff:
+                kept += 1
+                continue
+            try:
+                s3.abort_multipart_upload(
+                    Bucket=settings.s3_bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+            except ClientError as exc:
+                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                    raise
+            aborted.append(upload["Key"])
+            log.info(
+                "multipart upload aborted",
+                extra={"key": upload["Key"], "initiated": upload["Initiated"].isoformat()},
+            )
+    return {"aborted": aborted, "kept": kept}

@@ -1,0 +1,124 @@
+"""The job store's atomic rules, against a real Redis: one write = hash + Stream entry +
+notification; no progress decrease; nothing after a terminal state."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from yousync.core import keys
+from yousync.core.config import Settings
+from yousync.core.jobs import AsyncJobStore, JobStore, Refused
+from yousync.core.models import JobSnapshot
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, redis_url: str) -> JobStore:
+    settings = Settings(redis_url=redis_url, job_ttl_seconds=100, active_job_ttl_seconds=1000)
+    return JobStore(redis.Redis.from_url(redis_url), settings)
+
+
+@pytest.fixture
+def job(redis_client: redis.Redis, redis_url: str) -> str:
+    """A job created the way the API creates it (the Lua `create` mode)."""
+    job_id = "11111111-1111-4111-8111-111111111111"
+
+    async def create() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        await AsyncJobStore(client, Settings()).create(job_id, "tok", spool_path="/x")
+        await client.aclose()
+
+    asyncio.run(create())
+    return job_id
+
+
+@pytest.fixture
+def notifications(redis_client: redis.Redis) -> Iterator[redis.client.PubSub]:
+    pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(keys.EVENTS_CHANNEL)
+    pubsub.get_message(timeout=1)
+    yield pubsub
+    pubsub.close()
+
+
+def test_update_when_accepted_then_hash_stream_and_notification_agree(
+    store: JobStore, job: str, redis_client: redis.Redis, notifications: redis.client.PubSub
+) -> None:
+    event_id = store.update(
+        job, "tok", status="processing", progress=7, stage="preparing", message="m"
+    )
+    fields = redis_client.hgetall(keys.job(job))
+    assert fields["progress"] == "7" and fields["last_event_id"] == event_id
+    assert fields["spool_path"] == "/x"  # internal markers stay in the hash …
+    entries = redis_client.xrange(keys.job_events(job))
+    assert [entry_id for entry_id, _ in entries][-1] == event_id
+    assert "spool_path" not in entries[-1][1]  # … and never reach an event
+    note = notifications.get_message(timeout=2)
+    assert note is not None
+    payload = json.loads(note["data"])
+    assert payload["id"] == event_id and payload["job_id"] == job and payload["token_id"] == "tok"
+    assert JobSnapshot.from_fields(payload["snapshot"]).progress == 7
+
+
+def test_update_when_progress_decreases_then_refused_and_nothing_written(
+    store: JobStore, job: str, redis_client: redis.Redis
+) -> None:
+    store.update(job, "tok", status="processing", progress=30)
+    before = redis_client.xlen(keys.job_events(job))
+    with pytest.raises(Refused) as refused:
+        store.update(job, "tok", progress=20)
+    assert refused.value.reason == "progress_decrease"
+    assert redis_client.hget(keys.job(job), "progress") == "30"
+    assert redis_client.xlen(keys.job_events(job)) == before
+
+
+@pytest.mark.parametrize("terminal", ["completed", "failed", "cancelled"])
+def test_update_when_job_is_terminal_then_refused(
+    store: JobStore, job: str, redis_client: redis.Redis, terminal: str
+) -> None:
+    store.update(job, "tok", status=terminal, progress=100 if terminal == "completed" else 0)
+    with pytest.raises(Refused) as refused:
+        store.update(job, "tok", status="processing", progress=100)
+    assert refused.value.reason == "terminal"
+    assert redis_client.hget(keys.job(job), "status") == terminal
+
+
+def test_update_when_job_missing_then_refused_and_no_key_created(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    with pytest.raises(Refused) as refused:
+        store.update("nope", "tok", progress=1)
+    assert refused.value.reason == "missing"
+    assert redis_client.keys("yousync:*") == []
+
+
+def test_ttl_when_terminal_then_shortened_to_job_ttl(
+    store: JobStore, job: str, redis_client: redis.Redis
+) -> None:
+    store.update(job, "tok", status="processing", progress=5)
+    assert redis_client.ttl(keys.job(job)) > 100
+    store.update(job, "tok", status="completed", progress=100)
+    assert 0 < redis_client.ttl(keys.job(job)) <= 100
+    assert 0 < redis_client.ttl(keys.job_events(job)) <= 100
+
+
+def test_reopen_when_failed_then_allowed_and_when_completed_then_refused(
+    store: JobStore, job: str
+) -> None:
+    store.update(job, "tok", status="failed")
+    store.reopen(job, "tok", status="queued")
+    store.update(job, "tok", status="completed", progress=100)
+    with pytest.raises(Refused):
+        store.reopen(job, "tok", status="queued")
+
+
+def test_set_markers_when_job_missing_then_nothing_created(
+    store: JobStore, redis_client: redis.Redis
+) -> None:
+    assert store.set_markers("nope", s3_key="k") is False
+    assert redis_client.keys("yousync:*") == []

@@ -1,0 +1,54 @@
+"""The worker's S3 client against real endpoints: what its failures tell the user."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from devtools import stack
+from yousync.core.config import Settings
+from yousync.core.errors import TransientError
+from yousync.core.storage import Storage
+
+
+def test_upload_when_s3_unreachable_then_retryable_error_without_host_path_or_bucket_url(
+    tmp_path: Path,
+) -> None:
+    spool = tmp_path / "spool" / "job.prepared.flac"
+    spool.parent.mkdir()
+    spool.write_bytes(b"x" * 1024)
+    storage = Storage(
+        Settings(
+            s3_endpoint_url=f"http://127.0.0.1:{stack.free_port()}",
+            s3_bucket="private-bucket",
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+    )
+
+    with pytest.raises(TransientError) as failed:
+        storage.upload(spool, "audio/tok/job.flac", content_type="audio/flac", on_progress=print)
+
+    assert failed.value.code == "storage_unavailable"
+    assert str(tmp_path) not in failed.value.message
+    assert "private-bucket" not in failed.value.message
+    assert "127.0.0.1" not in failed.value.message
+
+
+def test_delete_when_object_exists_then_gone(
+    s3_endpoint_url: str, s3_bucket: str, s3_client: object
+) -> None:
+    storage = Storage(
+        Settings(
+            s3_endpoint_url=s3_endpoint_url,
+            s3_bucket=s3_bucket,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        )
+    )
+    s3_client.put_object(Bucket=s3_bucket, Key="audio/tok/refused.flac", Body=b"x")  # type: ignore[attr-defined]
+
+    storage.delete("audio/tok/refused.flac")
+
+    assert storage.size_of("audio/tok/refused.flac") is None

@@ -1,0 +1,184 @@
+"""Beat's maintenance tasks, run by the real worker (sent over the real broker, results read
+back), and Celery Beat itself sending them on its schedule."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+from celery import Celery
+
+from devtools import stack
+from tests.helpers.jobs import create_job
+from yousync.core import keys
+from yousync.core.config import Settings
+from yousync.core.jobs import JobStore
+
+
+@pytest.fixture
+def store(redis_url: str, redis_client: redis.Redis) -> Iterator[JobStore]:
+    client = redis.Redis.from_url(redis_url)
+    yield JobStore(client, Settings(redis_url=redis_url))
+    client.close()
+
+
+def run(app: Celery, name: str, **kwargs: Any) -> Any:
+    result = app.send_task(f"tasks.maintenance.{name}", kwargs=kwargs, queue="maintenance")
+    return result.get(timeout=30)
+
+
+def touch(path: Path, *, age_seconds: float = 0.0) -> Path:
+    path.write_bytes(b"RIFF....WAVE")
+    if age_seconds:
+        stamp = time.time() - age_seconds
+        os.utime(path, (stamp, stamp))
+    return path
+
+
+def hours_ago(hours: float) -> str:
+    stamp = datetime.now(UTC) - timedelta(hours=hours)
+    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_sweep_spool_when_jobs_finished_or_expired_then_only_their_files_are_deleted(
+    celery_client: Celery,
+    store: JobStore,
+    redis_url: str,
+    redis_client: redis.Redis,
+    spool_dir: Path,
+    token_id: str,
+) -> None:
+    completed = create_job(redis_url, token_id)
+    store.update(completed, token_id, status="completed", progress=100, stage="done")
+    failed_recently = create_job(redis_url, token_id)
+    error = {"code": "analysis_unavailable", "message": "down", "retryable": True}
+    store.update(failed_recently, token_id, status="failed", error=error)
+    failed_long_ago = create_job(redis_url, token_id)
+    store.update(failed_long_ago, token_id, status="failed", error=error)
+    redis_client.hset(keys.job(failed_long_ago), "updated_at", hours_ago(2))
+    running = create_job(redis_url, token_id)
+    store.update(running, token_id, status="processing", progress=20, stage="uploading")
+    expired_old, arriving = str(uuid.uuid4()), str(uuid.uuid4())  # no job records
+
+    doomed = [
+        touch(spool_dir / completed),
+        touch(spool_dir / f"{completed}.prepared.flac"),
+        touch(spool_dir / failed_long_ago),
+        touch(spool_dir / expired_old, age_seconds=7200),
+    ]
+    kept = [
+        touch(spool_dir / failed_recently),
+        touch(spool_dir / running),
+        touch(spool_dir / f"{running}.prepared.flac"),
+        touch(spool_dir / arriving),  # an upload still being received: no record yet
+        touch(spool_dir / "not-a-job-file.txt", age_seconds=7200),
+    ]
+    try:
+        result = run(celery_client, "sweep_spool")
+        assert not [path.name for path in doomed if path.exists()]
+        assert all(path.exists() for path in kept)
+        assert {path.name for path in doomed} <= set(result["deleted"])
+        assert not {path.name for path in kept} & set(result["deleted"])
+
+        # Shorter limits, as arguments: now the recent failure's file goes too.
+        result = run(celery_client, "sweep_spool", retention_seconds=0)
+        assert not (spool_dir / failed_recently).exists()
+        assert (spool_dir / running).exists()
+    finally:
+        for path in kept:
+            path.unlink(missing_ok=True)
+
+
+def test_mark_stuck_jobs_when_silent_past_the_limit_then_failed_stuck_with_an_event(
+    celery_client: Celery,
+    store: JobStore,
+    redis_url: str,
+    redis_client: redis.Redis,
+    token_id: str,
+) -> None:
+    silent = create_job(redis_url, token_id)
+    store.update(silent, token_id, status="processing", progress=40, stage="analyzing")
+    waiting = create_job(redis_url, token_id)  # queued
+    time.sleep(1.2)
+    busy = create_job(redis_url, token_id)
+    store.update(busy, token_id, status="processing", progress=10, stage="preparing")
+    done = create_job(redis_url, token_id)
+    store.update(done, token_id, status="completed", progress=100, stage="done")
+
+    marked = run(celery_client, "mark_stuck_jobs", processing_seconds=1.0)
+    assert marked == [silent]
+    job = redis_client.hgetall(keys.job(silent))
+    assert job["status"] == "failed"
+    assert '"code":"stuck"' in job["error"] and '"retryable":true' in job["error"]
+    (_, last_event), *_ = redis_client.xrevrange(keys.job_events(silent), count=1)
+    assert last_event["status"] == "failed"  # SSE clients hear about it like any other event
+    assert redis_client.hget(keys.job(busy), "status") == "processing"
+    assert redis_client.hget(keys.job(waiting), "status") == "queued"
+    assert redis_client.hget(keys.job(done), "status") == "completed"
+
+    # A queued job has its own, longer limit (a backlog is not a fault).
+    assert run(celery_client, "mark_stuck_jobs", processing_seconds=1.0, queued_seconds=1.0) == [
+        waiting
+    ]
+    # Nothing left to mark: running it again changes nothing (Beat may overlap).
+    assert run(celery_client, "mark_stuck_jobs", processing_seconds=1.0, queued_seconds=1.0) == []
+
+
+THIRTY_YEARS = 30 * 365 * 86400
+
+
+def test_abort_stale_multipart_uploads_when_older_than_limit_then_aborted(
+    celery_client: Celery,
+    s3_client,  # type: ignore[no-untyped-def]
+    s3_bucket: str,
+    token_id: str,
+) -> None:
+    ours = s3_client.create_multipart_upload(Bucket=s3_bucket, Key=f"audio/{token_id}/x.flac")
+    foreign = s3_client.create_multipart_upload(Bucket=s3_bucket, Key=f"other/{token_id}.bin")
+
+    def open_uploads(prefix: str) -> list[str]:
+        listed = s3_client.list_multipart_uploads(Bucket=s3_bucket, Prefix=prefix)
+        return [upload["UploadId"] for upload in listed.get("Uploads", [])]
+
+    try:
+        # moto reports every multipart upload as initiated on 2010-11-10: younger than a
+        # 30-year limit, far older than the default one day.
+        result = run(
+            celery_client, "abort_stale_multipart_uploads", older_than_seconds=THIRTY_YEARS
+        )
+        assert f"audio/{token_id}/x.flac" not in result["aborted"] and result["kept"] >= 1
+        assert open_uploads(f"audio/{token_id}/") == [ours["UploadId"]]
+
+        result = run(celery_client, "abort_stale_multipart_uploads")
+        assert f"audio/{token_id}/x.flac" in result["aborted"]
+        assert open_uploads(f"audio/{token_id}/") == []
+        assert open_uploads(f"other/{token_id}") == [foreign["UploadId"]]  # not ours
+    finally:
+        s3_client.abort_multipart_upload(
+            Bucket=s3_bucket, Key=f"other/{token_id}.bin", UploadId=foreign["UploadId"]
+        )
+
+
+def test_beat_when_running_then_sends_the_sweeps_on_schedule(
+    backend_env: dict[str, str],
+    workdir: Path,
+    worker_service: stack.Proc,
+    redis_client: redis.Redis,
+    spool_dir: Path,
+) -> None:
+    orphan = touch(spool_dir / str(uuid.uuid4()), age_seconds=7200)
+    beat = stack.beat_proc({**backend_env, "MAINTENANCE_INTERVAL_SECONDS": "1"}, workdir).start()
+    try:
+        stack.wait_until(lambda: not orphan.exists(), timeout=20, what="Beat's spool sweep")
+    finally:
+        beat.stop()
+    log = beat.log_tail(200)
+    for task in ("sweep_spool", "mark_stuck_jobs", "abort_stale_multipart_uploads"):
+        assert f"Sending due task {task}" in log, log
