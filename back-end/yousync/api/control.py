@@ -19,7 +19,8 @@ from yousync.api.streaming.progress_stream import JobNotFound
 from yousync.api.uploads.submission import Enqueue, ServiceUnavailable
 from yousync.core.config import Settings
 from yousync.core.jobs import AsyncJobStore, Refused
-from yousync.core.models import JobSnapshot, JobStatus, Stage
+from yousync.core.models import JobSnapshot, JobStatus
+from yousync.core.stages import Stage
 
 Revoke = Callable[[str], None]
 

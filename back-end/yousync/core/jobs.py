@@ -26,9 +26,9 @@ from yousync.core.models import (
     TERMINAL_STATUSES,
     JobSnapshot,
     JobStatus,
-    Stage,
     encode_fields,
 )
+from yousync.core.stages import Stage
 
 _WRITE_SCRIPT = (
     resources.files(__package__)

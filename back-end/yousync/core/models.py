@@ -1,4 +1,4 @@
-"""Job state as the API contract names it: statuses, stages and the snapshot."""
+"""Job state as the API contract names it: statuses and the snapshot (stages: stages.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel
+
+from yousync.core.stages import Stage
 
 
 class JobStatus(StrEnum):
@@ -28,36 +30,8 @@ ANALYZE_TASK = "tasks.audio_tasks.analyze_audio"
 TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
-class Stage(StrEnum):
-    QUEUED = "queued"
-    PREPARING = "preparing"
-    UPLOADING = "uploading"
-    ANALYZING = "analyzing"
-    STORING = "storing"
-    DONE = "done"
-
-
-# Snapshot fields in contract order. The hash and every stream entry store them as strings;
-# these are the fields whose string form is JSON.
-SNAPSHOT_FIELDS = (
-    "job_id",
-    "token_id",
-    "status",
-    "progress",
-    "stage",
-    "message",
-    "eta_seconds",
-    "s3_url",
-    "result",
-    "error",
-    "created_at",
-    "updated_at",
-    # Beyond the seed's fields: stall marker and retry visibility.
-    "stalled",
-    "attempt",
-    "next_retry_in",
-    "deduplicated",
-)
+# The hash and every stream entry store snapshot fields as strings; these are the fields whose
+# string form is JSON.
 _JSON_FIELDS = frozenset({"result", "error"})
 
 
@@ -82,6 +56,7 @@ class JobSnapshot(BaseModel):
     error: JobError | None = None
     created_at: str
     updated_at: str
+    # Beyond the seed's fields: stall marker and retry visibility.
     stalled: bool = False
     attempt: int = 0
     next_retry_in: float | None = None
@@ -97,6 +72,10 @@ class JobSnapshot(BaseModel):
                 continue
             values[name] = json.loads(raw) if name in _JSON_FIELDS else raw
         return cls.model_validate(values)
+
+
+# Snapshot fields in contract order, as the model declares them.
+SNAPSHOT_FIELDS: tuple[str, ...] = tuple(JobSnapshot.model_fields)
 
 
 def encode_fields(values: dict[str, Any]) -> dict[str, str]:

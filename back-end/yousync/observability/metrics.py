@@ -41,6 +41,8 @@ from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
 
 from yousync.core import keys
+from yousync.core.models import TERMINAL_STATUSES
+from yousync.core.stages import TIMED_STAGES
 
 if TYPE_CHECKING:
     import redis
@@ -80,8 +82,8 @@ STAGE_BUCKETS: tuple[float, ...] = (
     600.0,
     900.0,
 )
-STAGES = ("queued", "preparing", "uploading", "analyzing", "storing")
-FINAL_STATUSES = ("completed", "failed", "cancelled")
+STAGES = tuple(stage.value for stage in TIMED_STAGES)
+FINAL_STATUSES = tuple(sorted(status.value for status in TERMINAL_STATUSES))
 
 # --- this API process ---------------------------------------------------------------------
 

@@ -11,15 +11,10 @@ import math
 import time
 from collections.abc import Callable
 
-from yousync.core.models import Stage
+from yousync.core.stages import WORKED_STAGES, Stage
 
-STAGE_SPANS: dict[Stage, tuple[int, int]] = {
-    Stage.PREPARING: (5, 10),
-    Stage.UPLOADING: (10, 40),
-    Stage.ANALYZING: (40, 95),
-    Stage.STORING: (95, 100),
-}
-STAGE_ORDER = list(STAGE_SPANS)
+STAGE_SPANS: dict[Stage, tuple[int, int]] = {stage: stage.span for stage in WORKED_STAGES}
+STAGE_ORDER = list(WORKED_STAGES)
 # Below this share of a stage, its own rate is noise; fall back to history.
 MIN_FRACTION_FOR_RATE = 0.1
 

@@ -1,10 +1,12 @@
 """The stages of one analysis job, each idempotent and skipped when an earlier delivery of the
 task finished it (markers in the job hash), so a redelivered task resumes instead of redoing.
 
-    prepare (pydub)          5 → 10 %
-    upload to S3            10 → 40 %   byte-level
-    analysis server         40 → 95 %   NDJSON progress forwarded
-    store result                100 %   completed
+    prepare (pydub)         Stage.PREPARING
+    upload to S3            Stage.UPLOADING   byte-level
+    analysis server         Stage.ANALYZING   NDJSON progress forwarded
+    store result            Stage.STORING     then completed at 100 %
+
+Each stage's share of the progress bar comes from the stage table (yousync.core.stages).
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from media_guard.errors import REFUSALS
 from yousync.core.config import Settings
 from yousync.core.errors import PermanentError, StageError, TransientError
 from yousync.core.jobs import JobStore, Refused
-from yousync.core.models import JobStatus, Stage
+from yousync.core.models import JobStatus
+from yousync.core.stages import Stage
 from yousync.core.storage import Storage, object_key
 from yousync.worker import audio
 from yousync.worker.analysis_client import AnalysisClient
@@ -72,13 +75,16 @@ class Pipeline:
             key = job["s3_key"]
             s3_url = self.storage.url(key)
         else:
-            reporter.report(5, Stage.PREPARING, "Decoding and preparing the audio", force=True)
+            preparing, uploading = Stage.PREPARING, Stage.UPLOADING
+            reporter.report(
+                preparing.start, preparing, "Decoding and preparing the audio", force=True
+            )
             prepared = self._prepare(job_id, job)
-            reporter.report(10, Stage.PREPARING, "Audio prepared", force=True)
+            reporter.report(preparing.end, preparing, "Audio prepared", force=True)
             key = object_key(token_id, job_id, prepared["extension"])
             s3_url = self.storage.url(key)
-            on_bytes = reporter.span(10, 40, Stage.UPLOADING, "Uploading to storage")
-            reporter.report(10, Stage.UPLOADING, "Uploading to storage", force=True)
+            on_bytes = reporter.span(uploading, "Uploading to storage")
+            reporter.report(uploading.start, uploading, "Uploading to storage", force=True)
             if job.get("upload_started"):
                 # An earlier attempt was cut off (S3 outage, killed worker) and could not abort
                 # its multipart upload; abort leftovers before starting over.
@@ -92,16 +98,17 @@ class Pipeline:
             )
             self.store.set_markers(job_id, s3_key=key)
             reporter.report(
-                40, Stage.UPLOADING, "Stored; requesting analysis", force=True, s3_url=s3_url
+                uploading.end, uploading, "Stored; requesting analysis", force=True, s3_url=s3_url
             )
 
-        on_analysis = reporter.span(40, 95, Stage.ANALYZING, "Analysing")
-        reporter.report(40, Stage.ANALYZING, "Analysing", force=True)
+        analyzing, storing = Stage.ANALYZING, Stage.STORING
+        on_analysis = reporter.span(analyzing, "Analysing")
+        reporter.report(analyzing.start, analyzing, "Analysing", force=True)
         result = self.analysis.analyze(
             {"job_id": job_id, "token_id": token_id, "key": key},
             on_progress=on_analysis,
         )
-        reporter.report(95, Stage.STORING, "Saving the result", force=True)
+        reporter.report(storing.start, storing, "Saving the result", force=True)
         result = {**result, "stored": _stored_summary(job, prepared)}
         self.store.update(
             job_id,

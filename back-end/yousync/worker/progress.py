@@ -12,7 +12,8 @@ import time
 from typing import Any
 
 from yousync.core.jobs import JobStore
-from yousync.core.models import JobStatus, Stage
+from yousync.core.models import JobStatus
+from yousync.core.stages import Stage
 from yousync.worker import telemetry as worker_telemetry
 from yousync.worker.eta import EtaEstimator, history_key
 
@@ -74,8 +75,9 @@ class ProgressReporter:
         with self._lock:
             self._enter(Stage.DONE)
 
-    def span(self, start: int, end: int, stage: Stage, message: str) -> Any:
-        """A callback mapping a 0–1 fraction of one stage onto [start, end] percent."""
+    def span(self, stage: Stage, message: str) -> Any:
+        """A callback mapping a 0–1 fraction of one stage onto its share of the bar."""
+        start, end = stage.span
 
         def on_fraction(fraction: float, detail: str = "") -> None:
             text = f"{message} ({detail})" if detail else message

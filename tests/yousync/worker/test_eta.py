@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from yousync.core.models import Stage
+from yousync.core.stages import Stage
 from yousync.worker.eta import EtaEstimator, history_key, size_bucket
 
 

@@ -1,5 +1,6 @@
 // Korean and English labels, chosen from the browser's language (`?lang=ko|en` overrides).
 // Elements with data-i18n="key" get their text from here at load; the rest is set by progress.js.
+// Stage labels ("stage.<name>") come from CONTRACT (/contract.js), the server's stage table.
 "use strict";
 
 const MESSAGES = {
@@ -31,12 +32,6 @@ const MESSAGES = {
     uploadFailed: "The upload failed: {error}",
     networkError: "network error",
     jobBar: "Analysis",
-    "stage.queued": "Waiting for a worker",
-    "stage.preparing": "Preparing the audio",
-    "stage.uploading": "Storing the audio",
-    "stage.analyzing": "Analyzing",
-    "stage.storing": "Saving the result",
-    "stage.done": "Done",
     "status.idle": "",
     "status.queued": "Queued",
     "status.processing": "Processing",
@@ -113,12 +108,6 @@ const MESSAGES = {
     uploadFailed: "업로드에 실패했습니다: {error}",
     networkError: "네트워크 오류",
     jobBar: "분석",
-    "stage.queued": "작업자를 기다리는 중",
-    "stage.preparing": "오디오 준비 중",
-    "stage.uploading": "오디오 저장 중",
-    "stage.analyzing": "분석 중",
-    "stage.storing": "결과 저장 중",
-    "stage.done": "완료",
     "status.idle": "",
     "status.queued": "대기",
     "status.processing": "처리 중",
@@ -168,6 +157,12 @@ const MESSAGES = {
     minutes: "{m}분 {s}초",
   },
 };
+
+for (const stage of CONTRACT.stages) {
+  for (const [lang, label] of Object.entries(stage.labels)) {
+    if (MESSAGES[lang]) MESSAGES[lang][`stage.${stage.name}`] = label;
+  }
+}
 
 function pickLanguage() {
   const forced = new URLSearchParams(location.search).get("lang");

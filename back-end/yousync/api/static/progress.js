@@ -8,7 +8,8 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const TERMINAL = new Set(["completed", "failed", "cancelled"]);
+// CONTRACT comes from /contract.js (the server's stage table and terminal statuses).
+const TERMINAL = new Set(CONTRACT.terminalStatuses);
 const RECENT_KEY = "yousync.recentJobs.v1";
 const RECENT_MAX = 10;
 const TOKEN_KEY = "yousync.token";

@@ -21,7 +21,8 @@ from redis.exceptions import RedisError
 from yousync.api.uploads.receive import UploadRejected, receive_upload
 from yousync.core.config import Settings
 from yousync.core.jobs import AsyncJobStore
-from yousync.core.models import JobStatus, Stage
+from yousync.core.models import JobStatus
+from yousync.core.stages import Stage
 from yousync.observability import metrics
 
 log = logging.getLogger(__name__)

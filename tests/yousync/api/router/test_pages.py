@@ -9,6 +9,7 @@ finished page to docs/screenshot.png, the picture in the README.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -22,6 +23,8 @@ import redis
 
 from devtools import stack
 from tests.helpers.audio import wav_bytes
+from yousync.core.models import TERMINAL_STATUSES
+from yousync.core.stages import Stage
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 REPO_ROOT = Path(__file__).resolve().parents[4]
@@ -103,6 +106,20 @@ def test_index_when_requested_then_serves_the_page_and_its_assets(base_url: str)
     ]:
         response = httpx.get(f"{base_url}/static/{asset}")
         assert response.status_code == 200 and needle in response.text, asset
+
+
+def test_contract_script_when_requested_then_carries_every_stage_of_the_table(
+    base_url: str,
+) -> None:
+    response = httpx.get(f"{base_url}/contract.js")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/javascript")
+    contract = json.loads(response.text.split("const CONTRACT = ", 1)[1].rstrip().rstrip(";"))
+    assert [row["name"] for row in contract["stages"]] == [stage.value for stage in Stage]
+    for row, stage in zip(contract["stages"], Stage, strict=True):
+        assert (row["start"], row["end"], row["labels"]) == (stage.start, stage.end, stage.labels)
+    assert set(contract["terminalStatuses"]) == {s.value for s in TERMINAL_STATUSES}
 
 
 def upload_through_page(page: Any, base_url: str, token_id: str, seconds: float = 3.0) -> None:
@@ -216,6 +233,9 @@ def test_page_when_browser_prefers_korean_then_labels_are_korean_and_keyboard_wo
         assert page.inner_text("#upload") == "업로드"
         assert page.inner_text("#upload-heading") == "1. 녹음 파일"
         assert page.get_by_role("progressbar", name="분석").count() == 1
+        # Stage labels come from the server's stage table (/contract.js), in the page's language.
+        for stage in Stage:
+            assert page.evaluate(f"t('stage.{stage.value}')") == stage.labels["ko"]
 
         # Every control is reachable in order with Tab; Enter on Upload submits the form.
         page.focus("#token")
