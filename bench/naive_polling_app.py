@@ -1,6 +1,6 @@
 """REFERENCE ONLY — never part of the product. The per-client polling loop that the event hub
-(back-end/services/events.py) replaces, kept here so the fan-out benchmark can measure both
-designs against the same Redis, clients and write load in one run.
+(back-end/yousync/api/streaming/events.py) replaces, kept here so the fan-out benchmark can
+measure both designs against the same Redis, clients and write load in one run.
 
 `GET /naive/{job_id}` answers `text/event-stream` through the same sse-starlette response the
 product uses (same pings, same send timeout), so the only difference is where events come

@@ -5,11 +5,12 @@ SSE client goes:
   raw_app        pure ASGI: send the headers and one event, then wait for the disconnect
                  (the floor: uvicorn's protocol objects, one task, the socket)
   streaming_app  Starlette + StreamingResponse over an async generator waiting on the
-                 product's per-client mailbox (services.events.Subscription)
+                 product's per-client mailbox (yousync.api.streaming.events.Subscription)
   sse_app        Starlette + sse-starlette's EventSourceResponse over the same generator,
                  with the product's ping and send timeout (its per-connection task group)
   compact_sse_app  the same with the product's CompactEventSourceResponse
-                 (back-end/router/sse_response.py: the library's loops, lighter supervision)
+                 (yousync/api/router/sse_response.py: the library's loops, lighter
+                 supervision)
   fastapi_streaming_app  FastAPI (no middleware, no dependencies) + StreamingResponse over
                  the same mailbox: what FastAPI's request handling keeps per open response,
                  before any SSE machinery

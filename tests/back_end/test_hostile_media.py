@@ -146,7 +146,7 @@ def test_job_when_10_min_of_8_channels_in_23_kb_then_completes_as_mono_within_30
         f"10 min x 8 ch: worker child +{worker_growth / 2**20:.0f} MB, "
         f"analysis server +{analysis_growth / 2**20:.0f} MB"
     )
-    assert done["status"] == "completed", done
+    assert done["status"] == "completed", (done.get("error"), done.get("message"))
     assert (done["result"]["channels"], done["result"]["duration_ms"]) == (1, 600_000)
     assert worker_growth < 300 * 1024 * 1024
     assert analysis_growth < 300 * 1024 * 1024

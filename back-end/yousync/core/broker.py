@@ -17,8 +17,8 @@ from celery import Celery
 from yousync.core.config import get_settings
 
 AUDIO_QUEUE = "audio_queue"
-# Beat's sweeps (tasks/maintenance.py) have their own queue, so a backlog of long analyses does
-# not hold them up; `make dev`'s worker consumes both.
+# Beat's sweeps (yousync/worker/tasks/maintenance.py) have their own queue, so a backlog of
+# long analyses does not hold them up; `make dev`'s worker consumes both.
 MAINTENANCE_QUEUE = "maintenance"
 
 settings = get_settings()

@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     spool_dir: Path = Path("var/spool")
     max_upload_mb: float = 100.0
     audio_store_format: AudioStoreFormat = "flac"
-    # Preparation (services/audio.py). Ceilings, not targets (0 = keep the source's): a take is
+    # Preparation (worker/audio.py). Ceilings, not targets (0 = keep the source's): a take is
     # downmixed to at most this many channels and resampled down to at most this rate, never
     # up. Mono by default: a dub is one voice, and mono halves what is stored.
     prepare_channels: int = Field(1, ge=0)
@@ -120,11 +120,12 @@ class Settings(BaseSettings):
 
     progress_min_interval_seconds: float = Field(0.1, ge=0)
 
-    # Logs (services/logging_setup.py): `text` is key=value lines, `json` one object per line.
+    # Logs (observability/logging_setup.py): `text` is key=value lines, `json` one object per
+    # line.
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
 
-    # Celery Beat maintenance (tasks/maintenance.py).
+    # Celery Beat maintenance (yousync/worker/tasks/maintenance.py).
     maintenance_interval_seconds: float = Field(300.0, gt=0)
     # A spool file with no job record is an upload still arriving until it is this old.
     spool_orphan_grace_seconds: float = 600.0

@@ -30,7 +30,7 @@ celery_app.conf.beat_schedule = {
 }
 celery_app.conf.beat_schedule_filename = str(REPO_ROOT / "var" / "celerybeat-schedule")
 
-# Structured logs with job_id, task/stage lines and stage timings (services/worker_telemetry.py).
+# Structured logs with job_id, task/stage lines and stage timings (yousync/worker/telemetry.py).
 worker_telemetry.install()
 
 # `celery -A celery_app` looks for an attribute named `app` (or `celery`).

@@ -1,12 +1,14 @@
 """What a worker (and Beat) tells the outside: structured log lines and stage timings.
 
-* Logging: Celery's `setup_logging` signal hands logging to `services.logging_setup`, so the
-  worker's lines have the API's format; `task_prerun` puts the task's job id in the log context.
+* Logging: Celery's `setup_logging` signal hands logging to
+  `yousync.observability.logging_setup`, so the worker's lines have the API's format;
+  `task_prerun` puts the task's job id in the log context.
 * One line per task start and end (state, seconds, retries) and per pipeline stage end
   (`stage finished`, with its duration and the stage that follows), all with `job_id`.
-* Stage durations go to the cluster histogram in Redis (`services.metrics.record_stage`) that
-  the API's /metrics renders — including `queued`, the wait from upload to a worker picking the
-  task up (measured from the job's `created_at`, written by the API's clock: keep hosts in NTP).
+* Stage durations go to the cluster histogram in Redis
+  (`yousync.observability.metrics.record_stage`) that the API's /metrics renders — including
+  `queued`, the wait from upload to a worker picking the task up (measured from the job's
+  `created_at`, written by the API's clock: keep hosts in NTP).
 
 Telemetry never fails a job: a Redis error here is logged at debug level and dropped.
 """

@@ -1,6 +1,6 @@
 """`GET /metrics`: Prometheus text format (OpenMetrics when the scraper asks for it) — this
-process's metrics and the cluster's, read from Redis at scrape time (services/metrics.py says
-which is which and why)."""
+process's metrics and the cluster's, read from Redis at scrape time
+(yousync/observability/metrics.py says which is which and why)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 sse-starlette's own way of testing responses): the library's behaviours must survive the
 lighter supervisor — events then a closed body, disconnect, pings, send timeout, errors,
 shutdown grace, HEAD, and outside cancellation — and no watcher task may outlive the response.
-The real-uvicorn behaviour is in tests/back_end/services/test_progress_stream.py."""
+The real-uvicorn behaviour is in tests/yousync/api/streaming/test_progress_stream.py."""
 
 from __future__ import annotations
 

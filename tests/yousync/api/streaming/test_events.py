@@ -1,6 +1,6 @@
-"""The per-client mailbox the hub fills (services.events.Subscription), on its own: order, the
-overflow rule that turns a slow reader's backlog into one RESYNC, and a cancelled read that
-loses nothing. The hub with real Redis is tested in test_progress_stream.py."""
+"""The per-client mailbox the hub fills (yousync.api.streaming.events.Subscription), on its
+own: order, the overflow rule that turns a slow reader's backlog into one RESYNC, and a
+cancelled read that loses nothing. The hub with real Redis is tested in test_progress_stream.py."""
 
 from __future__ import annotations
 
