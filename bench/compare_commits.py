@@ -59,19 +59,35 @@ LEGACY_IMPORT_ROOTS: dict[str, tuple[str, ...]] = {
 
 # Runs one bench script with `bench._stack.wait_for_quiet` capped at argv[1] seconds, the rest
 # as the script itself would run: `python -m bench.<name>` (new layout) or `python bench/x.py`
-# (old layout; sys.path[0] is then the script's folder, as Python sets it for a file).
+# (old layout; sys.path[0] is then the script's folder, as Python sets it for a file). With
+# argv[2] == "lean", the parts no compared figure reads are skipped, the same way for both
+# commits (a round otherwise takes ~24 min): bench_upload_latency's 50 MB step uploads 1 MB
+# files instead (only the 1 MB figure is compared), and bench_pipeline's end-to-end runs with 1
+# and 2 workers are left out (only the in-process CPU per job is compared). The script's module
+# is loaded without running main(); the trims replace names in its globals; then main() runs.
 QUIET_CAP_LAUNCHER = """\
 import functools, os, runpy, sys
-cap, target, args = float(sys.argv[1]), sys.argv[2], sys.argv[3:]
+cap, lean, target, args = float(sys.argv[1]), sys.argv[2] == "lean", sys.argv[3], sys.argv[4:]
 is_file = target.endswith(".py")
 sys.path[0] = os.path.dirname(os.path.abspath(target)) if is_file else os.getcwd()
 import bench._stack as _stack
 _stack.wait_for_quiet = functools.partial(_stack.wait_for_quiet, timeout=cap)
 sys.argv = [target, *args]
 if is_file:
-    runpy.run_path(target, run_name="__main__")
+    loaded = runpy.run_path(target, run_name="__compare__")
 else:
-    runpy.run_module(target, run_name="__main__", alter_sys=True)
+    loaded = runpy.run_module(target, run_name="__compare__", alter_sys=True)
+main = loaded["main"]
+script = main.__globals__
+name = os.path.basename(target).removesuffix(".py").rsplit(".", 1)[-1]
+if lean and name == "bench_upload_latency":
+    of_size = script["wav_of_size"]
+    script["wav_of_size"] = lambda megabytes: of_size(min(megabytes, 1))
+if lean and name == "bench_pipeline":
+    script["end_to_end"] = lambda workers: {
+        "workers": workers, "jobs": 0, "jobs_per_min": 0.0, "job_seconds_p50": 0.0
+    }
+main()
 """
 
 
@@ -198,10 +214,12 @@ def clean_env() -> dict[str, str]:
 
 
 def bench_command(
-    checkout: Checkout, bench: Bench, quiet_timeout: float | None
-) -> tuple[list[str], dict[str, str]]:
-    """The argv and environment that run `bench` of `checkout` from its root."""
+    checkout: Checkout, bench: Bench, quiet_timeout: float | None, *, lean: bool = True
+) -> tuple[list[str], dict[str, str], str]:
+    """The argv and environment that run `bench` of `checkout` from its root, and how the
+    run reads as a shell command (for its log)."""
     env = {**clean_env(), **bench.env}
+    shown = [f"{name}={value}" for name, value in bench.env.items()]
     if checkout.packaged:
         target = f"bench.{bench.script}"
         plain = [str(checkout.python), "-m", target]
@@ -210,28 +228,38 @@ def bench_command(
         plain = [str(checkout.python), target]
         for name, roots in LEGACY_IMPORT_ROOTS.items():
             env[name] = os.pathsep.join(str((checkout.root / r).resolve()) for r in roots)
-    if quiet_timeout is None:
-        return [*plain, *bench.args], env
-    launcher = [str(checkout.python), "-c", QUIET_CAP_LAUNCHER, str(quiet_timeout), target]
-    return [*launcher, *bench.args], env
+            shown.append(f"{name}={env[name]}")
+    shown += [*plain, *bench.args]
+    described = f"cd {checkout.root} && {' '.join(shown)}"
+    if quiet_timeout is None and not lean:
+        return [*plain, *bench.args], env, described
+    quiet_timeout = 900.0 if quiet_timeout is None else quiet_timeout
+    mode = "lean" if lean else "full"
+    launcher = [str(checkout.python), "-c", QUIET_CAP_LAUNCHER, str(quiet_timeout), mode, target]
+    described += f"  (wait_for_quiet capped at {quiet_timeout:g} s, {mode})"
+    return [*launcher, *bench.args], env, described
 
 
 def run_bench(
-    checkout: Checkout, bench: Bench, quiet_timeout: float | None, log: Path
+    checkout: Checkout, bench: Bench, quiet_timeout: float | None, log: Path, *, lean: bool = True
 ) -> tuple[dict[str, Any] | None, float]:
     """Run one bench script; returns its result's "figures" (None if it failed) and seconds."""
     result = checkout.root / "bench" / "results" / f"{bench.result}.json"
     result.unlink(missing_ok=True)  # never read an earlier run's figures
-    argv, env = bench_command(checkout, bench, quiet_timeout)
+    argv, env, described = bench_command(checkout, bench, quiet_timeout, lean=lean)
     log.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with log.open("w") as out:
-        out.write(f"$ (cd {checkout.root} && {' '.join(argv[:3])} … {' '.join(argv[3:])})\n")
+        out.write(f"$ {described}\n")
         out.flush()
         proc = subprocess.Popen(
-            argv, cwd=checkout.root, env=env, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )  # fmt: skip
+            argv,
+            cwd=checkout.root,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group, so a timeout can stop all of it
+        )
         try:
             code = proc.wait(BENCH_TIMEOUT)
         except subprocess.TimeoutExpired:
@@ -388,6 +416,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=60.0,
         help="cap (s) on each script's wait for a quiet machine; 'script' keeps its own 900 s",
     )
+    parser.add_argument(
+        "--full",
+        action="store_true",
+        help="run the scripts whole (the 50 MB uploads, the end-to-end pipeline runs)",
+    )
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error("--runs must be at least 1")
@@ -399,8 +432,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     stamp = time.strftime("%Y%m%dT%H%M%S")
     logs = workdir / "runs" / f"{checkouts['old'].short}_{checkouts['new'].short}_{stamp}"
-    values = {f.key: {"old": [], "new": []} for f in FIGURES}
-    foreign = {f.key: {"old": [], "new": []} for f in FIGURES}
+    values: dict[str, dict[str, list[float | None]]] = {
+        f.key: {"old": [], "new": []} for f in FIGURES
+    }
+    foreign: dict[str, dict[str, list[float | None]]] = {
+        f.key: {"old": [], "new": []} for f in FIGURES
+    }
     rounds: list[dict[str, Any]] = []
     for index in range(args.runs):
         order = ["old", "new"] if index % 2 == 0 else ["new", "old"]
@@ -414,7 +451,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             for bench in BENCHES:
                 log = logs / f"r{index + 1}_{label}_{bench.script}.log"
                 results[bench.script], seconds = run_bench(
-                    checkout, bench, args.quiet_timeout, log
+                    checkout, bench, args.quiet_timeout, log, lean=not args.full
                 )
                 script_seconds[label][bench.script] = round(seconds, 1)
                 print(f"    {label} {bench.script}: {seconds:.0f} s", flush=True)
