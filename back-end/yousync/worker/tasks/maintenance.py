@@ -166,10 +166,10 @@ def mark_stuck_jobs(
     )
     for job_id, last_write in due:
         job = _store().get(job_id)
-        if not job:
+        if job is None:
             client.zrem(keys.ACTIVE_JOBS, job_id)
             continue
-        limit = limits.get(JobStatus(job["status"]))
+        limit = limits.get(job.status)
         if limit is None or now - last_write < limit:
             continue
         minutes = (now - last_write) / 60
@@ -177,7 +177,7 @@ def mark_stuck_jobs(
         try:
             _store().update(
                 job_id,
-                job["token_id"],
+                job.token_id,
                 status=JobStatus.FAILED,
                 message=message,
                 error={"code": "stuck", "message": message, "retryable": True},
@@ -188,7 +188,11 @@ def mark_stuck_jobs(
         marked.append(job_id)
         log.warning(
             "job marked stuck",
-            extra={"job_id": job_id, "was": job["status"], "idle_seconds": round(now - last_write)},
+            extra={
+                "job_id": job_id,
+                "was": job.status.value,
+                "idle_seconds": round(now - last_write),
+            },
         )
     return marked
 
