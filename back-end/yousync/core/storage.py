@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import boto3
@@ -66,6 +68,15 @@ class ByteProgress:
                 return
             self._best = fraction
         self._report(fraction)
+
+
+@dataclass(frozen=True)
+class MultipartUpload:
+    """An unfinished multipart upload, as S3 lists it."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
 
 
 class Storage:
@@ -138,3 +149,21 @@ class Storage:
                 )
                 aborted += 1
         return aborted
+
+    def multipart_uploads(self, prefix: str) -> Iterator[MultipartUpload]:
+        """Every unfinished multipart upload of a key under `prefix`, all pages. S3's errors
+        are not translated: the maintenance sweep that lists them fails and runs again."""
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                yield MultipartUpload(upload["Key"], upload["UploadId"], upload["Initiated"])
+
+    def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+        """Abort one upload; one already gone (`NoSuchUpload`) is as good as aborted."""
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise
