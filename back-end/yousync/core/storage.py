@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -47,6 +48,32 @@ def s3_client_kwargs(settings: Settings) -> dict[str, object]:
         kwargs["aws_access_key_id"] = settings.aws_access_key_id
         kwargs["aws_secret_access_key"] = settings.aws_secret_access_key
     return kwargs
+
+
+class ObjectStore(Protocol):
+    """What the worker's pipeline needs of an object store (`Storage` is S3's). A stand-in
+    (tests, benchmarks) implements these five."""
+
+    def url(self, key: str) -> str:
+        """The object's address as the job reports it (`s3_url`)."""
+        ...
+
+    def size_of(self, key: str) -> int | None:
+        """The stored object's size; None when there is no such object."""
+        ...
+
+    def upload(
+        self, path: Path, key: str, *, content_type: str, on_progress: Callable[[float], None]
+    ) -> int:
+        """Store `path` under `key`, reporting the fraction sent (0–1, never decreasing);
+        returns the bytes stored. Raises TransientError when the store is unavailable."""
+        ...
+
+    def delete(self, key: str) -> None: ...
+
+    def abort_multipart_uploads(self, key: str) -> int:
+        """Abort unfinished uploads of `key` (leftovers of a cut-off upload); returns how many."""
+        ...
 
 
 class ByteProgress:

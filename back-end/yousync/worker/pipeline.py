@@ -26,9 +26,9 @@ from yousync.core.jobs import JobStore, Refused
 from yousync.core.models import JobStatus
 from yousync.core.record import JobRecord, PreparedFile
 from yousync.core.stages import Stage
-from yousync.core.storage import Storage, object_key
+from yousync.core.storage import ObjectStore, object_key
 from yousync.worker import audio
-from yousync.worker.analysis_client import AnalysisClient
+from yousync.worker.analysis_client import Analyzer
 from yousync.worker.eta import EtaEstimator
 from yousync.worker.progress import ProgressReporter
 
@@ -42,8 +42,10 @@ REFUSED_AUDIO = REFUSALS | {"audio_too_large"}
 class Pipeline:
     settings: Settings
     store: JobStore
-    storage: Storage
-    analysis: AnalysisClient
+    # Seams: S3 (`Storage`) and the analysis server (`AnalysisClient`) in the worker,
+    # stand-ins in tests and benchmarks.
+    storage: ObjectStore
+    analysis: Analyzer
 
     def run(self, job_id: str) -> str:
         """Run what is left of the job; returns the final status."""
