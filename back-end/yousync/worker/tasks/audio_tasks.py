@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import random
+from typing import Any
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
@@ -42,7 +43,14 @@ TIMEOUT = StageError("timeout", "The analysis took too long")
 
 
 class AudioTask(Task):
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[no-untyped-def]
+    def on_failure(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
         """After a hard time limit Celery kills the child and, here in the worker's main
         process, acks the message: nothing would ever end the job, which would sit in
         `processing` until the stuck-job sweep. A short-lived connection rather than the
