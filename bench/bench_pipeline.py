@@ -5,16 +5,17 @@
    and a fast analysis (ANALYSIS_MIN_SECONDS=0), on the real stack: moto S3, the analysis
    server, Redis. Every job's audio differs, so the identical-upload shortcut never answers.
 2. CPU our code spends per job outside S3 and the analysis: `Pipeline` runs in this process
-   against a real Redis, with the storage and the analysis client replaced by stand-ins that
-   only call their progress callbacks (10 byte-progress calls, 20 analysis-progress calls) —
-   what remains is the Redis writes (one Lua script per progress write), progress throttling,
-   ETA bookkeeping, stage markers and telemetry. Measured with `time.process_time()` over 200
-   jobs, three times: with the product's progress throttle (the stand-ins report instantly,
-   so only the forced stage-boundary writes remain: the fixed cost of a job), with the
-   throttle off (every callback that raises the percent is written: the most writes these
-   callbacks can cause), and the latter with real preparation (pydub + ffmpeg on the 1 s WAV,
-   ffmpeg's CPU shown apart). The difference of the first two gives the cost of one progress
-   event, so the cost of any job is the fixed cost plus its events × that.
+   against a real Redis, with the storage and the analysis client replaced by the tests'
+   stand-ins (tests/helpers/fakes.py) that only call their progress callbacks (10
+   byte-progress calls, 20 analysis-progress calls) — what remains is the Redis writes (one
+   Lua script per progress write), progress throttling, ETA bookkeeping, stage markers and
+   telemetry. Measured with `time.process_time()` over 200 jobs, three times: with the
+   product's progress throttle (the stand-ins report instantly, so only the forced
+   stage-boundary writes remain: the fixed cost of a job), with the throttle off (every
+   callback that raises the percent is written: the most writes these callbacks can cause),
+   and the latter with real preparation (pydub + ffmpeg on the 1 s WAV, ffmpeg's CPU shown
+   apart). The difference of the first two gives the cost of one progress event, so the cost
+   of any job is the fixed cost plus its events × that.
 
 Why: the design promises the API answers at once and the worker's overhead is small next to
 the real work; these numbers say how many jobs a worker clears and what one job costs us.
@@ -33,7 +34,6 @@ import struct
 import tempfile
 import time
 import wave
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -116,59 +116,10 @@ def end_to_end(workers: int) -> dict[str, Any]:
     }
 
 
-class StubStorage:
-    """S3 stand-in: reports byte progress like boto3's Callback would, stores nothing."""
-
-    bucket = "bench"
-
-    def url(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
-
-    def size_of(self, key: str) -> int | None:
-        return None
-
-    def abort_multipart_uploads(self, key: str) -> None:
-        return None
-
-    def upload(
-        self, path: Path, key: str, *, content_type: str, on_progress: Callable[[float], None]
-    ) -> int:
-        for step in range(1, 11):
-            on_progress(step / 10)
-        return 1000
-
-
-class StubAnalysis:
-    """Analysis-server stand-in: 20 NDJSON-like progress lines, then a small result."""
-
-    def analyze(
-        self, payload: dict[str, str], *, on_progress: Callable[[float, str], None]
-    ) -> dict[str, Any]:
-        for step in range(1, 21):
-            on_progress(step / 20, "features")
-        return {"duration_ms": 1000, "loudness_dbfs": -20.0, "sync_score": None}
-
-
-def stub_prepare(source: Path, *, dest: Path, **_: Any) -> Any:
-    from yousync.worker.audio import PreparedAudio
-
-    target = dest.with_name(f"{dest.name}.flac")
-    target.write_bytes(b"fLaC")
-    return PreparedAudio(
-        path=target,
-        extension="flac",
-        content_type="audio/flac",
-        size=4,
-        duration_ms=1000,
-        sample_rate=44100,
-        channels=1,
-        method="pydub",
-    )
-
-
 def in_process(
     redis_url: str, spool: Path, *, real_prepare: bool, throttled: bool = False
 ) -> dict[str, Any]:
+    from tests.helpers.fakes import FakeAnalyzer, FakeObjectStore, FakePreparer
     from yousync.core.config import Settings
     from yousync.core.jobs import JobStore
     from yousync.worker.pipeline import Pipeline
@@ -182,8 +133,9 @@ def in_process(
     pipeline = Pipeline(
         settings=settings,
         store=JobStore(client, settings),
-        storage=StubStorage(),  # type: ignore[arg-type]
-        analysis=StubAnalysis(),  # type: ignore[arg-type]
+        # Progress only: 10 byte-progress calls per upload, 20 analysis-progress calls.
+        storage=FakeObjectStore(progress_steps=10),
+        analysis=FakeAnalyzer(progress_steps=20),
     )
     audio = wav_1s(0)
     job_ids = create_jobs(redis_url, TOKEN, IN_PROCESS_JOBS + 5)
@@ -200,7 +152,7 @@ def in_process(
     patch = (
         contextlib.nullcontext()
         if real_prepare
-        else mock.patch("yousync.worker.pipeline.audio.prepare", stub_prepare)
+        else mock.patch("yousync.worker.pipeline.audio.prepare", FakePreparer())
     )
     with patch:
         for index, job_id in enumerate(job_ids):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -13,13 +14,16 @@ from yousync.core.config import Settings
 from yousync.core.jobs import AsyncJobStore, JobStore
 
 
-def create_job(redis_url: str, token_id: str, job_id: str | None = None) -> str:
+def create_job(redis_url: str, token_id: str, job_id: str | None = None, **markers: Any) -> str:
+    """A queued job as the API creates it; `markers` as the upload handler adds them
+    (spool_path, source_format, size_bytes, sha256, …)."""
     job_id = job_id or str(uuid.uuid4())
 
     async def create() -> None:
         client = aioredis.Redis.from_url(redis_url)
         try:
-            await AsyncJobStore(client, Settings(redis_url=redis_url)).create(job_id, token_id)
+            store = AsyncJobStore(client, Settings(redis_url=redis_url))
+            await store.create(job_id, token_id, **markers)
         finally:
             await client.aclose()
 

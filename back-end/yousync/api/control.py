@@ -20,6 +20,7 @@ from yousync.api.uploads.submission import Enqueue, ServiceUnavailable
 from yousync.core.config import Settings
 from yousync.core.jobs import AsyncJobStore, Refused
 from yousync.core.models import JobSnapshot, JobStatus
+from yousync.core.record import JobRecord
 from yousync.core.stages import Stage
 
 Revoke = Callable[[str], None]
@@ -40,9 +41,9 @@ class Retried:
     task_id: str
 
 
-async def _job(store: AsyncJobStore, job_id: str) -> dict[str, str]:
+async def _job(store: AsyncJobStore, job_id: str) -> JobRecord:
     job = await store.get(job_id)
-    if not job:
+    if job is None:
         raise JobNotFound(job_id)
     return job
 
@@ -51,23 +52,23 @@ async def cancel_job(
     *, store: AsyncJobStore, settings: Settings, job_id: str, revoke: Revoke
 ) -> JobSnapshot:
     job = await _job(store, job_id)
-    was_queued = job["status"] == JobStatus.QUEUED
+    was_queued = job.status == JobStatus.QUEUED
     try:
         await store.update(
             job_id,
-            job["token_id"],
+            job.token_id,
             status=JobStatus.CANCELLED,
             message="Cancelled on request",
             eta_seconds=None,
         )
     except Refused as refused:
-        raise JobConflict("job_finished", f"The job is already {job['status']}") from refused
-    if job.get("task_id"):
-        await anyio.to_thread.run_sync(revoke, job["task_id"], abandon_on_cancel=True)
+        raise JobConflict("job_finished", f"The job is already {job.status.value}") from refused
+    if job.task_id:
+        await anyio.to_thread.run_sync(revoke, job.task_id, abandon_on_cancel=True)
     if was_queued:
         # No worker holds the file yet; a running job's worker deletes its own.
         await anyio.to_thread.run_sync(_discard_spool, settings.spool_dir, job_id)
-    return JobSnapshot.from_fields(await store.get(job_id))
+    return (await _job(store, job_id)).snapshot
 
 
 def _discard_spool(spool_dir: Path, job_id: str) -> None:
@@ -81,19 +82,20 @@ async def retry_job(
     """Run a failed or cancelled job again from its first unfinished stage; progress goes on
     from where it stopped (the script refuses to lower it)."""
     job = await _job(store, job_id)
-    if job["status"] not in (JobStatus.FAILED, JobStatus.CANCELLED):
+    if job.status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         raise JobConflict(
-            "not_retryable", f"Only failed or cancelled jobs can be retried, not {job['status']}"
+            "not_retryable",
+            f"Only failed or cancelled jobs can be retried, not {job.status.value}",
         )
-    spool = Path(job.get("spool_path") or settings.spool_dir / job_id)
+    spool = job.spool_path or settings.spool_dir / job_id
     spool_exists = await anyio.to_thread.run_sync(spool.exists)
-    if not spool_exists and not job.get("s3_key"):
+    if not spool_exists and not job.s3_key:
         raise JobConflict("upload_gone", "The uploaded audio is no longer available; upload again")
     task_id = str(uuid.uuid4())
     try:
         await store.reopen(
             job_id,
-            job["token_id"],
+            job.token_id,
             status=JobStatus.QUEUED,
             stage=Stage.QUEUED,
             message="Retry requested; waiting for a worker",
@@ -112,6 +114,6 @@ async def retry_job(
             "message": "Task queue unavailable",
             "retryable": True,
         }
-        await store.update(job_id, job["token_id"], status=JobStatus.FAILED, error=error)
+        await store.update(job_id, job.token_id, status=JobStatus.FAILED, error=error)
         raise ServiceUnavailable("broker_unavailable", "Task queue is unavailable") from exc
-    return Retried(snapshot=JobSnapshot.from_fields(await store.get(job_id)), task_id=task_id)
+    return Retried(snapshot=(await _job(store, job_id)).snapshot, task_id=task_id)

@@ -29,11 +29,11 @@ async def mark_stalled_once(
     for raw in await client.zrangebyscore(keys.ACTIVE_JOBS, "-inf", cutoff, start=0, num=100):
         job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
         job = await store.get(job_id)
-        if not job:
+        if job is None:
             await client.zrem(keys.ACTIVE_JOBS, job_id)
             continue
         try:
-            await store.mark_stalled(job_id, job["token_id"])
+            await store.mark_stalled(job_id, job.token_id)
             marked.append(job_id)
         except Refused:
             continue

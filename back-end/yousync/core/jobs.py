@@ -28,6 +28,7 @@ from yousync.core.models import (
     JobStatus,
     encode_fields,
 )
+from yousync.core.record import JobRecord
 from yousync.core.stages import Stage
 
 _WRITE_SCRIPT = (
@@ -136,6 +137,11 @@ def _decode(mapping: dict[Any, Any]) -> dict[str, str]:
     }
 
 
+def _record(mapping: dict[Any, Any]) -> JobRecord | None:
+    """The job's hash parsed once; None when there is no hash (expired, deleted, never made)."""
+    return JobRecord.from_fields(_decode(mapping)) if mapping else None
+
+
 def _events(entries: Sequence[Any] | None) -> list[Event]:
     return [
         Event(id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id, fields=_decode(f))
@@ -152,8 +158,8 @@ class JobStore:
         self._write = client.register_script(_WRITE_SCRIPT)
         self._set_markers = client.register_script(_SET_MARKERS_SCRIPT)
 
-    def get(self, job_id: str) -> dict[str, str]:
-        return _decode(self._client.hgetall(keys.job(job_id)))
+    def get(self, job_id: str) -> JobRecord | None:
+        return _record(self._client.hgetall(keys.job(job_id)))
 
     def ping(self) -> bool:
         return bool(self._client.ping())
@@ -170,12 +176,12 @@ class JobStore:
     def fail(self, job_id: str, error: StageError, *, retryable: bool) -> None:
         """Ends the job `failed`; a job already terminal (or gone) keeps what it has."""
         job = self.get(job_id)
-        if not job:
+        if job is None:
             return
         with contextlib.suppress(Refused):
             self.update(
                 job_id,
-                job["token_id"],
+                job.token_id,
                 status=JobStatus.FAILED,
                 message=error.message,
                 error={"code": error.code, "message": error.message, "retryable": retryable},
@@ -243,13 +249,13 @@ class AsyncJobStore:
         else:
             await self._client.set(redis_key, job_id, ex=IDEMPOTENCY_TTL)
 
-    async def deduplicate(self, token_id: str, sha256: str) -> dict[str, str] | None:
+    async def deduplicate(self, token_id: str, sha256: str) -> JobRecord | None:
         """The completed job of an identical earlier upload of this token, if still known."""
         job_id = await self._client.get(keys.dedupe(token_id, sha256))
         if not job_id:
             return None
         job = await self.get(job_id.decode() if isinstance(job_id, bytes) else job_id)
-        return job if job.get("status") == JobStatus.COMPLETED else None
+        return job if job is not None and job.status == JobStatus.COMPLETED else None
 
     async def reopen(self, job_id: str, token_id: str, **values: Any) -> str:
         key_list, argv = _write_args(self._settings, "reopen", job_id, token_id, values)
@@ -274,8 +280,8 @@ class AsyncJobStore:
             pipe.zrem(keys.token_jobs(token_id), job_id)
             await pipe.execute()
 
-    async def get(self, job_id: str) -> dict[str, str]:
-        return _decode(await self._client.hgetall(keys.job(job_id)))
+    async def get(self, job_id: str) -> JobRecord | None:
+        return _record(await self._client.hgetall(keys.job(job_id)))
 
     async def stream_tail(
         self, stream_key: str, *, count: int = 1, newest_first: bool = False

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from enum import StrEnum
 from typing import Any
 
@@ -63,7 +64,7 @@ class JobSnapshot(BaseModel):
     deduplicated: bool = False
 
     @classmethod
-    def from_fields(cls, fields: dict[str, str]) -> JobSnapshot:
+    def from_fields(cls, fields: Mapping[str, str]) -> JobSnapshot:
         """Rebuild a snapshot from the flat string fields of the hash or a stream entry."""
         values: dict[str, Any] = {}
         for name in SNAPSHOT_FIELDS:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -47,6 +50,32 @@ def s3_client_kwargs(settings: Settings) -> dict[str, object]:
     return kwargs
 
 
+class ObjectStore(Protocol):
+    """What the worker's pipeline needs of an object store (`Storage` is S3's). A stand-in
+    (tests, benchmarks) implements these five."""
+
+    def url(self, key: str) -> str:
+        """The object's address as the job reports it (`s3_url`)."""
+        ...
+
+    def size_of(self, key: str) -> int | None:
+        """The stored object's size; None when there is no such object."""
+        ...
+
+    def upload(
+        self, path: Path, key: str, *, content_type: str, on_progress: Callable[[float], None]
+    ) -> int:
+        """Store `path` under `key`, reporting the fraction sent (0–1, never decreasing);
+        returns the bytes stored. Raises TransientError when the store is unavailable."""
+        ...
+
+    def delete(self, key: str) -> None: ...
+
+    def abort_multipart_uploads(self, key: str) -> int:
+        """Abort unfinished uploads of `key` (leftovers of a cut-off upload); returns how many."""
+        ...
+
+
 class ByteProgress:
     """Accumulates s3transfer's Callback amounts, which arrive on transfer threads and go
     negative when a part is rewound for a retry; the fraction never moves backwards."""
@@ -66,6 +95,15 @@ class ByteProgress:
                 return
             self._best = fraction
         self._report(fraction)
+
+
+@dataclass(frozen=True)
+class MultipartUpload:
+    """An unfinished multipart upload, as S3 lists it."""
+
+    key: str
+    upload_id: str
+    initiated: datetime
 
 
 class Storage:
@@ -138,3 +176,21 @@ class Storage:
                 )
                 aborted += 1
         return aborted
+
+    def multipart_uploads(self, prefix: str) -> Iterator[MultipartUpload]:
+        """Every unfinished multipart upload of a key under `prefix`, all pages. S3's errors
+        are not translated: the maintenance sweep that lists them fails and runs again."""
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                yield MultipartUpload(upload["Key"], upload["UploadId"], upload["Initiated"])
+
+    def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+        """Abort one upload; one already gone (`NoSuchUpload`) is as good as aborted."""
+        try:
+            self._client.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload_id)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
+                raise

@@ -9,13 +9,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from yousync.core.errors import PermanentError, TransientError
 
 NDJSON = "application/x-ndjson"
+
+
+class Analyzer(Protocol):
+    """What the pipeline needs of the analysis server (`AnalysisClient` is its HTTP client)."""
+
+    def analyze(
+        self, payload: dict[str, str], *, on_progress: Callable[[float, str], None]
+    ) -> dict[str, Any]:
+        """Analyse the stored object `payload["key"]`, reporting (fraction 0–1, detail); returns
+        the result. Raises TransientError (retry) or PermanentError (the audio is unusable)."""
+        ...
 
 
 class AnalysisClient:

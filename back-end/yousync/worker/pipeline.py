@@ -15,7 +15,6 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -25,10 +24,11 @@ from yousync.core.config import Settings
 from yousync.core.errors import PermanentError, StageError, TransientError
 from yousync.core.jobs import JobStore, Refused
 from yousync.core.models import JobStatus
+from yousync.core.record import JobRecord, PreparedFile
 from yousync.core.stages import Stage
-from yousync.core.storage import Storage, object_key
+from yousync.core.storage import ObjectStore, object_key
 from yousync.worker import audio
-from yousync.worker.analysis_client import AnalysisClient
+from yousync.worker.analysis_client import Analyzer
 from yousync.worker.eta import EtaEstimator
 from yousync.worker.progress import ProgressReporter
 
@@ -42,37 +42,35 @@ REFUSED_AUDIO = REFUSALS | {"audio_too_large"}
 class Pipeline:
     settings: Settings
     store: JobStore
-    storage: Storage
-    analysis: AnalysisClient
+    # Seams: S3 (`Storage`) and the analysis server (`AnalysisClient`) in the worker,
+    # stand-ins in tests and benchmarks.
+    storage: ObjectStore
+    analysis: Analyzer
 
     def run(self, job_id: str) -> str:
         """Run what is left of the job; returns the final status."""
         job = self.store.get(job_id)
-        if not job:
+        if job is None:
             log.warning("job %s: no record (expired or deleted); nothing to do", job_id)
             self.discard_spool(job_id)
             return "missing"
-        if JobStatus(job["status"]).terminal:
-            log.info("job %s: already %s; redelivery ignored", job_id, job["status"])
-            return job["status"]
-        token_id = job["token_id"]
+        if job.status.terminal:
+            log.info("job %s: already %s; redelivery ignored", job_id, job.status.value)
+            return job.status.value
+        token_id = job.token_id
         reporter = ProgressReporter(
             self.store,
             job_id,
             token_id,
-            start=int(job.get("progress") or 0),
+            start=job.snapshot.progress,
             min_interval=self.settings.progress_min_interval_seconds,
-            eta=EtaEstimator(
-                size_bytes=int(job.get("size_bytes") or 0), history=self.store.stage_history()
-            ),
+            eta=EtaEstimator(size_bytes=job.size_bytes, history=self.store.stage_history()),
         )
-        if self._already_uploaded(job):
+        uploaded = self._already_uploaded(job)
+        if uploaded is not None:
             # A previous delivery stored the object: prepare and upload are done.
             log.info("job %s: S3 object already uploaded; resuming at analysis", job_id)
-            prepared = {
-                k: job[f"prepared_{k}"] for k in ("path", "extension", "content_type", "size")
-            }
-            key = job["s3_key"]
+            prepared, key = uploaded
             s3_url = self.storage.url(key)
         else:
             preparing, uploading = Stage.PREPARING, Stage.UPLOADING
@@ -81,19 +79,19 @@ class Pipeline:
             )
             prepared = self._prepare(job_id, job)
             reporter.report(preparing.end, preparing, "Audio prepared", force=True)
-            key = object_key(token_id, job_id, prepared["extension"])
+            key = object_key(token_id, job_id, prepared.extension)
             s3_url = self.storage.url(key)
             on_bytes = reporter.span(uploading, "Uploading to storage")
             reporter.report(uploading.start, uploading, "Uploading to storage", force=True)
-            if job.get("upload_started"):
+            if job.upload_started:
                 # An earlier attempt was cut off (S3 outage, killed worker) and could not abort
                 # its multipart upload; abort leftovers before starting over.
                 self.storage.abort_multipart_uploads(key)
             self.store.set_markers(job_id, upload_started=1)
             self.storage.upload(
-                Path(prepared["path"]),
+                prepared.path,
                 key,
-                content_type=prepared["content_type"],
+                content_type=prepared.content_type,
                 on_progress=on_bytes,
             )
             self.store.set_markers(job_id, s3_key=key)
@@ -122,26 +120,28 @@ class Pipeline:
             eta_seconds=None,
         )
         reporter.finish()
-        if job.get("sha256"):
-            self.store.remember_result(token_id, job["sha256"], job_id)
+        if job.sha256:
+            self.store.remember_result(token_id, job.sha256, job_id)
         self.discard_spool(job_id)
         return JobStatus.COMPLETED.value
 
-    def _already_uploaded(self, job: dict[str, str]) -> bool:
-        key, size = job.get("s3_key"), job.get("prepared_size")
-        return bool(key and size and self.storage.size_of(key) == int(size))
+    def _already_uploaded(self, job: JobRecord) -> tuple[PreparedFile, str] | None:
+        """The prepared file and its object key when the object is in S3 at its full size."""
+        key, prepared = job.s3_key, job.prepared
+        if key and prepared and self.storage.size_of(key) == prepared.size:
+            return prepared, key
+        return None
 
-    def _prepare(self, job_id: str, job: dict[str, str]) -> dict[str, str]:
+    def _prepare(self, job_id: str, job: JobRecord) -> PreparedFile:
         """Decode and convert, unless a previous delivery left the prepared file behind."""
-        done = job.get("prepared_path")
-        if done and Path(done).exists():
-            return {k: job[f"prepared_{k}"] for k in ("path", "extension", "content_type", "size")}
-        spool = Path(job["spool_path"])
-        if not spool.exists():
+        if job.prepared is not None and job.prepared.path.exists():
+            return job.prepared
+        if job.spool_path is None or not job.spool_path.exists():
             raise PermanentError("spool_missing", "The uploaded file is no longer available")
+        spool = job.spool_path
         prepared = audio.prepare(
             spool,
-            source_format=job["source_format"],
+            source_format=job.source_format or "",
             store_format=self.settings.audio_store_format,
             dest=spool.with_name(f"{spool.name}.prepared"),
             bounds=audio.Bounds(
@@ -152,18 +152,14 @@ class Pipeline:
             ),
             stream_threshold_bytes=self.settings.prepare_stream_threshold_bytes,
         )
-        markers = {
-            "path": str(prepared.path),
-            "extension": prepared.extension,
-            "content_type": prepared.content_type,
-            "size": str(prepared.size),
-        }
-        self.store.set_markers(
-            job_id,
-            **{f"prepared_{k}": v for k, v in markers.items()},
-            duration_ms=prepared.duration_ms,
+        stored = PreparedFile(
+            path=prepared.path,
+            extension=prepared.extension,
+            content_type=prepared.content_type,
+            size=prepared.size,
         )
-        return markers
+        self.store.set_markers(job_id, **stored.markers(), duration_ms=prepared.duration_ms)
+        return stored
 
     def fail(self, job_id: str, error: StageError, *, retryable: bool) -> None:
         # The object goes first: whoever sees `failed` finds nothing of refused audio left.
@@ -177,19 +173,19 @@ class Pipeline:
         """Audio refused as such (too long, lying about its length, undecodable) is not kept:
         when the analysis server is the one refusing, the object is already in S3."""
         job = self.store.get(job_id)
-        key = job.get("s3_key") if job else None
+        key = job.s3_key if job is not None else None
         if key:
             with contextlib.suppress(TransientError):
                 self.storage.delete(key)
 
     def note_retry(self, job_id: str, error: StageError, *, attempt: int, delay: float) -> None:
         job = self.store.get(job_id)
-        if not job:
+        if job is None:
             return
         with contextlib.suppress(Refused):
             self.store.update(
                 job_id,
-                job["token_id"],
+                job.token_id,
                 status=JobStatus.PROCESSING,
                 message=f"{error.message} — retry {attempt} in {delay:.0f}s",
                 attempt=attempt,
@@ -228,11 +224,11 @@ class Pipeline:
         """After a cancellation: delete the spool and abort an unfinished multipart upload. A
         completely stored object stays, so a retry can resume at the analysis."""
         job = self.store.get(job_id)
-        if job.get("status") != JobStatus.CANCELLED:
+        if job is None or job.status != JobStatus.CANCELLED:
             return
         self.discard_spool(job_id)
-        if job.get("prepared_extension"):
-            key = object_key(job["token_id"], job_id, job["prepared_extension"])
+        if job.prepared is not None:
+            key = object_key(job.token_id, job_id, job.prepared.extension)
             self.storage.abort_multipart_uploads(key)
 
     def discard_spool(self, job_id: str) -> None:
@@ -243,11 +239,11 @@ class Pipeline:
                 path.unlink()
 
 
-def _stored_summary(job: dict[str, str], prepared: dict[str, str]) -> dict[str, Any]:
-    uploaded = int(job.get("size_bytes") or 0)
-    stored = int(prepared["size"])
+def _stored_summary(job: JobRecord, prepared: PreparedFile) -> dict[str, Any]:
+    uploaded = job.size_bytes
+    stored = prepared.size
     return {
-        "format": prepared["extension"],
+        "format": prepared.extension,
         "bytes": stored,
         "uploaded_bytes": uploaded,
         "saved_bytes": uploaded - stored,

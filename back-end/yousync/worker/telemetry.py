@@ -19,16 +19,16 @@ import logging
 import sys
 import time
 from datetime import datetime
-from functools import lru_cache
 from typing import Any
 
 import redis
 from celery.signals import setup_logging, task_postrun, task_prerun
 
-from yousync.core import keys
 from yousync.core.config import get_settings
 from yousync.core.models import ANALYZE_TASK
+from yousync.core.stages import Stage
 from yousync.observability import logging_setup, metrics
+from yousync.worker import context
 
 log = logging.getLogger("yousync.worker")
 
@@ -36,14 +36,6 @@ log = logging.getLogger("yousync.worker")
 # task id -> (perf_counter at start, context token); a prefork child runs one task at a time,
 # so this holds at most a few entries.
 _running: dict[str, tuple[float, Any]] = {}
-
-
-@lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
-    """Built on first use, i.e. in the worker child after the fork."""
-    return redis.Redis.from_url(
-        get_settings().redis_url, socket_connect_timeout=2, socket_timeout=5
-    )
 
 
 def _service_name() -> str:
@@ -96,13 +88,14 @@ def _on_task_end(
 def _record_queue_wait(job_id: str) -> None:
     """The job's first start: time since the upload was accepted (stage `queued`)."""
     try:
-        stage, created_at = _redis().hmget(keys.job(job_id), ["stage", "created_at"])
-        if stage != b"queued" or not created_at:
+        # The worker child's context (built on first use, i.e. after the fork).
+        ctx = context.get()
+        job = ctx.store.get(job_id)
+        if job is None or job.snapshot.stage != Stage.QUEUED or not job.snapshot.created_at:
             return
-        created_text = created_at.decode() if isinstance(created_at, bytes) else created_at
-        created = datetime.fromisoformat(created_text.replace("Z", "+00:00"))
+        created = datetime.fromisoformat(job.snapshot.created_at.replace("Z", "+00:00"))
         waited = max(time.time() - created.timestamp(), 0.0)
-        metrics.record_stage(_redis(), "queued", waited)
+        metrics.record_stage(ctx.redis, "queued", waited)
         log.info("stage finished", extra={"stage": "queued", "seconds": round(waited, 3)})
     except (redis.RedisError, OSError, ValueError) as exc:
         log.debug("telemetry: queue wait not recorded (%s)", exc)
@@ -120,7 +113,7 @@ def stage_finished(job_id: str, stage: str, seconds: float, *, next_stage: str) 
         },
     )
     try:
-        metrics.record_stage(_redis(), stage, seconds)
+        metrics.record_stage(context.get().redis, stage, seconds)
     except (redis.RedisError, OSError) as exc:
         log.debug("telemetry: stage timing not recorded (%s)", exc)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -14,7 +15,7 @@ import redis.asyncio as aioredis
 from yousync.core import keys
 from yousync.core.config import Settings
 from yousync.core.jobs import AsyncJobStore, JobStore, Refused
-from yousync.core.models import JobSnapshot
+from yousync.core.models import JobSnapshot, JobStatus
 
 
 @pytest.fixture
@@ -122,3 +123,31 @@ def test_set_markers_when_job_missing_then_nothing_created(
 ) -> None:
     assert store.set_markers("nope", s3_key="k") is False
     assert redis_client.keys("yousync:*") == []
+
+
+def test_get_when_no_hash_then_none(store: JobStore, redis_client: redis.Redis) -> None:
+    assert store.get("nope") is None
+
+
+def test_get_when_job_has_markers_then_record_carries_them_typed(store: JobStore, job: str) -> None:
+    store.update(job, "tok", status="processing", progress=12, stage="preparing")
+    store.set_markers(job, s3_key="audio/tok/x.flac", upload_started=1, size_bytes=10)
+    record = store.get(job)
+    assert record is not None
+    assert record.job_id == job and record.token_id == "tok"
+    assert record.status == JobStatus.PROCESSING and record.snapshot.progress == 12
+    assert record.spool_path == Path("/x")  # written by the API's create
+    assert record.s3_key == "audio/tok/x.flac" and record.upload_started is True
+    assert record.size_bytes == 10
+    assert record.last_event_id is not None
+
+
+def test_async_get_when_no_hash_then_none(redis_client: redis.Redis, redis_url: str) -> None:
+    async def get() -> object:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            return await AsyncJobStore(client, Settings()).get("nope")
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(get()) is None

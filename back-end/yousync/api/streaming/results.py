@@ -15,10 +15,10 @@ from yousync.core.models import JobSnapshot
 
 
 async def read_snapshot(store: AsyncJobStore, job_id: str) -> JobSnapshot:
-    fields = await store.get(job_id)
-    if not fields:
+    job = await store.get(job_id)
+    if job is None:
         raise JobNotFound(job_id)
-    return JobSnapshot.from_fields(fields)
+    return job.snapshot
 
 
 async def wait_for_snapshot(

@@ -8,7 +8,6 @@ and the client gets 503, so a job that exists is always a job that was enqueued.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import re
 import uuid
@@ -22,6 +21,7 @@ from yousync.api.uploads.receive import UploadRejected, receive_upload
 from yousync.core.config import Settings
 from yousync.core.jobs import AsyncJobStore
 from yousync.core.models import JobStatus
+from yousync.core.record import JobRecord
 from yousync.core.stages import Stage
 from yousync.observability import metrics
 
@@ -50,13 +50,13 @@ class Accepted:
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
 
 
-def _accepted_from(job: dict[str, str], *, replayed: bool = False) -> Accepted:
+def _accepted_from(job: JobRecord, *, replayed: bool = False) -> Accepted:
     return Accepted(
-        job_id=job["job_id"],
-        task_id=job.get("task_id", ""),
-        token_id=job["token_id"],
-        status=JobStatus(job["status"]),
-        deduplicated=job.get("deduplicated") == "1",
+        job_id=job.job_id,
+        task_id=job.task_id or "",
+        token_id=job.token_id,
+        status=job.status,
+        deduplicated=job.snapshot.deduplicated,
         replayed=replayed,
     )
 
@@ -114,7 +114,7 @@ async def _claim(store: AsyncJobStore, token_id: str, key: str, job_id: str) -> 
                     409, "request_in_progress", "A request with this Idempotency-Key is running"
                 )
             job = await store.get(earlier)
-            if job:
+            if job is not None:
                 return _accepted_from(job, replayed=True)
             # The earlier job expired: the key is free again.
             await store.settle_idempotency(token_id, key, None)
@@ -156,12 +156,12 @@ async def _submit(
                 progress=100,
                 stage=Stage.DONE,
                 message="Identical upload already analysed",
-                result=json.loads(earlier["result"]),
-                s3_url=earlier.get("s3_url"),
+                result=earlier.snapshot.result,
+                s3_url=earlier.snapshot.s3_url,
                 deduplicated=True,
                 sha256=upload.sha256,
                 size_bytes=upload.size,
-                deduplicated_from=earlier["job_id"],
+                deduplicated_from=earlier.job_id,
             )
             await anyio.to_thread.run_sync(upload.path.unlink)
             metrics.upload_accepted(upload.size)

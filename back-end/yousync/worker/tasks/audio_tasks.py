@@ -7,9 +7,8 @@ import contextlib
 import logging
 import os
 import random
-from functools import lru_cache
+from typing import Any
 
-import redis
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -18,29 +17,19 @@ from redis.exceptions import RedisError
 from yousync.core.errors import PermanentError, StageError, TransientError
 from yousync.core.jobs import JobStore, Refused
 from yousync.core.models import ANALYZE_TASK
-from yousync.core.storage import Storage
-from yousync.worker.analysis_client import AnalysisClient
+from yousync.worker import context
 from yousync.worker.celery_app import AUDIO_QUEUE, celery_app, settings
 from yousync.worker.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
 
-@lru_cache(maxsize=1)
 def pipeline() -> Pipeline:
-    """Clients are built once per worker process, after the fork, never at import time."""
-    client = redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=3, socket_timeout=10, health_check_interval=30
-    )
+    """On this process's clients (yousync.worker.context: built once per worker process,
+    after the fork, never at import time)."""
+    ctx = context.get()
     return Pipeline(
-        settings=settings,
-        store=JobStore(client, settings),
-        storage=Storage(settings),
-        analysis=AnalysisClient(
-            settings.analysis_server_url,
-            timeout=settings.analysis_timeout_seconds,
-            secret=settings.analysis_shared_secret,
-        ),
+        settings=ctx.settings, store=ctx.store, storage=ctx.storage, analysis=ctx.analysis
     )
 
 
@@ -54,18 +43,23 @@ TIMEOUT = StageError("timeout", "The analysis took too long")
 
 
 class AudioTask(Task):
-    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:  # type: ignore[no-untyped-def]
+    def on_failure(
+        self,
+        exc: BaseException,
+        task_id: str,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        einfo: Any,
+    ) -> None:
         """After a hard time limit Celery kills the child and, here in the worker's main
         process, acks the message: nothing would ever end the job, which would sit in
-        `processing` until the stuck-job sweep. A short-lived connection rather than
-        `pipeline()`: cached in this parent, its clients would be inherited by every child
-        forked later."""
+        `processing` until the stuck-job sweep. A short-lived connection rather than the
+        process's context (`pipeline()`): built in this parent, its clients would be inherited
+        by every child forked later."""
         if not isinstance(exc, TimeLimitExceeded) or not args:
             return
         job_id = str(args[0])
-        client = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=3, socket_timeout=5
-        )
+        client = context.redis_client(settings, socket_timeout=5)
         try:
             store = JobStore(client, settings)
             store.fail(job_id, TIMEOUT, retryable=True)

@@ -23,20 +23,16 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, cast
 
-import boto3
 import redis
-from botocore.config import Config
-from botocore.exceptions import ClientError
 
 from yousync.core import keys
-from yousync.core.jobs import JobStore, Refused
+from yousync.core.jobs import Refused
 from yousync.core.models import JobStatus
-from yousync.core.storage import s3_client_kwargs
 from yousync.observability.logging_setup import JOB_ID_PATTERN
+from yousync.worker import context
 from yousync.worker.celery_app import MAINTENANCE_QUEUE, celery_app, settings
 
 log = logging.getLogger("yousync.maintenance")
@@ -44,37 +40,14 @@ log = logging.getLogger("yousync.maintenance")
 OBJECT_PREFIX = "audio/"
 
 
-@lru_cache(maxsize=1)
-def _redis() -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.redis_url, socket_connect_timeout=3, socket_timeout=10, decode_responses=True
-    )
-
-
-@lru_cache(maxsize=1)
-def _store() -> JobStore:
-    return JobStore(_redis(), settings)
-
-
-@lru_cache(maxsize=1)
-def _s3() -> Any:
-    return boto3.client(
-        "s3",
-        config=Config(connect_timeout=5, read_timeout=30, retries={"max_attempts": 2}),
-        **s3_client_kwargs(settings),
-    )
-
-
 def _redis_now(client: redis.Redis) -> float:
     seconds, micros = client.time()
     return float(seconds) + float(micros) / 1e6
 
 
-def _iso_age(value: bytes | str | None, now: float) -> float | None:
+def _iso_age(value: str | None, now: float) -> float | None:
     if not value:
         return None
-    if isinstance(value, bytes):
-        value = value.decode()
     try:
         stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
@@ -108,20 +81,20 @@ def sweep_spool(
         found = JOB_ID_PATTERN.match(path.name)
         if found and path.is_file():
             by_job.setdefault(found.group(0), []).append(path)
-    client = _redis()
+    store = context.get().store
     now = time.time()
     deleted: list[str] = []
     kept = 0
     for job_id, paths in by_job.items():
-        status, updated_at = client.hmget(keys.job(job_id), ["status", "updated_at"])
-        if status is None:
+        job = store.get(job_id)
+        if job is None:
             newest = max((_mtime(path) for path in paths), default=now)
             why = "expired" if now - newest >= grace else None
-        elif status == JobStatus.COMPLETED:
+        elif job.status == JobStatus.COMPLETED:
             why = "completed"
-        elif status in (JobStatus.FAILED, JobStatus.CANCELLED):
-            age = _iso_age(updated_at, now)
-            why = status if age is not None and age >= retention else None
+        elif job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+            age = _iso_age(job.snapshot.updated_at, now)
+            why = job.status.value if age is not None and age >= retention else None
         else:
             why = None
         if why is None:
@@ -156,7 +129,8 @@ def mark_stuck_jobs(
             settings.stuck_queued_seconds if queued_seconds is None else float(queued_seconds)
         ),
     }
-    client = _redis()
+    ctx = context.get()
+    client, store = ctx.redis, ctx.store
     now = _redis_now(client)
     cutoff = now - min(limits.values())
     marked: list[str] = []
@@ -165,19 +139,19 @@ def mark_stuck_jobs(
         client.zrangebyscore(keys.ACTIVE_JOBS, "-inf", cutoff, withscores=True),
     )
     for job_id, last_write in due:
-        job = _store().get(job_id)
-        if not job:
+        job = store.get(job_id)
+        if job is None:
             client.zrem(keys.ACTIVE_JOBS, job_id)
             continue
-        limit = limits.get(JobStatus(job["status"]))
+        limit = limits.get(job.status)
         if limit is None or now - last_write < limit:
             continue
         minutes = (now - last_write) / 60
         message = f"The job made no progress for {minutes:.0f} min and was stopped"
         try:
-            _store().update(
+            store.update(
                 job_id,
-                job["token_id"],
+                job.token_id,
                 status=JobStatus.FAILED,
                 message=message,
                 error={"code": "stuck", "message": message, "retryable": True},
@@ -188,7 +162,11 @@ def mark_stuck_jobs(
         marked.append(job_id)
         log.warning(
             "job marked stuck",
-            extra={"job_id": job_id, "was": job["status"], "idle_seconds": round(now - last_write)},
+            extra={
+                "job_id": job_id,
+                "was": job.status.value,
+                "idle_seconds": round(now - last_write),
+            },
         )
     return marked
 
@@ -199,27 +177,17 @@ def abort_stale_multipart_uploads(older_than_seconds: float | None = None) -> di
         settings.multipart_max_age_seconds if older_than_seconds is None else older_than_seconds
     )
     cutoff = datetime.now(UTC) - timedelta(seconds=float(max_age))
-    s3 = _s3()
+    storage = context.get().storage
     aborted: list[str] = []
     kept = 0
-    pages = s3.get_paginator("list_multipart_uploads").paginate(
-        Bucket=settings.s3_bucket, Prefix=OBJECT_PREFIX
-    )
-    for page in pages:
-        for upload in page.get("Uploads", []):
-            if upload["Initiated"] > cutoff:
-                kept += 1
-                continue
-            try:
-                s3.abort_multipart_upload(
-                    Bucket=settings.s3_bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                )
-            except ClientError as exc:
-                if exc.response.get("Error", {}).get("Code") != "NoSuchUpload":
-                    raise
-            aborted.append(upload["Key"])
-            log.info(
-                "multipart upload aborted",
-                extra={"key": upload["Key"], "initiated": upload["Initiated"].isoformat()},
-            )
+    for upload in storage.multipart_uploads(OBJECT_PREFIX):
+        if upload.initiated > cutoff:
+            kept += 1
+            continue
+        storage.abort_multipart_upload(upload.key, upload.upload_id)
+        aborted.append(upload.key)
+        log.info(
+            "multipart upload aborted",
+            extra={"key": upload.key, "initiated": upload.initiated.isoformat()},
+        )
     return {"aborted": aborted, "kept": kept}

@@ -85,8 +85,8 @@ def test_analysis_client_when_status_then_classified(status: int, error: type[Ex
     )
     with pytest.raises(error) as raised:
         client.analyze({"key": "k"}, on_progress=lambda *_: None)
-    if error is PermanentError:
-        assert raised.value.code == "undecodable_audio"  # type: ignore[attr-defined]
+    if isinstance(raised.value, PermanentError):
+        assert raised.value.code == "undecodable_audio"
 
 
 def test_analysis_client_when_unreachable_then_transient() -> None:

@@ -136,7 +136,7 @@ THIRTY_YEARS = 30 * 365 * 86400
 
 def test_abort_stale_multipart_uploads_when_older_than_limit_then_aborted(
     celery_client: Celery,
-    s3_client,  # type: ignore[no-untyped-def]
+    s3_client: Any,
     s3_bucket: str,
     token_id: str,
 ) -> None:
