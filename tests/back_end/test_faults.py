@@ -17,7 +17,6 @@ import socket
 import struct
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,7 @@ import redis
 
 from devtools import stack
 from tests.helpers import sse
-from tests.helpers.audio import pcm_wav
+from tests.helpers.audio import pcm_wav, white_noise_wav
 from tests.helpers.proxy import CuttableProxy
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
@@ -51,10 +50,6 @@ def noisy_wav(seconds: float, seed: int, rate: int = 44100) -> bytes:
         *(int(12000 * math.sin(i / 9.0) + rng.randint(-9000, 9000)) for i in range(frames)),
     )
     return pcm_wav(pcm, rate=rate)
-
-
-def white_noise_wav(megabytes: int, rate: int = 44100) -> bytes:
-    return pcm_wav(os.urandom(megabytes * 1024 * 1024 // 2 * 2), rate=rate)
 
 
 def upload(base: str, token_id: str, content: bytes) -> dict[str, str]:
@@ -290,39 +285,6 @@ def test_job_that_keeps_killing_its_worker_then_fails_as_poison(
 
 
 # --- faults that need their own worker (its own settings) -------------------------------------
-
-
-@dataclass
-class MiniStack:
-    api_url: str
-    redis: redis.Redis
-    procs: list[stack.Proc]
-
-
-@pytest.fixture
-def mini_stack(
-    stack_env: dict[str, str], workdir: Path, analysis_service: stack.Proc
-) -> Iterator[Callable[..., MiniStack]]:
-    """Factory: a private redis + worker + API with setting overrides (shared S3 server)."""
-    started: list[stack.Proc] = []
-
-    def make(*, persistent_redis: bool = False, **overrides: str) -> MiniStack:
-        own_redis = stack.redis_proc(workdir, persistent=persistent_redis).start()
-        started.append(own_redis)
-        url = f"redis://127.0.0.1:{own_redis.name.split(':')[1]}/0"
-        env = {**stack_env, "REDIS_URL": url, **overrides}
-        worker = stack.worker_proc(env, workdir, name=f"mini{uuid.uuid4().hex[:6]}").start()
-        api = stack.api_proc(env, workdir).start()
-        started.extend([worker, api])
-        return MiniStack(
-            api_url=f"http://127.0.0.1:{api.name.split(':')[1]}",
-            redis=redis.Redis.from_url(url, decode_responses=True),
-            procs=[own_redis, worker, api],
-        )
-
-    yield make
-    for proc in reversed(started):
-        proc.kill()
 
 
 @pytest.fixture
