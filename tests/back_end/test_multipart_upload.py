@@ -1,0 +1,85 @@
+"""A real multi-part upload from the worker to S3 (moto), on a slow link so that it lasts long
+enough to watch: its byte-level progress reaches the job's SSE stream between 10 and 40 %."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from devtools import stack
+from tests.helpers import sse
+from tests.helpers.audio import white_noise_wav
+from tests.helpers.mini_stack import MiniStack, mini_stacks
+from tests.helpers.proxy import CuttableProxy
+
+# S3 (and moto) refuse parts under 5 MB when an upload is completed, so the threshold (also the
+# part size) cannot go lower; 12 MB of white noise stays ~12 MB as FLAC: three parts, 5 + 5 + 2.
+THRESHOLD_MB = 5
+UPLOAD_MB = 12
+# About 3 s for the upload: the worker writes progress at most every 0.1 s, so that is room
+# for a few dozen writes, and for a cancel to land well before the last part.
+LINK_BYTES_PER_SECOND = 4 * 1024 * 1024
+
+
+@pytest.fixture(scope="module")
+def slow_s3_stack(
+    stack_env: dict[str, str], workdir: Path, s3_service: stack.Proc, analysis_service: stack.Proc
+) -> Iterator[MiniStack]:
+    """A worker (and API) reaching S3 through a slow link; the analysis server's own S3
+    access stays direct."""
+    proxy = CuttableProxy(int(s3_service.name.split(":")[1]))
+    proxy.throttle(LINK_BYTES_PER_SECOND)
+    try:
+        with mini_stacks(stack_env, workdir) as make:
+            yield make(
+                S3_ENDPOINT_URL=proxy.url,
+                S3_MULTIPART_THRESHOLD_MB=str(THRESHOLD_MB),
+                MAX_UPLOAD_MB=str(UPLOAD_MB + 4),
+                # Slow upload plus the analysis of ~2 min of audio: more than the test stack's
+                # 9 s soft limit may allow on a loaded host (visibility must exceed the limit).
+                TASK_SOFT_TIME_LIMIT="50",
+                TASK_TIME_LIMIT="60",
+                BROKER_VISIBILITY_TIMEOUT="90",
+            )
+    finally:
+        proxy.close()
+
+
+def upload(base: str, token_id: str, content: bytes) -> dict[str, str]:
+    response = httpx.post(
+        f"{base}/tokens/{token_id}/upload-audio",
+        files={"file": ("take.wav", content, "audio/wav")},
+        timeout=60,
+    )
+    assert response.status_code == 202, response.text
+    return dict(response.json())
+
+
+def test_upload_when_multipart_then_sse_shows_byte_progress_strictly_rising_between_10_and_40(
+    slow_s3_stack: MiniStack, token_id: str, s3_client: Any, s3_bucket: str
+) -> None:
+    api = slow_s3_stack.api_url
+    body = upload(api, token_id, white_noise_wav(UPLOAD_MB))
+
+    snapshots = [e.json for e in sse.stream(f"{api}{body['progress_url']}", timeout=60)]
+
+    assert snapshots[0]["stage"] in ("queued", "preparing"), "followed from before the upload"
+    assert snapshots[-1]["status"] == "completed", snapshots[-1]
+    values = [snap["progress"] for snap in snapshots if snap["stage"] == "uploading"]
+    assert values[0] == 10 and values[-1] == 40, "the stage boundaries are written"
+    # Byte callbacks, not just the boundaries: several writes inside the span, each higher.
+    inside = [value for value in values if 10 < value < 40]
+    assert len(inside) >= 5, values
+    assert all(a < b for a, b in pairwise(inside)), values
+    # It really went up in parts: S3's ETag of a multipart object ends in -<number of parts>.
+    stored = snapshots[-1]["result"]["stored"]
+    assert stored["bytes"] > 2 * THRESHOLD_MB * 1024 * 1024
+    key = snapshots[-1]["s3_url"].removeprefix(f"s3://{s3_bucket}/")
+    head = s3_client.head_object(Bucket=s3_bucket, Key=key)
+    assert head["ContentLength"] == stored["bytes"]
+    assert head["ETag"].strip('"').endswith("-3"), head["ETag"]
