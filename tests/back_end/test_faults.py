@@ -29,6 +29,7 @@ from devtools import stack
 from tests.helpers import sse
 from tests.helpers.audio import pcm_wav, white_noise_wav
 from tests.helpers.proxy import CuttableProxy
+from tests.helpers.wait import wait_until
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
@@ -84,7 +85,7 @@ class Follower(threading.Thread):
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.5)  # not a wait: a browser's pause before it reconnects (shortened)
 
 
 @dataclass
@@ -161,6 +162,8 @@ class StageKiller(threading.Thread):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(int(job["worker_pid"]), signal.SIGKILL)
                         self.killed[job_id] = job["stage"]
+            # Not a wait: the watcher's sampling period (every job's stage, to catch the first
+            # moment each one is seen in its target stage).
             time.sleep(0.005)
 
 
@@ -222,11 +225,12 @@ def test_worker_process_sigkilled_then_task_returns_after_visibility_timeout_and
     followers = {job_id: Follower(pipeline, job_id) for job_id in jobs}
     for follower in followers.values():
         follower.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if any(job_fields(redis_client, j).get("stage") == "analyzing" for j in jobs):
-            break
-        time.sleep(0.01)
+    wait_until(
+        lambda: any(job_fields(redis_client, j).get("stage") == "analyzing" for j in jobs),
+        timeout=30,
+        interval=0.01,
+        what="a job analysing",
+    )
     worker_service.kill()  # the whole worker: parent and children, no chance to requeue
     started = time.monotonic()
     worker_service.start()
@@ -256,17 +260,21 @@ def test_job_that_keeps_killing_its_worker_then_fails_as_poison(
 ) -> None:
     job_id = upload(pipeline, token_id, noisy_wav(2.0, 999))["job_id"]
     killed_pids: set[str] = set()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def failed_else_kill_its_new_worker() -> bool:
         job = job_fields(redis_client, job_id)
         if job.get("status") == "failed":
-            break
+            return True
         pid = job.get("worker_pid")
         if job.get("status") == "processing" and pid and pid not in killed_pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
             killed_pids.add(pid)
-        time.sleep(0.005)
+        return False
+
+    wait_until(
+        failed_else_kill_its_new_worker, timeout=60, interval=0.005, what="the poison job failed"
+    )
     snapshot = httpx.get(f"{pipeline}/tokens/analysis-result/{job_id}").json()
     record(
         {
@@ -482,14 +490,16 @@ def test_redis_restarted_under_a_running_job_then_api_503s_meanwhile_and_job_com
     body = upload(mini.api_url, token_id, noisy_wav(1.0, 8))
     follower = Follower(mini.api_url, body["job_id"])
     follower.start()
-    deadline = time.monotonic() + 20
-    while mini.redis.hget(f"yousync:job:{body['job_id']}", "stage") != "analyzing":
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(
+        lambda: mini.redis.hget(f"yousync:job:{body['job_id']}", "stage") == "analyzing",
+        timeout=20,
+        interval=0.01,
+        what="the job analysing",
+    )
     own_redis.kill()
     during = httpx.get(f"{mini.api_url}{body['result_url']}")
     assert during.status_code == 503 and during.json()["code"] == "redis_unavailable"
-    time.sleep(1)
+    time.sleep(1)  # not a wait: the outage under test lasts a second (the worker meets it)
     own_redis.start()
     # kombu can crash a worker whose broker vanished ("'NoneType' object has no attribute
     # 'hostname'" in restore_unacked, cf. kombu#970); production runs workers under a supervisor
