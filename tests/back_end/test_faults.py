@@ -419,6 +419,11 @@ def test_s3_cut_off_mid_upload_then_retry_completes_and_no_multipart_upload_dang
             TASK_RETRY_DELAY="1",
             TASK_MAX_RETRIES="4",
             MAX_UPLOAD_MB="32",
+            # The delivery that completes analyses ~3 min of audio: on a loaded host that took
+            # longer than the test stack's 9 s soft limit (failed as `timeout`, not this fault).
+            TASK_SOFT_TIME_LIMIT="50",
+            TASK_TIME_LIMIT="60",
+            BROKER_VISIBILITY_TIMEOUT="90",
         )
         # 16 MB of white noise: FLAC cannot shrink it, so it goes up in 5 MB multipart parts;
         # the proxy cuts S3 off after the first part.
