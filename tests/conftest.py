@@ -8,7 +8,7 @@ on db 1 of the same private server and is never flushed under a running worker.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import boto3
@@ -16,6 +16,7 @@ import pytest
 import redis
 
 from devtools import stack
+from tests.helpers.mini_stack import MiniStack, mini_stacks
 
 BUCKET = "yousync-test"
 ANALYSIS_SECRET = "test-analysis-secret"
@@ -178,6 +179,15 @@ def api_url(api_service: stack.Proc, redis_client: redis.Redis) -> str:
 def pipeline(api_url: str, worker_service: stack.Proc, analysis_service: stack.Proc) -> str:
     """The whole stack running: returns the API's base URL."""
     return api_url
+
+
+@pytest.fixture
+def mini_stack(
+    stack_env: dict[str, str], workdir: Path, analysis_service: stack.Proc
+) -> Iterator[Callable[..., MiniStack]]:
+    """Factory: a private redis + worker + API with setting overrides (shared S3 server)."""
+    with mini_stacks(stack_env, workdir) as make:
+        yield make
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from celery import Celery
 from devtools import stack
 from tests.helpers import sse
 from tests.helpers.audio import wav_bytes
+from tests.helpers.wait import wait_until
 
 AUTH = ("flower-test", "flower-secret")  # the `flower_auth` fixture's
 
@@ -31,14 +31,18 @@ def flower_tasks(flower_url: str, **params: str) -> dict[str, Any]:
 def wait_for_events(flower_url: str, celery_client: Celery) -> None:
     """Flower binds its event queue after it starts answering HTTP: send a quick no-op task
     until Flower has seen one, so the test's real task cannot be missed."""
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
+    sent: list[str] = []
+
+    def flower_saw_one() -> bool:
+        seen = flower_tasks(flower_url, taskname="tasks.maintenance.mark_stuck_jobs")
+        if any(task_id in seen for task_id in sent):
+            return True
         result = celery_client.send_task("tasks.maintenance.mark_stuck_jobs", queue="maintenance")
         result.get(timeout=10)
-        time.sleep(0.3)
-        if result.id in flower_tasks(flower_url, taskname="tasks.maintenance.mark_stuck_jobs"):
-            return
-    raise TimeoutError("Flower received no task events")
+        sent.append(result.id)
+        return False
+
+    wait_until(flower_saw_one, timeout=20, interval=0.3, what="Flower receiving task events")
 
 
 def test_flower_when_job_runs_then_its_api_shows_the_task_with_job_id_and_state(

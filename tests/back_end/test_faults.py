@@ -17,7 +17,6 @@ import socket
 import struct
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +27,9 @@ import redis
 
 from devtools import stack
 from tests.helpers import sse
-from tests.helpers.audio import pcm_wav
+from tests.helpers.audio import pcm_wav, white_noise_wav
 from tests.helpers.proxy import CuttableProxy
+from tests.helpers.wait import wait_until
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
@@ -51,10 +51,6 @@ def noisy_wav(seconds: float, seed: int, rate: int = 44100) -> bytes:
         *(int(12000 * math.sin(i / 9.0) + rng.randint(-9000, 9000)) for i in range(frames)),
     )
     return pcm_wav(pcm, rate=rate)
-
-
-def white_noise_wav(megabytes: int, rate: int = 44100) -> bytes:
-    return pcm_wav(os.urandom(megabytes * 1024 * 1024 // 2 * 2), rate=rate)
 
 
 def upload(base: str, token_id: str, content: bytes) -> dict[str, str]:
@@ -89,7 +85,7 @@ class Follower(threading.Thread):
                     return
             except httpx.HTTPError:
                 pass
-            time.sleep(0.5)
+            time.sleep(0.5)  # not a wait: a browser's pause before it reconnects (shortened)
 
 
 @dataclass
@@ -166,6 +162,8 @@ class StageKiller(threading.Thread):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(int(job["worker_pid"]), signal.SIGKILL)
                         self.killed[job_id] = job["stage"]
+            # Not a wait: the watcher's sampling period (every job's stage, to catch the first
+            # moment each one is seen in its target stage).
             time.sleep(0.005)
 
 
@@ -227,11 +225,12 @@ def test_worker_process_sigkilled_then_task_returns_after_visibility_timeout_and
     followers = {job_id: Follower(pipeline, job_id) for job_id in jobs}
     for follower in followers.values():
         follower.start()
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if any(job_fields(redis_client, j).get("stage") == "analyzing" for j in jobs):
-            break
-        time.sleep(0.01)
+    wait_until(
+        lambda: any(job_fields(redis_client, j).get("stage") == "analyzing" for j in jobs),
+        timeout=30,
+        interval=0.01,
+        what="a job analysing",
+    )
     worker_service.kill()  # the whole worker: parent and children, no chance to requeue
     started = time.monotonic()
     worker_service.start()
@@ -261,17 +260,21 @@ def test_job_that_keeps_killing_its_worker_then_fails_as_poison(
 ) -> None:
     job_id = upload(pipeline, token_id, noisy_wav(2.0, 999))["job_id"]
     killed_pids: set[str] = set()
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+
+    def failed_else_kill_its_new_worker() -> bool:
         job = job_fields(redis_client, job_id)
         if job.get("status") == "failed":
-            break
+            return True
         pid = job.get("worker_pid")
         if job.get("status") == "processing" and pid and pid not in killed_pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(pid), signal.SIGKILL)
             killed_pids.add(pid)
-        time.sleep(0.005)
+        return False
+
+    wait_until(
+        failed_else_kill_its_new_worker, timeout=60, interval=0.005, what="the poison job failed"
+    )
     snapshot = httpx.get(f"{pipeline}/tokens/analysis-result/{job_id}").json()
     record(
         {
@@ -290,39 +293,6 @@ def test_job_that_keeps_killing_its_worker_then_fails_as_poison(
 
 
 # --- faults that need their own worker (its own settings) -------------------------------------
-
-
-@dataclass
-class MiniStack:
-    api_url: str
-    redis: redis.Redis
-    procs: list[stack.Proc]
-
-
-@pytest.fixture
-def mini_stack(
-    stack_env: dict[str, str], workdir: Path, analysis_service: stack.Proc
-) -> Iterator[Callable[..., MiniStack]]:
-    """Factory: a private redis + worker + API with setting overrides (shared S3 server)."""
-    started: list[stack.Proc] = []
-
-    def make(*, persistent_redis: bool = False, **overrides: str) -> MiniStack:
-        own_redis = stack.redis_proc(workdir, persistent=persistent_redis).start()
-        started.append(own_redis)
-        url = f"redis://127.0.0.1:{own_redis.name.split(':')[1]}/0"
-        env = {**stack_env, "REDIS_URL": url, **overrides}
-        worker = stack.worker_proc(env, workdir, name=f"mini{uuid.uuid4().hex[:6]}").start()
-        api = stack.api_proc(env, workdir).start()
-        started.extend([worker, api])
-        return MiniStack(
-            api_url=f"http://127.0.0.1:{api.name.split(':')[1]}",
-            redis=redis.Redis.from_url(url, decode_responses=True),
-            procs=[own_redis, worker, api],
-        )
-
-    yield make
-    for proc in reversed(started):
-        proc.kill()
 
 
 @pytest.fixture
@@ -449,6 +419,11 @@ def test_s3_cut_off_mid_upload_then_retry_completes_and_no_multipart_upload_dang
             TASK_RETRY_DELAY="1",
             TASK_MAX_RETRIES="4",
             MAX_UPLOAD_MB="32",
+            # The delivery that completes analyses ~3 min of audio: on a loaded host that took
+            # longer than the test stack's 9 s soft limit (failed as `timeout`, not this fault).
+            TASK_SOFT_TIME_LIMIT="50",
+            TASK_TIME_LIMIT="60",
+            BROKER_VISIBILITY_TIMEOUT="90",
         )
         # 16 MB of white noise: FLAC cannot shrink it, so it goes up in 5 MB multipart parts;
         # the proxy cuts S3 off after the first part.
@@ -520,14 +495,16 @@ def test_redis_restarted_under_a_running_job_then_api_503s_meanwhile_and_job_com
     body = upload(mini.api_url, token_id, noisy_wav(1.0, 8))
     follower = Follower(mini.api_url, body["job_id"])
     follower.start()
-    deadline = time.monotonic() + 20
-    while mini.redis.hget(f"yousync:job:{body['job_id']}", "stage") != "analyzing":
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
+    wait_until(
+        lambda: mini.redis.hget(f"yousync:job:{body['job_id']}", "stage") == "analyzing",
+        timeout=20,
+        interval=0.01,
+        what="the job analysing",
+    )
     own_redis.kill()
     during = httpx.get(f"{mini.api_url}{body['result_url']}")
     assert during.status_code == 503 and during.json()["code"] == "redis_unavailable"
-    time.sleep(1)
+    time.sleep(1)  # not a wait: the outage under test lasts a second (the worker meets it)
     own_redis.start()
     # kombu can crash a worker whose broker vanished ("'NoneType' object has no attribute
     # 'hostname'" in restore_unacked, cf. kombu#970); production runs workers under a supervisor

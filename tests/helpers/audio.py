@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+import os
 import struct
 import wave
 
@@ -46,6 +47,11 @@ def pcm_wav(pcm: bytes, *, rate: int, channels: int = 1) -> bytes:
         len(pcm),
     )
     return header + pcm
+
+
+def white_noise_wav(megabytes: int, rate: int = 44100) -> bytes:
+    """Mono white noise: FLAC cannot shrink it, so the stored file stays about this large."""
+    return pcm_wav(os.urandom(megabytes * 1024 * 1024 // 2 * 2), rate=rate)
 
 
 def encoded(wav: bytes, fmt: str) -> bytes:

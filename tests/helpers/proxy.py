@@ -1,12 +1,14 @@
 """A loopback TCP proxy that a test can cut: existing connections are reset and new ones
 refused until it is restored. Lets a test take a service "down" mid-transfer while the service
-itself (and its state) stays alive."""
+itself (and its state) stays alive. It can also throttle: a slow link, so that a transfer lasts
+long enough to be watched (and interrupted) in the middle."""
 
 from __future__ import annotations
 
 import contextlib
 import socket
 import threading
+import time
 
 from devtools.stack import free_port
 
@@ -26,6 +28,9 @@ class CuttableProxy:
         self._cut_at: int | None = None
         self._outage = 0.0
         self.cuts = 0
+        self._rate: float | None = None
+        self._link_free_at = 0.0
+        self._pace_lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
 
     @property
@@ -45,6 +50,22 @@ class CuttableProxy:
     def cut_after(self, forwarded_bytes: int, *, outage_seconds: float) -> None:
         """Cut once this many bytes went through (mid-transfer), restore after the outage."""
         self._cut_at, self._outage = forwarded_bytes, outage_seconds
+
+    def throttle(self, bytes_per_second: float | None) -> None:
+        """Forward at most this many bytes a second, all connections and both directions
+        together (one shared link); None lifts the limit."""
+        self._rate = bytes_per_second
+
+    def _pace(self, size: int) -> None:
+        rate = self._rate
+        if not rate:
+            return
+        with self._pace_lock:
+            start = max(time.monotonic(), self._link_free_at)
+            self._link_free_at = start + size / rate
+            done = self._link_free_at
+        # The throttle itself: these bytes take their share of the link's time.
+        time.sleep(max(0.0, done - time.monotonic()))
 
     def restore(self) -> None:
         self._open.set()
@@ -78,7 +99,8 @@ class CuttableProxy:
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
-            while data := src.recv(65536):
+            while data := src.recv(65536 if self._rate is None else 16384):
+                self._pace(len(data))
                 self.bytes_forwarded += len(data)
                 if self._cut_at is not None and self.bytes_forwarded >= self._cut_at:
                     self._cut_at = None

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 
 @dataclass
@@ -62,3 +63,14 @@ def stream(
         response.raise_for_status()
         assert response.headers["content-type"].startswith("text/event-stream")
         yield from parse_lines(response.iter_lines())
+
+
+def hub_clients(base: str, *, headers: dict[str, str] | None = None) -> int:
+    """SSE clients the API process at `base` has registered with its event hub (its
+    `yousync_sse_clients` gauge): a client counted here receives every later event live."""
+    response = httpx.get(f"{base}/metrics", headers=headers or {}, timeout=10)
+    response.raise_for_status()
+    for family in text_string_to_metric_families(response.text):
+        if family.name == "yousync_sse_clients":
+            return int(family.samples[0].value)
+    raise AssertionError("the API exports no yousync_sse_clients gauge")

@@ -4,7 +4,6 @@ leaves nothing, a failed or cancelled one runs again with progress going on, nev
 from __future__ import annotations
 
 import signal
-import time
 from pathlib import Path
 
 import httpx
@@ -13,6 +12,8 @@ import redis
 from devtools import stack
 from tests.helpers import sse
 from tests.helpers.audio import wav_bytes
+from tests.helpers.wait import wait_until
+from tests.helpers.worker_log import task_ended
 
 
 def upload(base: str, token_id: str, seconds: float = 2.0) -> dict[str, str]:
@@ -51,7 +52,11 @@ def test_cancel_when_queued_then_never_runs_and_nothing_is_left(
         assert not list(spool_dir.glob(f"{body['job_id']}*"))
     finally:
         worker_service.signal_group(signal.SIGCONT)
-    time.sleep(2)  # the worker gets the task (or its revocation) and must not run it
+    wait_until(
+        lambda: task_ended(worker_service, body["task_id"]),
+        timeout=30,
+        what="the worker done with the task (or its revocation); it must not run it",
+    )
     events = redis_client.xrange(f"yousync:job:{body['job_id']}:events")
     assert [fields["status"] for _, fields in events] == ["queued", "cancelled"]
     assert s3_keys(s3_client, s3_bucket, token_id) == []
@@ -65,6 +70,7 @@ def multipart_uploads(s3_client, bucket: str, token_id: str) -> list[str]:  # ty
 def test_cancel_when_running_then_stops_at_next_write_and_cleans_up(
     pipeline: str,
     token_id: str,
+    worker_service: stack.Proc,
     spool_dir: Path,
     s3_client,
     s3_bucket: str,  # type: ignore[no-untyped-def]
@@ -77,7 +83,12 @@ def test_cancel_when_running_then_stops_at_next_write_and_cleans_up(
             break
     snapshot = final(pipeline, body)
     assert snapshot["status"] == "cancelled"
-    time.sleep(2)  # the analysis call returns (≥1 s); the worker's next write is refused
+    # The analysis call returns (≥1 s); the worker's next write is refused and it cleans up.
+    wait_until(
+        lambda: task_ended(worker_service, body["task_id"]),
+        timeout=30,
+        what="the worker done with the cancelled task",
+    )
     assert final(pipeline, body)["status"] == "cancelled"
     assert not list(spool_dir.glob(f"{body['job_id']}*"))
     assert multipart_uploads(s3_client, s3_bucket, token_id) == []
@@ -110,13 +121,19 @@ def test_retry_when_failed_then_runs_again_from_analysis_and_progress_never_decr
     assert "uploading" not in stages and "preparing" not in stages, "resumed at analysis"
 
 
-def test_retry_when_cancelled_then_completes(pipeline: str, token_id: str) -> None:
+def test_retry_when_cancelled_then_completes(
+    pipeline: str, token_id: str, worker_service: stack.Proc
+) -> None:
     body = upload(pipeline, token_id)
     for event in sse.stream(f"{pipeline}{body['progress_url']}"):
         if event.json["stage"] == "analyzing":
             httpx.post(f"{pipeline}/tokens/analysis-cancel/{body['job_id']}")
             break
-    time.sleep(2)
+    wait_until(
+        lambda: task_ended(worker_service, body["task_id"]),
+        timeout=30,
+        what="the worker done with the cancelled task",
+    )
     retried = httpx.post(f"{pipeline}/tokens/analysis-retry/{body['job_id']}")
     assert retried.status_code == 202, retried.text
     assert final(pipeline, body)["status"] == "completed"

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import signal
 import threading
-import time
 
 import httpx
 
 from devtools import stack
 from tests.helpers import sse
 from tests.helpers.audio import wav_bytes
+from tests.helpers.wait import wait_until
+from tests.helpers.worker_log import task_ended
 
 
 def upload(base: str, token_id: str, seconds: float, freq: float = 440.0) -> dict[str, str]:
@@ -48,13 +49,18 @@ def test_stall_when_worker_freezes_mid_job_then_marked_and_cleared_by_next_progr
 
 
 def test_eta_when_similar_jobs_ran_before_then_running_events_carry_eta(
-    pipeline: str, token_id: str
+    pipeline: str, token_id: str, worker_service: stack.Proc
 ) -> None:
     first = upload(pipeline, token_id, 1.0)
     assert httpx.get(f"{pipeline}{first['result_url']}?wait=30", timeout=40).json()["status"] == (
         "completed"
     )
-    time.sleep(0.2)
+    # The worker records the first job's stage times once it has written `completed`.
+    wait_until(
+        lambda: task_ended(worker_service, first["task_id"]),
+        timeout=10,
+        what="the worker done with the first job",
+    )
     second = upload(pipeline, token_id, 1.0, freq=445.0)  # same size, not a duplicate
     events = [event.json for event in sse.stream(f"{pipeline}{second['progress_url']}")]
     running = [snap for snap in events if snap["status"] == "processing"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import re
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.helpers import sse
 from tests.helpers.audio import wav_bytes
 from tests.helpers.jobs import create_job
+from tests.helpers.wait import wait_until
 from yousync.core.config import Settings
 from yousync.core.jobs import JobStore
 
@@ -129,10 +129,7 @@ def test_metrics_when_job_fails_then_counted_once_by_final_status(
 
 
 def wait_for_gauge(api_url: str, name: str, expected: float, why: str) -> None:
-    deadline = time.monotonic() + 15
-    while value(scrape(api_url), name) != expected:
-        assert time.monotonic() < deadline, why
-        time.sleep(0.1)
+    wait_until(lambda: value(scrape(api_url), name) == expected, timeout=15, interval=0.1, what=why)
 
 
 def test_metrics_when_sse_client_connects_and_leaves_then_gauge_follows(

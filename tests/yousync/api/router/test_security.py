@@ -5,7 +5,6 @@ per-process bounds on streams and concurrent uploads."""
 from __future__ import annotations
 
 import socket
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -15,8 +14,10 @@ import pytest
 
 from devtools import stack
 from tests.helpers import sse
-from tests.helpers.audio import wav_bytes
+from tests.helpers.audio import pcm_wav, wav_bytes
+from tests.helpers.wait import wait_until
 from yousync.api.auth import issue_stream_token
+from yousync.api.uploads.receive import WRITE_BATCH
 
 SECRET = "test-stream-secret"
 KEY = {"Authorization": "Bearer key-one"}
@@ -108,14 +109,23 @@ def test_streams_when_over_sse_max_clients_then_503_with_retry_after(
         ) as held,
     ):
         assert held.status_code == 200
-        time.sleep(0.3)
+        wait_until(
+            lambda: sse.hub_clients(secured_api, headers=KEY) == 1,
+            timeout=10,
+            what="the held stream counted by the hub",
+        )
         refused = httpx.get(f"{secured_api}/tokens/{token_id}/analysis-progress", headers=KEY)
         assert refused.status_code == 503 and refused.json()["code"] == "too_many_streams"
         assert refused.headers["retry-after"] == "5"
 
 
+def spooling(spool_dir: Path) -> set[str]:
+    """Uploads the API is receiving or has received: spool files named by the bare job id."""
+    return {path.name for path in spool_dir.iterdir() if "." not in path.name}
+
+
 def test_uploads_when_client_exceeds_concurrency_then_429(
-    secured_api: str, pipeline: str, token_id: str
+    secured_api: str, pipeline: str, token_id: str, spool_dir: Path
 ) -> None:
     target = urlsplit(secured_api)
     part = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
@@ -123,15 +133,28 @@ def test_uploads_when_client_exceeds_concurrency_then_429(
         f"POST /tokens/{token_id}/upload-audio HTTP/1.1\r\nHost: x\r\n"
         "Authorization: Bearer key-one\r\n"
         "Content-Type: multipart/form-data; boundary=b\r\n"
-        "Content-Length: 100000\r\n\r\n"
+        "Content-Length: 2000000\r\n\r\n"
     )
+    before = spooling(spool_dir)
     slow = socket.create_connection((target.hostname, target.port))
-    slow.sendall(head.encode() + part + wav_bytes(0.2)[:1000])
-    time.sleep(0.3)  # the first upload is in progress, holding this client's only slot
+    # More than one write batch of the file, so the API starts its spool file, and less than
+    # the declared length, so the upload stays in progress.
+    slow.sendall(head.encode() + part + pcm_wav(bytes(1_500_000), rate=16000)[: WRITE_BATCH * 2])
+    wait_until(
+        lambda: spooling(spool_dir) - before,
+        timeout=10,
+        what="the first upload in progress, holding this client's only slot",
+    )
     second = upload(secured_api, token_id, KEY)
     assert second.status_code == 429 and second.json()["code"] == "too_many_uploads"
     slow.close()
-    time.sleep(0.3)
-    third = upload(secured_api, token_id, KEY)
-    assert third.status_code == 202, "the slot is released when the first client goes away"
+
+    def third_accepted() -> httpx.Response | None:
+        response = upload(secured_api, token_id, KEY)
+        assert response.status_code in (202, 429), response.text
+        return response if response.status_code == 202 else None
+
+    third = wait_until(
+        third_accepted, timeout=10, what="the slot released when the first client went away"
+    )
     httpx.get(f"{secured_api}{third.json()['result_url']}?wait=30", headers=KEY, timeout=40)

@@ -121,6 +121,7 @@ def test_response_when_idle_then_pings_at_the_interval() -> None:
 
     async def body() -> None:
         call = asyncio.create_task(client.serve(CompactEventSourceResponse(source(), ping=0.05)))
+        # Not a wait: the idle window itself, eight ping intervals long, in which to count pings.
         await asyncio.sleep(0.4)
         client.disconnect()
         await call

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+from tests.helpers.wait import wait_until_async
 from yousync.api.streaming.events import RESYNC, SHUTDOWN, Notification, Subscription
 
 
@@ -20,6 +21,11 @@ def drain(sub: Subscription, count: int) -> list[object]:
         return [await asyncio.wait_for(sub.get(), 1) for _ in range(count)]
 
     return asyncio.run(read())
+
+
+async def parked(sub: Subscription) -> None:
+    """Until a reader waits in `sub.get()` (on the future an offer resolves)."""
+    await wait_until_async(lambda: sub._waiter is not None, within=1, what="the reader waiting")
 
 
 def test_subscription_when_items_offered_then_read_in_order() -> None:
@@ -55,7 +61,7 @@ def test_subscription_when_reader_waits_then_offer_wakes_it() -> None:
     async def scenario() -> object:
         sub = Subscription(limit=4)
         reader = asyncio.create_task(sub.get())
-        await asyncio.sleep(0.01)
+        await parked(sub)
         assert not reader.done()
         sub.offer(item)
         return await asyncio.wait_for(reader, 1)
@@ -67,7 +73,7 @@ def test_subscription_when_read_cancelled_then_next_read_gets_the_item() -> None
     async def scenario() -> object:
         sub = Subscription(limit=4)
         reader = asyncio.create_task(sub.get())
-        await asyncio.sleep(0.01)
+        await parked(sub)
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
         item = note(3)

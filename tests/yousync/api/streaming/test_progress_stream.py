@@ -19,6 +19,7 @@ import redis
 from devtools import stack
 from tests.helpers import sse
 from tests.helpers.jobs import create_job, sync_store
+from tests.helpers.wait import wait_until
 from yousync.api.streaming.events import parse_stream_id
 
 
@@ -41,7 +42,7 @@ def write_events(
             message=f"step {index} " + "x" * pad,
         )
         if pause:
-            time.sleep(pause)
+            time.sleep(pause)  # not a wait: the writer's pace, so clients join mid-burst
     store.update(job_id, token_id, status="completed", progress=100, stage="done", message="done")
 
 
@@ -73,7 +74,7 @@ def test_stream_when_clients_join_during_concurrent_writes_then_each_gets_every_
     threads = []
     for out in received:  # clients connect at different moments of the write burst
         threads.append(collect(url, out))
-        time.sleep(0.05)
+        time.sleep(0.05)  # not a wait: spreads the clients' arrivals over the burst
     writer.join()
     for thread in threads:
         thread.join(30)
@@ -90,6 +91,7 @@ def test_stream_when_one_client_never_reads_then_others_are_not_delayed_and_it_l
 ) -> None:
     job_id = create_job(redis_url, token_id)
     target = urlsplit(api_url)
+    clients = sse.hub_clients(api_url)
     stalled = socket.socket()
     stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     stalled.connect((target.hostname, target.port))
@@ -97,10 +99,14 @@ def test_stream_when_one_client_never_reads_then_others_are_not_delayed_and_it_l
         f"GET /tokens/analysis-progress/{job_id} HTTP/1.1\r\nHost: x\r\n"
         "Accept: text/event-stream\r\n\r\n".encode()
     )
-    time.sleep(0.3)  # the stalled client is registered before the burst
+    wait_until(
+        lambda: sse.hub_clients(api_url) > clients,
+        timeout=10,
+        what="the stalled client registered before the burst",
+    )
     good: list[sse.SseEvent] = []
     reader = collect(f"{api_url}/tokens/analysis-progress/{job_id}", good)
-    time.sleep(0.3)
+    wait_until(lambda: good, timeout=10, what="the reading client's first event")
     # 150 events of 16 KB (within the Stream's 200-entry bound): far more than the stalled
     # socket's buffers and its 64-entry queue hold, so its queue overflows into a resync.
     write_events(redis_url, job_id, token_id, 150, pad=16384)
@@ -159,7 +165,7 @@ def test_hub_when_redis_restarts_under_live_streams_then_clients_resume_without_
         job_id = create_job(redis_url, token_id)
         received: list[sse.SseEvent] = []
         reader = collect(f"{api_url}/tokens/analysis-progress/{job_id}", received, timeout=60)
-        time.sleep(0.5)
+        wait_until(lambda: received, timeout=10, what="the stream's first event")
         store = sync_store(redis_url)
         store.update(job_id, token_id, status="processing", progress=10, stage="uploading")
 
@@ -190,16 +196,22 @@ def test_token_stream_when_jobs_progress_then_events_of_every_job_arrive_with_jo
     api_url: str, redis_url: str, token_id: str
 ) -> None:
     received: list[sse.SseEvent] = []
+    clients = sse.hub_clients(api_url)
     collect(f"{api_url}/tokens/{token_id}/analysis-progress", received, timeout=TOKEN_FEED_IDLE)
-    time.sleep(0.3)
+    wait_until(
+        lambda: sse.hub_clients(api_url) > clients,
+        timeout=10,
+        what="the token feed registered before the jobs start",
+    )
     first, second = create_job(redis_url, token_id), create_job(redis_url, token_id)
     create_job(redis_url, "someone-else")
     write_events(redis_url, first, token_id, 5)
     write_events(redis_url, second, token_id, 5)
-    deadline = time.monotonic() + 10
-    while sum(e.json["status"] == "completed" for e in received) < 2:
-        assert time.monotonic() < deadline, received
-        time.sleep(0.05)
+    wait_until(
+        lambda: sum(e.json["status"] == "completed" for e in received) >= 2,
+        timeout=10,
+        what="both jobs completed on the token feed",
+    )
     assert {event.json["job_id"] for event in received} == {first, second}
     assert len({event.id for event in received}) == len(received)
 
@@ -212,8 +224,9 @@ def test_token_stream_when_jobs_progress_then_events_of_every_job_arrive_with_jo
         headers={"Last-Event-ID": middle.id or ""},
         timeout=TOKEN_FEED_IDLE,
     )
-    time.sleep(1)
-    assert [e.id for e in replay] == [e.id for e in received[len(received) // 2 + 1 :]]
+    later = received[len(received) // 2 + 1 :]
+    wait_until(lambda: len(replay) >= len(later), timeout=10, what="the replay")
+    assert [e.id for e in replay] == [e.id for e in later]
 
 
 def test_token_stream_when_connecting_fresh_then_first_events_are_each_jobs_latest_state(
@@ -224,7 +237,7 @@ def test_token_stream_when_connecting_fresh_then_first_events_are_each_jobs_late
     waiting = create_job(redis_url, token_id)
     received: list[sse.SseEvent] = []
     collect(f"{api_url}/tokens/{token_id}/analysis-progress", received, timeout=TOKEN_FEED_IDLE)
-    time.sleep(1)
+    wait_until(lambda: len(received) >= 2, timeout=10, what="each job's latest state")
     assert [(e.json["job_id"], e.json["status"]) for e in received] == [
         (done, "completed"),
         (waiting, "queued"),

@@ -17,6 +17,7 @@ from celery import Celery
 
 from devtools import stack
 from tests.helpers.jobs import create_job
+from tests.helpers.wait import wait_until
 from yousync.core import keys
 from yousync.core.config import Settings
 from yousync.core.jobs import JobStore
@@ -106,7 +107,17 @@ def test_mark_stuck_jobs_when_silent_past_the_limit_then_failed_stuck_with_an_ev
     silent = create_job(redis_url, token_id)
     store.update(silent, token_id, status="processing", progress=40, stage="analyzing")
     waiting = create_job(redis_url, token_id)  # queued
-    time.sleep(1.2)
+
+    def silent_for(job_id: str) -> float:
+        """Seconds since the job's last write, by Redis's clock (as the task measures it)."""
+        seconds, micros = redis_client.time()
+        return seconds + micros / 1e6 - float(redis_client.zscore(keys.ACTIVE_JOBS, job_id))
+
+    wait_until(
+        lambda: min(silent_for(silent), silent_for(waiting)) > 1.0,
+        timeout=10,
+        what="both jobs silent past the 1 s limit",
+    )
     busy = create_job(redis_url, token_id)
     store.update(busy, token_id, status="processing", progress=10, stage="preparing")
     done = create_job(redis_url, token_id)

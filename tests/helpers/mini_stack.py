@@ -1,0 +1,48 @@
+"""A private redis + worker + API with its own settings, beside the session's stack (whose S3
+server and analysis server it shares): for tests that need a worker configured differently."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from devtools import stack
+
+
+@dataclass
+class MiniStack:
+    api_url: str
+    redis: redis.Redis
+    procs: list[stack.Proc]  # [redis, worker, API]
+
+
+@contextlib.contextmanager
+def mini_stacks(stack_env: dict[str, str], workdir: Path) -> Iterator[Callable[..., MiniStack]]:
+    """A factory of mini stacks (`make(**overrides)`); every one is killed on exit."""
+    started: list[stack.Proc] = []
+
+    def make(*, persistent_redis: bool = False, **overrides: str) -> MiniStack:
+        own_redis = stack.redis_proc(workdir, persistent=persistent_redis).start()
+        started.append(own_redis)
+        url = f"redis://127.0.0.1:{own_redis.name.split(':')[1]}/0"
+        env = {**stack_env, "REDIS_URL": url, **overrides}
+        worker = stack.worker_proc(env, workdir, name=f"mini{uuid.uuid4().hex[:6]}").start()
+        started.append(worker)
+        api = stack.api_proc(env, workdir).start()
+        started.append(api)
+        return MiniStack(
+            api_url=f"http://127.0.0.1:{api.name.split(':')[1]}",
+            redis=redis.Redis.from_url(url, decode_responses=True),
+            procs=[own_redis, worker, api],
+        )
+
+    try:
+        yield make
+    finally:
+        for proc in reversed(started):
+            proc.kill()
