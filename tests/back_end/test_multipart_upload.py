@@ -136,12 +136,6 @@ def test_cancel_when_multipart_upload_in_flight_then_no_multipart_upload_and_no_
     assert snapshot["status"] == "cancelled" and snapshot["progress"] < 40, snapshot
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: the byte callback's Refused reaches Storage.upload wrapped in botocore's "
-    "HTTPClientError, so the task takes the cancel for an S3 outage (retry, then revoked) and "
-    "clean_up_if_cancelled never runs; the spool sweep deletes the files an hour later",
-)
 def test_cancel_when_multipart_upload_in_flight_then_the_worker_deletes_the_spool_files(
     slow_s3_stack: MiniStack, token_id: str, s3_client: Any, s3_bucket: str, spool_dir: Path
 ) -> None:

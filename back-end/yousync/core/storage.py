@@ -1,8 +1,9 @@
 """S3 for the worker: boto3's managed transfer (multipart above a threshold) with byte progress.
 
-The worker is synchronous Celery code, so blocking boto3 is right here; the API never imports
-this module. The object key is derived from the job, so a retried upload overwrites instead of
-duplicating, and s3transfer aborts its multipart upload itself when a part fails.
+The worker is synchronous Celery code, so blocking boto3 is right here; the API takes only
+`s3_client_kwargs` from this module (for its own aioboto3 client). The object key is derived
+from the job, so a retried upload overwrites instead of duplicating, and s3transfer aborts its
+multipart upload itself when a part fails.
 """
 
 from __future__ import annotations
@@ -78,7 +79,11 @@ class ObjectStore(Protocol):
 
 class ByteProgress:
     """Accumulates s3transfer's Callback amounts, which arrive on transfer threads and go
-    negative when a part is rewound for a retry; the fraction never moves backwards."""
+    negative when a part is rewound for a retry; the fraction never moves backwards.
+
+    An exception the report raises (a cancelled job's refused progress write) is kept in
+    `stopped_by`: raised inside the request's body read, botocore wraps it as a connection
+    error, and the upload must not mistake a cancellation for an S3 outage."""
 
     def __init__(self, total: int, report: Callable[[float], None]) -> None:
         self._total = max(total, 1)
@@ -86,6 +91,7 @@ class ByteProgress:
         self._lock = threading.Lock()
         self._sent = 0
         self._best = 0.0
+        self.stopped_by: Exception | None = None
 
     def __call__(self, amount: int) -> None:
         with self._lock:
@@ -94,7 +100,11 @@ class ByteProgress:
             if fraction <= self._best:
                 return
             self._best = fraction
-        self._report(fraction)
+        try:
+            self._report(fraction)
+        except Exception as exc:
+            self.stopped_by = exc
+            raise
 
 
 @dataclass(frozen=True)
@@ -139,16 +149,21 @@ class Storage:
         self, path: Path, key: str, *, content_type: str, on_progress: Callable[[float], None]
     ) -> int:
         size = path.stat().st_size
+        progress = ByteProgress(size, on_progress)
         try:
             self._client.upload_file(
                 str(path),
                 self.bucket,
                 key,
                 ExtraArgs={"ContentType": content_type},
-                Callback=ByteProgress(size, on_progress),
+                Callback=progress,
                 Config=self._transfer,
             )
         except (BotoCoreError, ClientError, boto3.exceptions.S3UploadFailedError) as exc:
+            if progress.stopped_by is not None:
+                # Our own callback stopped the transfer; s3transfer has aborted the multipart
+                # upload. Hand on why (e.g. `Refused` after a cancel), not "S3 unavailable".
+                raise progress.stopped_by from None
             raise _unavailable("upload", exc) from exc
         return size
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import warnings
 from pathlib import Path
 
 import pytest
@@ -52,3 +54,43 @@ def test_delete_when_object_exists_then_gone(
     storage.delete("audio/tok/refused.flac")
 
     assert storage.size_of("audio/tok/refused.flac") is None
+
+
+class Stop(Exception):
+    """What a progress callback raises to stop a transfer (the pipeline's `Refused`)."""
+
+
+@pytest.mark.parametrize("megabytes", [1, 12], ids=["single-part", "multipart"])
+def test_upload_when_progress_callback_raises_then_that_error_not_storage_unavailable(
+    s3_endpoint_url: str, s3_bucket: str, tmp_path: Path, megabytes: int
+) -> None:
+    # A cancelled job's progress write is refused inside the request's body read, where botocore
+    # wraps whatever is raised as a connection error: the upload must hand on the callback's own
+    # exception, or the task would retry a cancelled job as if S3 were down.
+    spool = tmp_path / "job.prepared.flac"
+    spool.write_bytes(bytes(range(256)) * (megabytes * 4096))
+    storage = Storage(
+        Settings(
+            s3_endpoint_url=s3_endpoint_url,
+            s3_bucket=s3_bucket,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            s3_multipart_threshold_mb=5,
+        )
+    )
+
+    def stop_halfway(fraction: float) -> None:
+        if fraction > 0.3:
+            raise Stop
+
+    with pytest.raises(Stop):
+        storage.upload(
+            spool, "audio/tok/stop.flac", content_type="audio/flac", on_progress=stop_halfway
+        )
+
+    assert storage.size_of("audio/tok/stop.flac") is None
+    # s3transfer leaves the stopped part's file reader for the garbage collector; collect it
+    # here, so its ResourceWarning is not blamed on whichever test runs next.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        gc.collect()
