@@ -27,6 +27,7 @@ import redis
 
 from devtools import stack
 from tests.helpers import sse
+from tests.helpers.api import upload_accepted
 from tests.helpers.audio import pcm_wav, white_noise_wav
 from tests.helpers.proxy import CuttableProxy
 from tests.helpers.wait import wait_until
@@ -51,16 +52,6 @@ def noisy_wav(seconds: float, seed: int, rate: int = 44100) -> bytes:
         *(int(12000 * math.sin(i / 9.0) + rng.randint(-9000, 9000)) for i in range(frames)),
     )
     return pcm_wav(pcm, rate=rate)
-
-
-def upload(base: str, token_id: str, content: bytes) -> dict[str, str]:
-    response = httpx.post(
-        f"{base}/tokens/{token_id}/upload-audio",
-        files={"file": ("line.wav", content, "audio/wav")},
-        timeout=60,
-    )
-    assert response.status_code == 202, response.text
-    return dict(response.json())
 
 
 class Follower(threading.Thread):
@@ -179,7 +170,7 @@ def test_worker_child_sigkilled_mid_upload_or_analysis_then_every_job_completes_
     killer.start()
     jobs: list[str] = []
     for i, clip in enumerate(clips):
-        job_id = upload(pipeline, token_id, clip)["job_id"]
+        job_id = upload_accepted(pipeline, token_id, clip)["job_id"]
         # Even jobs are killed while uploading, odd ones while analysing (first moment seen).
         killer.watch(job_id, "uploading" if i % 2 == 0 else "analyzing")
         jobs.append(job_id)
@@ -221,7 +212,9 @@ def test_worker_process_sigkilled_then_task_returns_after_visibility_timeout_and
     s3_client,
     s3_bucket: str,  # type: ignore[no-untyped-def]
 ) -> None:
-    jobs = [upload(pipeline, token_id, noisy_wav(2.0, 100 + i))["job_id"] for i in range(2)]
+    jobs = [
+        upload_accepted(pipeline, token_id, noisy_wav(2.0, 100 + i))["job_id"] for i in range(2)
+    ]
     followers = {job_id: Follower(pipeline, job_id) for job_id in jobs}
     for follower in followers.values():
         follower.start()
@@ -258,7 +251,7 @@ def test_worker_process_sigkilled_then_task_returns_after_visibility_timeout_and
 def test_job_that_keeps_killing_its_worker_then_fails_as_poison(
     pipeline: str, token_id: str, redis_client: redis.Redis
 ) -> None:
-    job_id = upload(pipeline, token_id, noisy_wav(2.0, 999))["job_id"]
+    job_id = upload_accepted(pipeline, token_id, noisy_wav(2.0, 999))["job_id"]
     killed_pids: set[str] = set()
 
     def failed_else_kill_its_new_worker() -> bool:
@@ -348,7 +341,7 @@ def test_analysis_server_failing_then_retries_with_backoff_visible_and_fails_ret
     else:
         url = hanging_server
     mini = mini_stack(ANALYSIS_SERVER_URL=url, ANALYSIS_TIMEOUT_SECONDS="1")
-    events = follow_to_end(mini.api_url, upload(mini.api_url, token_id, noisy_wav(1.0, 5)))
+    events = follow_to_end(mini.api_url, upload_accepted(mini.api_url, token_id, noisy_wav(1.0, 5)))
     final = events[-1]
     assert final["status"] == "failed"
     assert final["error"] == {
@@ -380,7 +373,7 @@ def test_analysis_server_4xx_then_fails_at_once_not_retryable_and_the_object_is_
 ) -> None:
     url = broken_analysis(ANALYSIS_MAX_DURATION_SECONDS="0.2")
     mini = mini_stack(ANALYSIS_SERVER_URL=url)
-    events = follow_to_end(mini.api_url, upload(mini.api_url, token_id, noisy_wav(1.0, 6)))
+    events = follow_to_end(mini.api_url, upload_accepted(mini.api_url, token_id, noisy_wav(1.0, 6)))
     assert events[-1]["status"] == "failed"
     assert events[-1]["error"]["code"] == "audio_too_long"
     assert events[-1]["error"]["retryable"] is False
@@ -396,7 +389,7 @@ def test_worker_with_a_wrong_analysis_secret_then_401_retried_and_failed_retryab
     token_id: str,  # type: ignore[no-untyped-def]
 ) -> None:
     mini = mini_stack(ANALYSIS_SHARED_SECRET="not-the-servers-secret")
-    events = follow_to_end(mini.api_url, upload(mini.api_url, token_id, noisy_wav(1.0, 7)))
+    events = follow_to_end(mini.api_url, upload_accepted(mini.api_url, token_id, noisy_wav(1.0, 7)))
     assert events[-1]["status"] == "failed"
     assert events[-1]["error"]["code"] == "analysis_unauthorized"
     assert events[-1]["error"]["retryable"] is True
@@ -428,7 +421,7 @@ def test_s3_cut_off_mid_upload_then_retry_completes_and_no_multipart_upload_dang
         # 16 MB of white noise: FLAC cannot shrink it, so it goes up in 5 MB multipart parts;
         # the proxy cuts S3 off after the first part.
         proxy.cut_after(6 * 1024 * 1024, outage_seconds=6.0)
-        body = upload(mini.api_url, token_id, white_noise_wav(16))
+        body = upload_accepted(mini.api_url, token_id, white_noise_wav(16))
         events = [e.json for e in sse.stream(f"{mini.api_url}{body['progress_url']}", timeout=90)]
         cut = proxy.cuts == 1
     finally:
@@ -460,7 +453,7 @@ def test_s3_hanging_past_the_hard_time_limit_then_job_fails_as_timeout_not_stuck
     # The upload thread blocks reading a response that never comes, so the soft limit cannot
     # unwind the task (s3transfer waits for its threads) and the hard limit kills the child.
     mini = mini_stack(S3_ENDPOINT_URL=hanging_server, TASK_TIME_LIMIT="4", TASK_SOFT_TIME_LIMIT="3")
-    body = upload(mini.api_url, token_id, noisy_wav(1.0, 11))
+    body = upload_accepted(mini.api_url, token_id, noisy_wav(1.0, 11))
     snapshot = httpx.get(
         f"{mini.api_url}{body['result_url']}", params={"wait": 30}, timeout=40
     ).json()
@@ -492,7 +485,7 @@ def test_redis_restarted_under_a_running_job_then_api_503s_meanwhile_and_job_com
 ) -> None:
     mini = mini_stack(persistent_redis=True, ANALYSIS_MIN_SECONDS="2")
     own_redis = mini.procs[0]
-    body = upload(mini.api_url, token_id, noisy_wav(1.0, 8))
+    body = upload_accepted(mini.api_url, token_id, noisy_wav(1.0, 8))
     follower = Follower(mini.api_url, body["job_id"])
     follower.start()
     wait_until(

@@ -16,6 +16,7 @@ import pytest
 
 from devtools import stack
 from tests.helpers import sse
+from tests.helpers.api import upload_accepted
 from tests.helpers.audio import white_noise_wav
 from tests.helpers.mini_stack import MiniStack, mini_stacks
 from tests.helpers.proxy import CuttableProxy
@@ -55,16 +56,6 @@ def slow_s3_stack(
         proxy.close()
 
 
-def upload(base: str, token_id: str, content: bytes) -> dict[str, str]:
-    response = httpx.post(
-        f"{base}/tokens/{token_id}/upload-audio",
-        files={"file": ("take.wav", content, "audio/wav")},
-        timeout=60,
-    )
-    assert response.status_code == 202, response.text
-    return dict(response.json())
-
-
 def open_uploads(s3_client: Any, bucket: str, key: str) -> list[str]:
     """Ids of the unfinished multipart uploads of exactly `key`."""
     listed = s3_client.list_multipart_uploads(Bucket=bucket, Prefix=key)
@@ -76,7 +67,7 @@ def cancel_mid_upload(
 ) -> tuple[dict[str, str], str]:
     """Upload, follow the job's SSE stream until its upload to S3 is under way (its parts going
     up), cancel it there; returns the upload's answer and the object key."""
-    body = upload(api, token_id, white_noise_wav(UPLOAD_MB))
+    body = upload_accepted(api, token_id, white_noise_wav(UPLOAD_MB))
     key = f"audio/{token_id}/{body['job_id']}.flac"  # AUDIO_STORE_FORMAT=flac in the test stack
     for event in sse.stream(f"{api}{body['progress_url']}", timeout=60):
         snapshot = event.json
@@ -93,7 +84,7 @@ def test_upload_when_multipart_then_sse_shows_byte_progress_strictly_rising_betw
     slow_s3_stack: MiniStack, token_id: str, s3_client: Any, s3_bucket: str
 ) -> None:
     api = slow_s3_stack.api_url
-    body = upload(api, token_id, white_noise_wav(UPLOAD_MB))
+    body = upload_accepted(api, token_id, white_noise_wav(UPLOAD_MB))
 
     snapshots = [e.json for e in sse.stream(f"{api}{body['progress_url']}", timeout=60)]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import subprocess
 from itertools import pairwise
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -17,21 +16,14 @@ from devtools import stack
 from tests.analysis_server.http import AUTH
 from tests.analysis_server.signals import delayed, needs_ffmpeg, to_wav, tone_bursts
 from tests.helpers import sse
+from tests.helpers.api import upload_accepted
 from tests.helpers.audio import wav_bytes
-
-
-def upload(base: str, token_id: str, content: bytes, name: str, mime: str) -> dict[str, Any]:
-    response = httpx.post(
-        f"{base}/tokens/{token_id}/upload-audio", files={"file": (name, content, mime)}, timeout=30
-    )
-    assert response.status_code == 202, response.text
-    return dict(response.json())
 
 
 def test_pipeline_when_analysis_streams_ndjson_then_sse_shows_it_between_40_and_95(
     pipeline: str, token_id: str
 ) -> None:
-    job = upload(pipeline, token_id, wav_bytes(2.0), "line.wav", "audio/wav")
+    job = upload_accepted(pipeline, token_id, wav_bytes(2.0), name="line.wav", mime="audio/wav")
 
     snapshots = [event.json for event in sse.stream(f"{pipeline}{job['progress_url']}")]
 
@@ -69,7 +61,7 @@ def test_pipeline_when_reference_stored_then_result_has_sync_of_the_late_stereo_
     take = delayed(tone_bursts(1, rate=44_100), 250, rate=44_100)
     content = to_wav(np.stack([take, take], axis=1), 44_100)
 
-    job = upload(pipeline, token_id, content, "take.wav", "audio/wav")
+    job = upload_accepted(pipeline, token_id, content)
     done = httpx.get(f"{pipeline}{job['result_url']}?wait=30", timeout=40).json()
 
     assert done["status"] == "completed", done
@@ -96,7 +88,9 @@ def test_pipeline_when_flac_upload_is_cut_short_then_job_fails_truncated_audio(
     )
     flac = (tmp_path / "line.flac").read_bytes()
 
-    job = upload(pipeline, token_id, flac[: len(flac) // 2], "take.flac", "audio/flac")
+    job = upload_accepted(
+        pipeline, token_id, flac[: len(flac) // 2], name="take.flac", mime="audio/flac"
+    )
     done = httpx.get(f"{pipeline}{job['result_url']}?wait=30", timeout=40).json()
 
     assert done["status"] == "failed"

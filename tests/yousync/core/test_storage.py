@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,20 +15,25 @@ from yousync.core.errors import TransientError
 from yousync.core.storage import Storage
 
 
+def storage_at(endpoint: str, bucket: str, **settings: Any) -> Storage:
+    return Storage(
+        Settings(
+            s3_endpoint_url=endpoint,
+            s3_bucket=bucket,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+            **settings,
+        )
+    )
+
+
 def test_upload_when_s3_unreachable_then_retryable_error_without_host_path_or_bucket_url(
     tmp_path: Path,
 ) -> None:
     spool = tmp_path / "spool" / "job.prepared.flac"
     spool.parent.mkdir()
     spool.write_bytes(b"x" * 1024)
-    storage = Storage(
-        Settings(
-            s3_endpoint_url=f"http://127.0.0.1:{stack.free_port()}",
-            s3_bucket="private-bucket",
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
-    )
+    storage = storage_at(f"http://127.0.0.1:{stack.free_port()}", "private-bucket")
 
     with pytest.raises(TransientError) as failed:
         storage.upload(spool, "audio/tok/job.flac", content_type="audio/flac", on_progress=print)
@@ -41,14 +47,7 @@ def test_upload_when_s3_unreachable_then_retryable_error_without_host_path_or_bu
 def test_delete_when_object_exists_then_gone(
     s3_endpoint_url: str, s3_bucket: str, s3_client: object
 ) -> None:
-    storage = Storage(
-        Settings(
-            s3_endpoint_url=s3_endpoint_url,
-            s3_bucket=s3_bucket,
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-        )
-    )
+    storage = storage_at(s3_endpoint_url, s3_bucket)
     s3_client.put_object(Bucket=s3_bucket, Key="audio/tok/refused.flac", Body=b"x")  # type: ignore[attr-defined]
 
     storage.delete("audio/tok/refused.flac")
@@ -69,15 +68,7 @@ def test_upload_when_progress_callback_raises_then_that_error_not_storage_unavai
     # exception, or the task would retry a cancelled job as if S3 were down.
     spool = tmp_path / "job.prepared.flac"
     spool.write_bytes(bytes(range(256)) * (megabytes * 4096))
-    storage = Storage(
-        Settings(
-            s3_endpoint_url=s3_endpoint_url,
-            s3_bucket=s3_bucket,
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
-            s3_multipart_threshold_mb=5,
-        )
-    )
+    storage = storage_at(s3_endpoint_url, s3_bucket, s3_multipart_threshold_mb=5)
 
     def stop_halfway(fraction: float) -> None:
         if fraction > 0.3:
