@@ -1,7 +1,8 @@
 """Upload latency for one client at a time: time from request start to the 202, for 1 MB and
 50 MB WAV files, and the time to `completed` end to end (one worker, fast analysis). Every
 upload differs by a few bytes, so none is answered from an identical earlier upload.
-Run by `make bench`, or alone with python bench/<this file>.
+Run by `make bench`, or alone from the repository root: .venv/bin/python -m
+bench.bench_upload_latency.
 """
 
 from __future__ import annotations

@@ -51,15 +51,17 @@ LIMIT = 1.10  # new/old of the medians must stay at or below this
 STAMP = Path(".venv") / ".requirements.stamp"  # both layouts' Makefiles: venv is set up
 BENCH_TIMEOUT = 3600.0  # one bench script, seconds; far above a normal run
 
-# Only for commits from before the package layout (no bench/__init__.py): their Makefile ran
-# each bench script as a file with these import roots (relative to the checkout) on the path.
-LEGACY_IMPORT_ROOTS: dict[str, tuple[str, ...]] = {
-    "PYTHONPATH": (".", "back-end", "analysis-server"),
-}
+
+def legacy_import_path(root: Path) -> str:
+    """Only for commits from before the package layout (no bench/__init__.py), whose modules
+    were importable only from these folders: their Makefile ran each bench script as a file
+    with the environment variable PYTHONPATH set to this value. The package layout needs none."""
+    return os.pathsep.join(str((root / r).resolve()) for r in (".", "back-end", "analysis-server"))
+
 
 # Runs one bench script with `bench._stack.wait_for_quiet` capped at argv[1] seconds, the rest
 # as the script itself would run: `python -m bench.<name>` (new layout) or `python bench/x.py`
-# (old layout; sys.path[0] is then the script's folder, as Python sets it for a file). With
+# (old layout). `-c` puts the working directory, the checkout's root, first on the path. With
 # argv[2] == "lean", the parts no compared figure reads are skipped, the same way for both
 # commits (a round otherwise takes ~24 min): bench_upload_latency's 50 MB step uploads 1 MB
 # files instead (only the 1 MB figure is compared), and bench_pipeline's end-to-end runs with 1
@@ -69,7 +71,6 @@ QUIET_CAP_LAUNCHER = """\
 import functools, os, runpy, sys
 cap, lean, target, args = float(sys.argv[1]), sys.argv[2] == "lean", sys.argv[3], sys.argv[4:]
 is_file = target.endswith(".py")
-sys.path[0] = os.path.dirname(os.path.abspath(target)) if is_file else os.getcwd()
 import bench._stack as _stack
 _stack.wait_for_quiet = functools.partial(_stack.wait_for_quiet, timeout=cap)
 sys.argv = [target, *args]
@@ -226,9 +227,8 @@ def bench_command(
     else:
         target = f"bench/{bench.script}.py"
         plain = [str(checkout.python), target]
-        for name, roots in LEGACY_IMPORT_ROOTS.items():
-            env[name] = os.pathsep.join(str((checkout.root / r).resolve()) for r in roots)
-            shown.append(f"{name}={env[name]}")
+        env["PYTHONPATH"] = legacy_import_path(checkout.root)
+        shown.append(f"[import path for the old layout: {env['PYTHONPATH']}]")
     shown += [*plain, *bench.args]
     described = f"cd {checkout.root} && {' '.join(shown)}"
     if quiet_timeout is None and not lean:

@@ -8,6 +8,7 @@ environment.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -17,8 +18,21 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from media_guard import DecodeLimits, ToolLimits
 
-# analysis-server/analysis_server/config.py → the repository root holds `.env`.
-REPO_ROOT = Path(__file__).resolve().parent.parent.parent
+
+def _home_dir() -> Path:
+    """Where `.env` is read: `YOUSYNC_HOME` when set; else the checkout this module runs from
+    (an editable install); else the working directory (an installed wheel's site-packages is
+    no place for a .env)."""
+    explicit = os.environ.get("YOUSYNC_HOME")
+    if explicit:
+        return Path(explicit).resolve()
+    checkout = Path(__file__).resolve().parents[2]  # analysis-server/analysis_server/config.py
+    if (checkout / "analysis-server" / "pyproject.toml").is_file():
+        return checkout
+    return Path.cwd()
+
+
+HOME_DIR = _home_dir()
 
 # Values that are fine on a laptop and wrong anywhere else (.env ships them).
 _LOCAL_DUMMIES = {"local-dummy-key", "local-dummy-secret", "local-only-analysis-secret"}
@@ -26,7 +40,7 @@ _LOCAL_DUMMIES = {"local-dummy-key", "local-dummy-secret", "local-only-analysis-
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=REPO_ROOT / ".env", env_file_encoding="utf-8", extra="ignore"
+        env_file=HOME_DIR / ".env", env_file_encoding="utf-8", extra="ignore"
     )
 
     environment: Literal["dev", "test", "prod"] = "dev"

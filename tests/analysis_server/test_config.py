@@ -7,13 +7,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from analysis_server.config import REPO_ROOT, Settings
+from analysis_server.config import HOME_DIR, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_settings_when_loaded_then_dotenv_is_the_repository_root_one() -> None:
-    assert REPO_ROOT == REPO
+    assert HOME_DIR == REPO
     assert Settings.model_config.get("env_file") == REPO / ".env"
 
 

@@ -11,6 +11,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
+from importlib import metadata
 from typing import Any
 
 import aioboto3
@@ -167,7 +168,7 @@ def create_app() -> FastAPI:
     logging_setup.configure("api", level=settings.log_level, log_format=settings.log_format)
     app = FastAPI(
         title="YouSync API",
-        version="0.1.0",
+        version=metadata.version("yousync-backend"),
         summary="Upload a dubbing recording, get 202 at once, follow the analysis live over SSE.",
         lifespan=lifespan,
     )

@@ -12,6 +12,7 @@ import asyncio
 import logging
 
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from yousync.core import keys
@@ -28,7 +29,13 @@ async def mark_stalled_once(
     marked: list[str] = []
     for raw in await client.zrangebyscore(keys.ACTIVE_JOBS, "-inf", cutoff, start=0, num=100):
         job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
-        job = await store.get(job_id)
+        try:
+            job = await store.get(job_id)
+        except ValidationError as exc:
+            # A hash this process cannot read (written by a newer release during a rolling
+            # deploy, or damaged) must not end the watch for every other job.
+            log.warning("job %s: record unreadable, not watched for stalls: %s", job_id, exc)
+            continue
         if job is None:
             await client.zrem(keys.ACTIVE_JOBS, job_id)
             continue

@@ -8,6 +8,7 @@ or a second process changes behaviour by changing the environment of the process
 from __future__ import annotations
 
 import hashlib
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -15,8 +16,25 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# back-end/yousync/core/config.py → the checkout (an editable install keeps it there).
-REPO_ROOT = Path(__file__).resolve().parents[3]
+
+def _home_dir() -> Path:
+    """Where `.env` is read and relative paths (var/spool, Beat's schedule) resolve.
+
+    `YOUSYNC_HOME` when set (the one variable read outside the settings object: it says where
+    the settings file is). Otherwise the checkout this module runs from, when it is one (an
+    editable install, as `make dev` and the tests use). Otherwise the working directory: an
+    installed wheel lives in site-packages, which is no place for a .env or for spool files.
+    """
+    explicit = os.environ.get("YOUSYNC_HOME")
+    if explicit:
+        return Path(explicit).resolve()
+    checkout = Path(__file__).resolve().parents[3]  # back-end/yousync/core/config.py
+    if (checkout / "back-end" / "pyproject.toml").is_file():
+        return checkout
+    return Path.cwd()
+
+
+HOME_DIR = _home_dir()
 
 # Values that are fine on a laptop and wrong anywhere else (.env ships them).
 _LOCAL_DUMMIES = {
@@ -32,7 +50,7 @@ AudioStoreFormat = Literal["original", "flac", "mp3", "ogg"]
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=REPO_ROOT / ".env", env_file_encoding="utf-8", extra="ignore"
+        env_file=HOME_DIR / ".env", env_file_encoding="utf-8", extra="ignore"
     )
 
     environment: Literal["dev", "test", "prod"] = "dev"
@@ -138,8 +156,8 @@ class Settings(BaseSettings):
 
     @field_validator("spool_dir")
     @classmethod
-    def _spool_dir_from_repo_root(cls, value: Path) -> Path:
-        return value if value.is_absolute() else REPO_ROOT / value
+    def _spool_dir_from_home(cls, value: Path) -> Path:
+        return value if value.is_absolute() else HOME_DIR / value
 
     @model_validator(mode="after")
     def _refuse_local_dummies_outside_dev(self) -> Settings:

@@ -46,7 +46,7 @@ def dedupe(token_id: str, sha256: str) -> str:
     return f"{PREFIX}:dedupe:{token_id}:{sha256}"
 
 
-# Cluster-wide metrics, read by every API's /metrics (services/metrics.py).
+# Cluster-wide metrics, read by every API's /metrics (observability/metrics.py).
 # Hash: final status -> number of jobs that reached it (HINCRBY in the job-state Lua script).
 METRICS_JOBS_FINISHED = f"{PREFIX}:metrics:jobs_finished"
 # Hash: `{stage}|count`, `{stage}|sum`, `{stage}|le|{bound}` -> a histogram of stage durations.

@@ -14,7 +14,7 @@ from celery import bootsteps
 from celery.signals import beat_init, worker_ready
 
 from yousync.core.broker import AUDIO_QUEUE, MAINTENANCE_QUEUE, celery_app, settings
-from yousync.core.config import REPO_ROOT
+from yousync.core.config import HOME_DIR
 from yousync.worker import telemetry as worker_telemetry
 
 __all__ = ["AUDIO_QUEUE", "MAINTENANCE_QUEUE", "app", "celery_app", "settings"]
@@ -28,7 +28,7 @@ celery_app.conf.beat_schedule = {
     name: {"task": f"tasks.maintenance.{name}", "schedule": _every, "options": {"expires": _every}}
     for name in ("sweep_spool", "mark_stuck_jobs", "abort_stale_multipart_uploads")
 }
-celery_app.conf.beat_schedule_filename = str(REPO_ROOT / "var" / "celerybeat-schedule")
+celery_app.conf.beat_schedule_filename = str(HOME_DIR / "var" / "celerybeat-schedule")
 
 # Structured logs with job_id, task/stage lines and stage timings (yousync/worker/telemetry.py).
 worker_telemetry.install()

@@ -112,7 +112,7 @@ class Pipeline:
             job_id,
             token_id,
             status=JobStatus.COMPLETED,
-            progress=100,
+            progress=Stage.DONE.start,
             stage=Stage.DONE,
             message="Analysis complete",
             result=result,

@@ -3,16 +3,24 @@ cleared by the next real progress; a job of a known size carries an ETA."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 
 import httpx
+import redis
+import redis.asyncio as aioredis
 
 from devtools import stack
 from tests.helpers import sse
 from tests.helpers.audio import wav_bytes
+from tests.helpers.jobs import create_job
 from tests.helpers.wait import wait_until
 from tests.helpers.worker_log import task_ended
+from yousync.api.stall_watch import mark_stalled_once
+from yousync.core import keys
+from yousync.core.config import Settings
+from yousync.core.jobs import AsyncJobStore
 
 
 def upload(base: str, token_id: str, seconds: float, freq: float = 440.0) -> dict[str, str]:
@@ -68,3 +76,26 @@ def test_eta_when_similar_jobs_ran_before_then_running_events_carry_eta(
     assert etas, "history of the first job gives the second one an ETA"
     assert all(eta >= 0 for eta in etas)
     assert events[-1]["eta_seconds"] is None  # finished: nothing left to estimate
+
+
+def test_mark_stalled_once_when_a_record_is_unreadable_then_other_jobs_still_marked(
+    redis_url: str, redis_client: redis.Redis, token_id: str
+) -> None:
+    good = create_job(redis_url, token_id)
+    bad = create_job(redis_url, token_id)
+    # A newer release's worker during a rolling deploy: a stage this process does not know.
+    redis_client.hset(keys.job(bad), "stage", "rehearsing")
+    redis_client.zadd(keys.ACTIVE_JOBS, {good: 0, bad: 0})  # silent since 1970
+    for job_id in (good, bad):
+        redis_client.hset(keys.job(job_id), "status", "processing")
+
+    async def one_round() -> list[str]:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            store = AsyncJobStore(client, Settings(redis_url=redis_url))
+            return await mark_stalled_once(client, store, stall_seconds=30)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(one_round()) == [good]
+    assert redis_client.hget(keys.job(good), "stalled") == "1"

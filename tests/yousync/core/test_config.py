@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
 import pytest
 from pydantic import ValidationError
 
+from yousync.core import config
 from yousync.core.config import Settings
 
 PROD = {
@@ -47,3 +54,48 @@ def test_settings_when_dev_then_dotenv_secret_and_the_analysis_servers_duration_
     assert settings.analysis_shared_secret == "local-only-analysis-secret"
     assert settings.max_audio_duration_seconds == 600
     assert settings.ffmpeg_max_memory_mb == 1024
+
+
+def load_config_as_installed(root: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """yousync/core/config.py as a wheel install holds it: under site-packages, no checkout."""
+    installed = root / "site-packages" / "yousync" / "core" / "config.py"
+    installed.parent.mkdir(parents=True)
+    shutil.copy(config.__file__, installed)
+    spec = importlib.util.spec_from_file_location("installed_yousync_config", installed)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # pydantic resolves annotations there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_home_when_installed_from_a_wheel_then_working_directory_not_site_packages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    work = tmp_path / "srv"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    monkeypatch.delenv("YOUSYNC_HOME", raising=False)
+    monkeypatch.delenv("SPOOL_DIR", raising=False)
+
+    installed = load_config_as_installed(tmp_path, monkeypatch)
+
+    assert work == installed.HOME_DIR
+    assert installed.Settings.model_config["env_file"] == work / ".env"
+    assert installed.Settings(_env_file=None).spool_dir == work / "var" / "spool"
+
+
+def test_home_when_yousync_home_set_then_it_holds_env_and_spool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("YOUSYNC_HOME", str(tmp_path / "data"))
+    monkeypatch.delenv("SPOOL_DIR", raising=False)
+
+    installed = load_config_as_installed(tmp_path, monkeypatch)
+
+    assert tmp_path / "data" == installed.HOME_DIR
+    assert installed.Settings(_env_file=None).spool_dir == tmp_path / "data" / "var" / "spool"
+
+
+def test_home_when_run_from_the_checkout_then_its_root() -> None:
+    assert Path(__file__).resolve().parents[3] == config.HOME_DIR

@@ -11,6 +11,7 @@ import httpx
 from devtools import stack
 from tests.helpers import sse
 from tests.helpers.audio import wav_bytes
+from yousync.core.stages import TIMED_STAGES
 from yousync.observability.logging_setup import JOB_ID, StructuredFormatter, job_id_in
 
 JOB = "0b6f1c52-8a0e-4c7d-9f57-2f8e8f6f0a11"
@@ -94,4 +95,4 @@ def test_logs_when_job_runs_then_one_grep_follows_it_across_api_and_worker(
         for part in line.split()
         if part.startswith("stage=")
     ]
-    assert stages == ["queued", "preparing", "uploading", "analyzing", "storing"], worker
+    assert stages == [stage.value for stage in TIMED_STAGES], worker

@@ -153,7 +153,7 @@ async def _submit(
                 job_id,
                 token_id,
                 status=JobStatus.COMPLETED,
-                progress=100,
+                progress=Stage.DONE.start,
                 stage=Stage.DONE,
                 message="Identical upload already analysed",
                 result=earlier.snapshot.result,

@@ -80,7 +80,7 @@ class AudioTask(Task):
     acks_late=True,
     reject_on_worker_lost=True,
     max_retries=settings.task_max_retries,
-    ignore_result=True,  # see celery_app.py: the job hash is the result
+    ignore_result=True,  # see core/broker.py: the job hash is the result
 )
 def analyze_audio(self: Task, job_id: str) -> str:
     runner = pipeline()

@@ -21,8 +21,9 @@ from tests.helpers.jobs import create_job
 from tests.helpers.wait import wait_until
 from yousync.core.config import Settings
 from yousync.core.jobs import JobStore
+from yousync.core.stages import TIMED_STAGES
 
-STAGES = ("queued", "preparing", "uploading", "analyzing", "storing")
+STAGES = tuple(stage.value for stage in TIMED_STAGES)
 DASHBOARD = Path(__file__).resolve().parents[4] / "deploy" / "grafana" / "yousync-dashboard.json"
 
 
