@@ -124,6 +124,32 @@ def job(redis_url: str, settings: Settings, token_id: str, store: JobStore) -> J
     return Job(job_id, token_id, spool)
 
 
+@dataclass(frozen=True)
+class Rig:
+    """One job and everything around it: the pipeline, its store, the fakes, the Redis."""
+
+    runner: Pipeline
+    job: Job
+    store: JobStore
+    objects: FakeObjectStore
+    analyzer: FakeAnalyzer
+    preparer: FakePreparer
+    redis_client: redis.Redis
+
+
+@pytest.fixture
+def rig(
+    runner: Pipeline,
+    job: Job,
+    store: JobStore,
+    objects: FakeObjectStore,
+    analyzer: FakeAnalyzer,
+    preparer: FakePreparer,
+    redis_client: redis.Redis,
+) -> Rig:
+    return Rig(runner, job, store, objects, analyzer, preparer, redis_client)
+
+
 def events(redis_client: redis.Redis, job: Job) -> list[dict[str, str]]:
     return [fields for _, fields in redis_client.xrange(keys.job_events(job.id))]
 
@@ -153,21 +179,15 @@ def leave_prepared(store: JobStore, job: Job, preparer: FakePreparer) -> Prepare
 # --- (a) resuming a redelivered job -------------------------------------------------------
 
 
-def test_run_when_fresh_job_then_every_stage_runs_and_job_completes(
-    runner: Pipeline,
-    job: Job,
-    store: JobStore,
-    objects: FakeObjectStore,
-    analyzer: FakeAnalyzer,
-    preparer: FakePreparer,
-    redis_client: redis.Redis,
-) -> None:
-    assert runner.run(job.id) == "completed"
+def test_run_when_fresh_job_then_every_stage_runs_and_job_completes(rig: Rig) -> None:
+    assert rig.runner.run(rig.job.id) == "completed"
 
-    assert preparer.sources == [job.spool]
-    assert objects.operations() == ["upload"] and objects.objects == {job.key: 4}
-    assert analyzer.payloads == [{"job_id": job.id, "token_id": job.token, "key": job.key}]
-    record = store.get(job.id)
+    assert rig.preparer.sources == [rig.job.spool]
+    assert rig.objects.operations() == ["upload"] and rig.objects.objects == {rig.job.key: 4}
+    assert rig.analyzer.payloads == [
+        {"job_id": rig.job.id, "token_id": rig.job.token, "key": rig.job.key}
+    ]
+    record = rig.store.get(rig.job.id)
     assert record is not None and record.status == JobStatus.COMPLETED
     assert record.snapshot.result == {
         **ANALYSIS_RESULT,
@@ -178,134 +198,102 @@ def test_run_when_fresh_job_then_every_stage_runs_and_job_completes(
             "saved_bytes": len(UPLOAD) - 4,
         },
     }
-    assert record.snapshot.s3_url == f"s3://fake/{job.key}"
-    assert record.s3_key == job.key and record.upload_started
-    assert job.files() == []  # spool and prepared copy gone
-    assert redis_client.get(keys.dedupe(job.token, "ab" * 32)) == job.id
-    # Every field the pipeline left in the hash is one the job record reads.
-    assert set(redis_client.hgetall(keys.job(job.id))) <= {*SNAPSHOT_FIELDS, *MARKER_FIELDS}
+    assert record.snapshot.s3_url == f"s3://fake/{rig.job.key}"
+    assert record.s3_key == rig.job.key and record.upload_started
+    assert rig.job.files() == []  # spool and prepared copy gone
+    assert rig.redis_client.get(keys.dedupe(rig.job.token, "ab" * 32)) == rig.job.id
+    # Every field the pipeline left in the hash is one the rig.job record reads.
+    assert set(rig.redis_client.hgetall(keys.job(rig.job.id))) <= {*SNAPSHOT_FIELDS, *MARKER_FIELDS}
 
 
-def test_run_when_earlier_delivery_prepared_the_audio_then_prepare_is_skipped(
-    runner: Pipeline,
-    job: Job,
-    store: JobStore,
-    objects: FakeObjectStore,
-    preparer: FakePreparer,
-) -> None:
-    prepared = leave_prepared(store, job, preparer)
-    job.spool.unlink()  # only the prepared copy is needed now
+def test_run_when_earlier_delivery_prepared_the_audio_then_prepare_is_skipped(rig: Rig) -> None:
+    prepared = leave_prepared(rig.store, rig.job, rig.preparer)
+    rig.job.spool.unlink()  # only the prepared copy is needed now
 
-    assert runner.run(job.id) == "completed"
+    assert rig.runner.run(rig.job.id) == "completed"
 
-    assert preparer.sources == []
-    assert objects.operations() == ["upload"] and objects.objects == {job.key: prepared.size}
+    assert rig.preparer.sources == []
+    assert rig.objects.operations() == ["upload"] and rig.objects.objects == {
+        rig.job.key: prepared.size
+    }
 
 
-def test_run_when_prepared_marker_but_file_gone_then_prepares_again(
-    runner: Pipeline, job: Job, store: JobStore, preparer: FakePreparer
-) -> None:
-    prepared = leave_prepared(store, job, preparer)
+def test_run_when_prepared_marker_but_file_gone_then_prepares_again(rig: Rig) -> None:
+    prepared = leave_prepared(rig.store, rig.job, rig.preparer)
     prepared.path.unlink()
 
-    assert runner.run(job.id) == "completed"
+    assert rig.runner.run(rig.job.id) == "completed"
 
-    assert preparer.sources == [job.spool]
+    assert rig.preparer.sources == [rig.job.spool]
 
 
-def test_run_when_earlier_delivery_uploaded_then_resumes_at_analysis(
-    runner: Pipeline,
-    job: Job,
-    store: JobStore,
-    objects: FakeObjectStore,
-    analyzer: FakeAnalyzer,
-    preparer: FakePreparer,
-    redis_client: redis.Redis,
-) -> None:
-    prepared = leave_prepared(store, job, preparer)
-    objects.objects[job.key] = prepared.size
-    store.update(job.id, job.token, progress=40, stage="uploading")
-    store.set_markers(job.id, upload_started=1, s3_key=job.key)
-    before = len(events(redis_client, job))
+def test_run_when_earlier_delivery_uploaded_then_resumes_at_analysis(rig: Rig) -> None:
+    prepared = leave_prepared(rig.store, rig.job, rig.preparer)
+    rig.objects.objects[rig.job.key] = prepared.size
+    rig.store.update(rig.job.id, rig.job.token, progress=40, stage="uploading")
+    rig.store.set_markers(rig.job.id, upload_started=1, s3_key=rig.job.key)
+    before = len(events(rig.redis_client, rig.job))
 
-    assert runner.run(job.id) == "completed"
+    assert rig.runner.run(rig.job.id) == "completed"
 
-    assert preparer.sources == []
-    assert objects.operations() == []  # no upload, no abort: the object is complete
-    assert [p["key"] for p in analyzer.payloads] == [job.key]
-    resumed = events(redis_client, job)[before:]
+    assert rig.preparer.sources == []
+    assert rig.objects.operations() == []  # no upload, no abort: the object is complete
+    assert [p["key"] for p in rig.analyzer.payloads] == [rig.job.key]
+    resumed = events(rig.redis_client, rig.job)[before:]
     assert resumed[0]["stage"] == "analyzing" and resumed[0]["progress"] == "40"
-    record = store.get(job.id)
-    assert record is not None and record.snapshot.s3_url == f"s3://fake/{job.key}"
+    record = rig.store.get(rig.job.id)
+    assert record is not None and record.snapshot.s3_url == f"s3://fake/{rig.job.key}"
 
 
-def test_run_when_stored_object_size_differs_then_uploads_again(
-    runner: Pipeline,
-    job: Job,
-    store: JobStore,
-    objects: FakeObjectStore,
-    preparer: FakePreparer,
-) -> None:
-    prepared = leave_prepared(store, job, preparer)
-    objects.objects[job.key] = prepared.size - 1  # a partial object of some other attempt
-    store.set_markers(job.id, upload_started=1, s3_key=job.key)
+def test_run_when_stored_object_size_differs_then_uploads_again(rig: Rig) -> None:
+    prepared = leave_prepared(rig.store, rig.job, rig.preparer)
+    rig.objects.objects[rig.job.key] = prepared.size - 1  # a partial object of some other attempt
+    rig.store.set_markers(rig.job.id, upload_started=1, s3_key=rig.job.key)
 
-    assert runner.run(job.id) == "completed"
+    assert rig.runner.run(rig.job.id) == "completed"
 
-    assert preparer.sources == []
-    assert objects.operations() == ["abort_multipart_uploads", "upload"]
-    assert objects.objects == {job.key: prepared.size}
+    assert rig.preparer.sources == []
+    assert rig.objects.operations() == ["abort_multipart_uploads", "upload"]
+    assert rig.objects.objects == {rig.job.key: prepared.size}
 
 
 def test_run_when_upload_started_without_s3_key_then_leftover_multipart_aborted_before_upload(
-    runner: Pipeline,
-    job: Job,
-    store: JobStore,
-    objects: FakeObjectStore,
-    preparer: FakePreparer,
+    rig: Rig,
 ) -> None:
-    leave_prepared(store, job, preparer)
-    store.set_markers(job.id, upload_started=1)  # cut off mid-upload, could not abort
-    objects.multipart.add(job.key)
+    leave_prepared(rig.store, rig.job, rig.preparer)
+    rig.store.set_markers(rig.job.id, upload_started=1)  # cut off mid-upload, could not abort
+    rig.objects.multipart.add(rig.job.key)
 
-    assert runner.run(job.id) == "completed"
+    assert rig.runner.run(rig.job.id) == "completed"
 
-    assert objects.operations() == ["abort_multipart_uploads", "upload"]
-    assert objects.multipart == set()
-
-
-def test_run_when_upload_never_started_then_nothing_is_aborted(
-    runner: Pipeline, job: Job, objects: FakeObjectStore, preparer: FakePreparer
-) -> None:
-    assert runner.run(job.id) == "completed"
-    assert "abort_multipart_uploads" not in objects.operations()
+    assert rig.objects.operations() == ["abort_multipart_uploads", "upload"]
+    assert rig.objects.multipart == set()
 
 
-def test_run_when_upload_fails_then_redelivery_aborts_and_completes(
-    runner: Pipeline,
-    job: Job,
-    store: JobStore,
-    objects: FakeObjectStore,
-    preparer: FakePreparer,
-) -> None:
+def test_run_when_upload_never_started_then_nothing_is_aborted(rig: Rig) -> None:
+    assert rig.runner.run(rig.job.id) == "completed"
+    assert "abort_multipart_uploads" not in rig.objects.operations()
+
+
+def test_run_when_upload_fails_then_redelivery_aborts_and_completes(rig: Rig) -> None:
     def outage(fraction: float) -> None:
         if fraction >= 0.5:
             raise TransientError(
                 "storage_unavailable", "S3 upload failed (EndpointConnectionError)"
             )
 
-    objects.during_upload = outage
+    rig.objects.during_upload = outage
     with pytest.raises(TransientError):
-        runner.run(job.id)
-    record = store.get(job.id)
+        rig.runner.run(rig.job.id)
+    record = rig.store.get(rig.job.id)
     assert record is not None and record.upload_started and record.s3_key is None
 
-    objects.during_upload = None
-    assert runner.run(job.id) == "completed"
+    rig.objects.during_upload = None
+    assert rig.runner.run(rig.job.id) == "completed"
 
-    assert preparer.sources == [job.spool]  # the second delivery reused the prepared file
-    assert objects.operations() == ["upload", "abort_multipart_uploads", "upload"]
-    assert objects.multipart == set() and objects.objects == {job.key: 4}
+    assert rig.preparer.sources == [rig.job.spool]  # the second delivery reused the prepared file
+    assert rig.objects.operations() == ["upload", "abort_multipart_uploads", "upload"]
+    assert rig.objects.multipart == set() and rig.objects.objects == {rig.job.key: 4}
 
 
 # --- (b) redelivery of finished and vanished jobs -----------------------------------------
@@ -313,41 +301,35 @@ def test_run_when_upload_fails_then_redelivery_aborts_and_completes(
 
 @pytest.mark.parametrize("status", ["completed", "failed", "cancelled"])
 def test_run_when_job_already_terminal_then_nothing_happens_and_status_returned(
-    runner: Pipeline,
-    job: Job,
-    store: JobStore,
-    objects: FakeObjectStore,
-    analyzer: FakeAnalyzer,
-    preparer: FakePreparer,
-    redis_client: redis.Redis,
-    status: str,
+    rig: Rig, status: str
 ) -> None:
-    store.update(job.id, job.token, status=status, progress=100 if status == "completed" else 0)
-    before = redis_client.hgetall(keys.job(job.id)), events(redis_client, job)
+    rig.store.update(
+        rig.job.id, rig.job.token, status=status, progress=100 if status == "completed" else 0
+    )
+    before = rig.redis_client.hgetall(keys.job(rig.job.id)), events(rig.redis_client, rig.job)
 
-    assert runner.run(job.id) == status
+    assert rig.runner.run(rig.job.id) == status
 
-    assert (redis_client.hgetall(keys.job(job.id)), events(redis_client, job)) == before
-    assert preparer.sources == [] and objects.calls == [] and analyzer.payloads == []
-    assert job.files() == [job.spool]  # kept for a retry (the sweep deletes it later)
+    assert (
+        rig.redis_client.hgetall(keys.job(rig.job.id)),
+        events(rig.redis_client, rig.job),
+    ) == before
+    assert rig.preparer.sources == [] and rig.objects.calls == [] and rig.analyzer.payloads == []
+    assert rig.job.files() == [rig.job.spool]  # kept for a retry (the sweep deletes it later)
 
 
 def test_run_when_record_missing_then_spool_discarded_and_nothing_written(
-    runner: Pipeline,
-    settings: Settings,
-    objects: FakeObjectStore,
-    preparer: FakePreparer,
-    redis_client: redis.Redis,
+    rig: Rig, settings: Settings
 ) -> None:
     job_id = str(uuid.uuid4())
     (settings.spool_dir / job_id).write_bytes(UPLOAD)
     (settings.spool_dir / f"{job_id}.prepared.flac").write_bytes(b"fLaC")
 
-    assert runner.run(job_id) == "missing"
+    assert rig.runner.run(job_id) == "missing"
 
     assert list(settings.spool_dir.glob(f"{job_id}*")) == []
-    assert redis_client.exists(keys.job(job_id), keys.job_events(job_id)) == 0
-    assert preparer.sources == [] and objects.calls == []
+    assert rig.redis_client.exists(keys.job(job_id), keys.job_events(job_id)) == 0
+    assert rig.preparer.sources == [] and rig.objects.calls == []
 
 
 # --- (c) cancellation at every boundary ---------------------------------------------------
@@ -433,77 +415,62 @@ BOUNDARIES = {
 
 @pytest.mark.parametrize("boundary", list(BOUNDARIES))
 def test_run_when_cancelled_at_boundary_then_next_write_refused_and_clean_up_leaves_nothing(
-    settings: Settings,
-    worker_context: context.WorkerContext,
-    job: Job,
-    objects: FakeObjectStore,
-    analyzer: FakeAnalyzer,
-    preparer: FakePreparer,
-    redis_client: redis.Redis,
-    boundary: str,
+    rig: Rig, settings: Settings, worker_context: context.WorkerContext, boundary: str
 ) -> None:
     at = BOUNDARIES[boundary]
     store = CancellingStore(worker_context.redis, settings, at.when)
-    runner = Pipeline(settings=settings, store=store, storage=objects, analysis=analyzer)
+    runner = Pipeline(settings=settings, store=store, storage=rig.objects, analysis=rig.analyzer)
 
     with pytest.raises(Refused) as refused:
-        runner.run(job.id)
+        runner.run(rig.job.id)
 
     assert refused.value.reason == "terminal"
     assert store.at_cancel is not None, "the cancel never landed"
     # Nothing was written after the cancel: not the refused write, not a marker.
-    assert redis_client.hgetall(keys.job(job.id)) == store.at_cancel
-    assert events(redis_client, job)[-1]["status"] == "cancelled"
-    assert len(preparer.sources) == int(at.prepared)
-    assert ("upload" in objects.operations()) is at.upload_started
-    assert (job.key in objects.objects) is at.uploaded
-    assert (job.key in objects.multipart) is (at.upload_started and not at.uploaded)
-    assert len(analyzer.payloads) == int(at.analysed)
-    assert job.files()  # the spool is still there until the clean-up
+    assert rig.redis_client.hgetall(keys.job(rig.job.id)) == store.at_cancel
+    assert events(rig.redis_client, rig.job)[-1]["status"] == "cancelled"
+    assert len(rig.preparer.sources) == int(at.prepared)
+    assert ("upload" in rig.objects.operations()) is at.upload_started
+    assert (rig.job.key in rig.objects.objects) is at.uploaded
+    assert (rig.job.key in rig.objects.multipart) is (at.upload_started and not at.uploaded)
+    assert len(rig.analyzer.payloads) == int(at.analysed)
+    assert rig.job.files()  # the spool is still there until the clean-up
 
-    runner.clean_up_if_cancelled(job.id)
+    runner.clean_up_if_cancelled(rig.job.id)
 
-    assert job.files() == []
-    assert objects.multipart == set()
-    aborts = [key for name, key in objects.calls if name == "abort_multipart_uploads"]
-    assert aborts == ([job.key] if at.prepared else [])  # no prepared file: no key known yet
-    assert (job.key in objects.objects) is at.uploaded  # a complete object stays for a retry
-    assert redis_client.hgetall(keys.job(job.id)) == store.at_cancel
+    assert rig.job.files() == []
+    assert rig.objects.multipart == set()
+    aborts = [key for name, key in rig.objects.calls if name == "abort_multipart_uploads"]
+    assert aborts == ([rig.job.key] if at.prepared else [])  # no prepared file: no key known yet
+    assert (
+        rig.job.key in rig.objects.objects
+    ) is at.uploaded  # a complete object stays for a retry
+    assert rig.redis_client.hgetall(keys.job(rig.job.id)) == store.at_cancel
 
 
-def test_run_when_cancelled_by_the_user_mid_upload_then_next_byte_write_refused(
-    runner: Pipeline,
-    job: Job,
-    store: JobStore,
-    objects: FakeObjectStore,
-    analyzer: FakeAnalyzer,
-    preparer: FakePreparer,
-    redis_client: redis.Redis,
-) -> None:
+def test_run_when_cancelled_by_the_user_mid_upload_then_next_byte_write_refused(rig: Rig) -> None:
     fractions: list[float] = []
 
     def user_cancels(fraction: float) -> None:
         fractions.append(fraction)
         if fraction == 0.3:
-            cancel(store, job)
+            cancel(rig.store, rig.job)
 
-    objects.during_upload = user_cancels
+    rig.objects.during_upload = user_cancels
     with pytest.raises(Refused):
-        runner.run(job.id)
+        rig.runner.run(rig.job.id)
 
     assert fractions == [0.1, 0.2, 0.3]  # the first byte progress after the cancel stopped it
-    assert events(redis_client, job)[-1]["status"] == "cancelled"
-    assert analyzer.payloads == []
-    runner.clean_up_if_cancelled(job.id)
-    assert objects.multipart == set() and job.files() == []
+    assert events(rig.redis_client, rig.job)[-1]["status"] == "cancelled"
+    assert rig.analyzer.payloads == []
+    rig.runner.clean_up_if_cancelled(rig.job.id)
+    assert rig.objects.multipart == set() and rig.job.files() == []
 
 
-def test_clean_up_if_cancelled_when_job_not_cancelled_then_nothing_touched(
-    runner: Pipeline, job: Job, store: JobStore, objects: FakeObjectStore
-) -> None:
-    store.update(job.id, job.token, status="failed")
-    runner.clean_up_if_cancelled(job.id)
-    assert job.files() == [job.spool] and objects.calls == []
+def test_clean_up_if_cancelled_when_job_not_cancelled_then_nothing_touched(rig: Rig) -> None:
+    rig.store.update(rig.job.id, rig.job.token, status="failed")
+    rig.runner.clean_up_if_cancelled(rig.job.id)
+    assert rig.job.files() == [rig.job.spool] and rig.objects.calls == []
 
 
 # --- (d) progress follows the stage table -------------------------------------------------
@@ -511,21 +478,16 @@ def test_clean_up_if_cancelled_when_job_not_cancelled_then_nothing_touched(
 
 @pytest.mark.parametrize("min_interval", [0.0, 0.1])
 def test_run_when_job_completes_then_progress_follows_stage_table_and_never_decreases(
-    settings: Settings,
-    store: JobStore,
-    objects: FakeObjectStore,
-    analyzer: FakeAnalyzer,
-    job: Job,
-    preparer: FakePreparer,
-    redis_client: redis.Redis,
-    min_interval: float,
+    rig: Rig, settings: Settings, min_interval: float
 ) -> None:
     throttled = settings.model_copy(update={"progress_min_interval_seconds": min_interval})
-    runner = Pipeline(settings=throttled, store=store, storage=objects, analysis=analyzer)
+    runner = Pipeline(
+        settings=throttled, store=rig.store, storage=rig.objects, analysis=rig.analyzer
+    )
 
-    assert runner.run(job.id) == "completed"
+    assert runner.run(rig.job.id) == "completed"
 
-    written = [(int(e["progress"]), Stage(e["stage"])) for e in events(redis_client, job)]
+    written = [(int(e["progress"]), Stage(e["stage"])) for e in events(rig.redis_client, rig.job)]
     progress = [p for p, _ in written]
     assert progress == sorted(progress), progress
     stages = list(dict.fromkeys(stage for _, stage in written))
@@ -537,35 +499,28 @@ def test_run_when_job_completes_then_progress_follows_stage_table_and_never_decr
     assert max(p for p, s in written if s == Stage.PREPARING) == Stage.PREPARING.end
     assert max(p for p, s in written if s == Stage.UPLOADING) == Stage.UPLOADING.end
     assert written[-1] == (100, Stage.DONE)
-    assert events(redis_client, job)[-1]["status"] == "completed"
+    assert events(rig.redis_client, rig.job)[-1]["status"] == "completed"
     assert max(progress[:-1]) <= 99  # 100 only with `completed`
 
 
-def test_run_when_job_completes_then_stage_timings_reach_the_cluster_histogram(
-    runner: Pipeline, job: Job, preparer: FakePreparer, redis_client: redis.Redis
-) -> None:
-    runner.run(job.id)
-    counts = redis_client.hgetall(keys.METRICS_STAGE_SECONDS)
+def test_run_when_job_completes_then_stage_timings_reach_the_cluster_histogram(rig: Rig) -> None:
+    rig.runner.run(rig.job.id)
+    counts = rig.redis_client.hgetall(keys.METRICS_STAGE_SECONDS)
     for stage in WORKED_STAGES:
         assert counts.get(f"{stage.value}|count") == "1", stage
 
 
-def test_run_when_resumed_at_analysis_then_progress_goes_on_from_where_it_was(
-    runner: Pipeline,
-    job: Job,
-    store: JobStore,
-    objects: FakeObjectStore,
-    preparer: FakePreparer,
-    redis_client: redis.Redis,
-) -> None:
-    prepared = leave_prepared(store, job, preparer)
-    objects.objects[job.key] = prepared.size
-    store.update(job.id, job.token, progress=60, stage="analyzing")  # got further last time
-    store.set_markers(job.id, upload_started=1, s3_key=job.key)
+def test_run_when_resumed_at_analysis_then_progress_goes_on_from_where_it_was(rig: Rig) -> None:
+    prepared = leave_prepared(rig.store, rig.job, rig.preparer)
+    rig.objects.objects[rig.job.key] = prepared.size
+    rig.store.update(
+        rig.job.id, rig.job.token, progress=60, stage="analyzing"
+    )  # got further last time
+    rig.store.set_markers(rig.job.id, upload_started=1, s3_key=rig.job.key)
 
-    runner.run(job.id)
+    rig.runner.run(rig.job.id)
 
-    progress = [int(e["progress"]) for e in events(redis_client, job)]
+    progress = [int(e["progress"]) for e in events(rig.redis_client, rig.job)]
     assert progress == sorted(progress)
 
 
@@ -610,25 +565,21 @@ def test_begin_delivery_when_record_missing_then_runs_and_creates_no_hash(
 # --- failing ---------------------------------------------------------------------------------
 
 
-def test_fail_when_analysis_refused_the_audio_then_stored_object_deleted(
-    runner: Pipeline, job: Job, store: JobStore, objects: FakeObjectStore
-) -> None:
-    objects.objects[job.key] = 4
-    store.set_markers(job.id, s3_key=job.key)
+def test_fail_when_analysis_refused_the_audio_then_stored_object_deleted(rig: Rig) -> None:
+    rig.objects.objects[rig.job.key] = 4
+    rig.store.set_markers(rig.job.id, s3_key=rig.job.key)
 
-    runner.fail(job.id, PermanentError("audio_too_large", "too large"), retryable=False)
+    rig.runner.fail(rig.job.id, PermanentError("audio_too_large", "too large"), retryable=False)
 
-    assert objects.objects == {} and job.files() == []
-    record = store.get(job.id)
+    assert rig.objects.objects == {} and rig.job.files() == []
+    record = rig.store.get(rig.job.id)
     assert record is not None and record.status == JobStatus.FAILED
 
 
-def test_fail_when_retryable_then_object_and_spool_kept(
-    runner: Pipeline, job: Job, store: JobStore, objects: FakeObjectStore
-) -> None:
-    objects.objects[job.key] = 4
-    store.set_markers(job.id, s3_key=job.key)
+def test_fail_when_retryable_then_object_and_spool_kept(rig: Rig) -> None:
+    rig.objects.objects[rig.job.key] = 4
+    rig.store.set_markers(rig.job.id, s3_key=rig.job.key)
 
-    runner.fail(job.id, StageError("analysis_unavailable", "down"), retryable=True)
+    rig.runner.fail(rig.job.id, StageError("analysis_unavailable", "down"), retryable=True)
 
-    assert objects.objects == {job.key: 4} and job.files() == [job.spool]
+    assert rig.objects.objects == {rig.job.key: 4} and rig.job.files() == [rig.job.spool]
