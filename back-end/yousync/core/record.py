@@ -54,13 +54,9 @@ class PreparedFile:
     size: int
 
     def markers(self) -> dict[str, str]:
-        """The hash fields that record this file (for `set_markers`)."""
-        return {
-            "prepared_path": str(self.path),
-            "prepared_extension": self.extension,
-            "prepared_content_type": self.content_type,
-            "prepared_size": str(self.size),
-        }
+        """The hash fields that record this file (for `set_markers`), in PREPARED_FIELDS' order."""
+        values = (str(self.path), self.extension, self.content_type, str(self.size))
+        return dict(zip(PREPARED_FIELDS, values, strict=True))
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, str]) -> PreparedFile | None:

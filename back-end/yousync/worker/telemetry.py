@@ -24,6 +24,7 @@ from typing import Any
 import redis
 from celery.signals import setup_logging, task_postrun, task_prerun
 
+from yousync.core import keys
 from yousync.core.config import get_settings
 from yousync.core.models import ANALYZE_TASK
 from yousync.core.stages import Stage
@@ -88,12 +89,13 @@ def _on_task_end(
 def _record_queue_wait(job_id: str) -> None:
     """The job's first start: time since the upload was accepted (stage `queued`)."""
     try:
-        # The worker child's context (built on first use, i.e. after the fork).
+        # The worker child's context (built on first use, i.e. after the fork). Two fields, not
+        # the record: the pipeline reads the whole record right after this, on every start.
         ctx = context.get()
-        job = ctx.store.get(job_id)
-        if job is None or job.snapshot.stage != Stage.QUEUED or not job.snapshot.created_at:
-            return
-        created = datetime.fromisoformat(job.snapshot.created_at.replace("Z", "+00:00"))
+        stage, created_at = ctx.redis.hmget(keys.job(job_id), ["stage", "created_at"])
+        if stage != Stage.QUEUED or not isinstance(created_at, str) or not created_at:
+            return  # (the context's client decodes replies: str, never bytes)
+        created = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
         waited = max(time.time() - created.timestamp(), 0.0)
         metrics.record_stage(ctx.redis, "queued", waited)
         log.info("stage finished", extra={"stage": "queued", "seconds": round(waited, 3)})
