@@ -12,11 +12,10 @@ import asyncio
 import logging
 
 import redis.asyncio as aioredis
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from yousync.core import keys
-from yousync.core.jobs import AsyncJobStore, Refused
+from yousync.core.jobs import AsyncJobStore, Refused, UnreadableRecord
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +30,8 @@ async def mark_stalled_once(
         job_id = raw.decode() if isinstance(raw, bytes) else str(raw)
         try:
             job = await store.get(job_id)
-        except ValidationError as exc:
-            # A hash this process cannot read (written by a newer release during a rolling
-            # deploy, or damaged) must not end the watch for every other job.
+        except UnreadableRecord as exc:
+            # One hash this release cannot read must not end the watch for every other job.
             log.warning("job %s: record unreadable, not watched for stalls: %s", job_id, exc)
             continue
         if job is None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import redis
 import redis.asyncio as aioredis
+from pydantic import ValidationError
 
 from yousync.core import keys
 from yousync.core.config import Settings
@@ -137,9 +138,19 @@ def _decode(mapping: dict[Any, Any]) -> dict[str, str]:
     }
 
 
+class UnreadableRecord(ValueError):
+    """A job's hash this release cannot parse: written by a newer release during a rolling
+    deploy (a stage it does not know), or damaged. Readers that walk many jobs skip it."""
+
+
 def _record(mapping: dict[Any, Any]) -> JobRecord | None:
     """The job's hash parsed once; None when there is no hash (expired, deleted, never made)."""
-    return JobRecord.from_fields(_decode(mapping)) if mapping else None
+    if not mapping:
+        return None
+    try:
+        return JobRecord.from_fields(_decode(mapping))
+    except ValidationError as exc:
+        raise UnreadableRecord(str(exc)) from exc
 
 
 def _events(entries: Sequence[Any] | None) -> list[Event]:

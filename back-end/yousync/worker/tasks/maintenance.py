@@ -29,7 +29,7 @@ from typing import Any, cast
 import redis
 
 from yousync.core import keys
-from yousync.core.jobs import Refused
+from yousync.core.jobs import Refused, UnreadableRecord
 from yousync.core.models import JobStatus
 from yousync.observability.logging_setup import JOB_ID_PATTERN
 from yousync.worker import context
@@ -86,7 +86,12 @@ def sweep_spool(
     deleted: list[str] = []
     kept = 0
     for job_id, paths in by_job.items():
-        job = store.get(job_id)
+        try:
+            job = store.get(job_id)
+        except UnreadableRecord as exc:
+            log.warning("job %s: record unreadable, spool files kept: %s", job_id, exc)
+            kept += len(paths)
+            continue
         if job is None:
             newest = max((_mtime(path) for path in paths), default=now)
             why = "expired" if now - newest >= grace else None
@@ -139,7 +144,11 @@ def mark_stuck_jobs(
         client.zrangebyscore(keys.ACTIVE_JOBS, "-inf", cutoff, withscores=True),
     )
     for job_id, last_write in due:
-        job = store.get(job_id)
+        try:
+            job = store.get(job_id)
+        except UnreadableRecord as exc:
+            log.warning("job %s: record unreadable, not checked for stuck: %s", job_id, exc)
+            continue
         if job is None:
             client.zrem(keys.ACTIVE_JOBS, job_id)
             continue

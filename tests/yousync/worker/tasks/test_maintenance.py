@@ -67,6 +67,11 @@ def test_sweep_spool_when_jobs_finished_or_expired_then_only_their_files_are_del
     running = create_job(redis_url, token_id)
     store.update(running, token_id, status="processing", progress=20, stage="uploading")
     expired_old, arriving = str(uuid.uuid4()), str(uuid.uuid4())  # no job records
+    # A newer release's record (a stage this one does not know), finished long ago: kept, and
+    # the sweep goes on with the others.
+    unreadable = create_job(redis_url, token_id)
+    store.update(unreadable, token_id, status="completed", progress=100, stage="done")
+    redis_client.hset(keys.job(unreadable), "stage", "rehearsing")
 
     doomed = [
         touch(spool_dir / completed),
@@ -79,6 +84,7 @@ def test_sweep_spool_when_jobs_finished_or_expired_then_only_their_files_are_del
         touch(spool_dir / running),
         touch(spool_dir / f"{running}.prepared.flac"),
         touch(spool_dir / arriving),  # an upload still being received: no record yet
+        touch(spool_dir / unreadable),
         touch(spool_dir / "not-a-job-file.txt", age_seconds=7200),
     ]
     try:
