@@ -18,8 +18,11 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
+
+T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BACK_END = REPO_ROOT / "back-end"
@@ -33,18 +36,32 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+def poll(predicate: Callable[[], T], *, timeout: float, what: str, interval: float = 0.05) -> T:
+    """Poll `predicate` every `interval` seconds until it returns something truthy (returned)
+    or `timeout` passes (TimeoutError naming `what`). What it raises propagates at once."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"{what}: not within {timeout:g}s (last: {value!r})")
+        time.sleep(interval)  # the poll interval
+
+
+def wait_until(predicate: Callable[[], bool], *, timeout: float, what: str) -> None:
+    """`poll` for a service coming up: an error from the probe means "not answering yet",
+    except RuntimeError, which says the process died (no point waiting out the timeout)."""
+
+    def answering() -> bool:
         try:
-            if predicate():
-                return
+            return bool(predicate())
         except RuntimeError:
-            raise  # the process died: no point waiting out the timeout
+            raise
         except Exception:
-            pass  # not answering yet
-        time.sleep(0.05)
-    raise TimeoutError(f"{what} not ready within {timeout:.0f}s")
+            return False
+
+    poll(answering, timeout=timeout, what=f"{what} ready")
 
 
 def http_ok(url: str) -> bool:
