@@ -7,12 +7,21 @@ they measure, and to count the objects each connection keeps alive.
 
 `install(path)` adds a `gc.callbacks` hook that appends one line per collection slower than
 `PAUSE_MS` (`pause <epoch> <generation> <ms>`), and a SIGUSR1 handler that appends one line
-`snapshot <json>`: tracked objects, the time of a forced full collection, and the most common
-types. The log is plain text so any process (uvicorn app or not) can write it cheaply.
+`snapshot <json>`: tracked objects before and after a forced full collection, the time it took,
+the most common types, and the number of asyncio tasks of the process's running event loop
+(`tasks`; null when the signal arrives while no loop runs). The log is plain text so any
+process (uvicorn app or not) can write it cheaply.
+
+Why the tasks are counted from a loop callback: a Python signal handler runs in the main
+thread between any two bytecodes, possibly in the middle of the loop's own bookkeeping (a task
+being created or finished), so the handler only finds the running loop and asks it, with
+`call_soon_threadsafe`, to count its tasks and write the line from a callback, at a point where
+no task is half made. `request_snapshot`'s poke wakes the loop for that callback too.
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import gc
 import json
@@ -37,6 +46,9 @@ def install(path: Path) -> None:
         if ms >= PAUSE_MS:
             log.write(f"pause {time.time():.3f} {info['generation']} {ms:.1f}\n")
 
+    def write(snapshot: dict[str, Any]) -> None:
+        log.write(f"snapshot {json.dumps(snapshot)}\n")
+
     def on_signal(_signum: int, _frame: Any) -> None:
         objects = gc.get_objects()
         counts = collections.Counter(type(obj).__qualname__ for obj in objects)
@@ -45,8 +57,22 @@ def install(path: Path) -> None:
         begin = time.perf_counter()
         gc.collect()
         full_ms = (time.perf_counter() - begin) * 1000
-        snapshot = {"objects": total, "full_gc_ms": round(full_ms, 1), "types": counts}
-        log.write(f"snapshot {json.dumps(snapshot)}\n")
+        snapshot = {
+            "objects": total,
+            "objects_after_gc": len(gc.get_objects()),
+            "full_gc_ms": round(full_ms, 1),
+            "types": counts,
+        }
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # before the server's loop started, or after it stopped
+            write({**snapshot, "tasks": None})
+            return
+
+        def count_tasks() -> None:
+            write({**snapshot, "tasks": len(asyncio.all_tasks(loop))})
+
+        loop.call_soon_threadsafe(count_tasks)
 
     gc.callbacks.append(on_gc)
     signal.signal(signal.SIGUSR1, on_signal)

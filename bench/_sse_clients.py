@@ -4,11 +4,15 @@ Why raw protocols instead of httpx or aiohttp: an HTTP client library costs tens
 task per stream, so at 10,000 streams the client side would be the bottleneck and would distort
 the delivery latency we want to measure on the server. Each connection here is one
 `asyncio.Protocol` with a few slots; it sends one `GET` and scans what arrives for the
-timestamp the benchmark embedded in each event (`"message":"t=<epoch seconds>"`).
+timestamp the benchmark embedded in each event (`"message":"t=<epoch seconds>"`) and for the
+event's `id:` (a Redis Stream id, `<ms>-<seq>`, increasing within one stream). Each connection
+keeps only the last id it saw and two counters: an id at or below the last one is a repeated
+event (counted, not recorded again), so a benchmark can check exactly-once delivery per
+connection (`tally`) without keeping every id.
 
 The orchestrator drives a client process through a `multiprocessing` pipe with commands
-(`connect`, `record`, `receipts`, `close`, `stop`) so that it can sample the server's memory,
-CPU and Redis counters between phases while the connections stay open.
+(`connect`, `record`, `count`, `receipts`, `tally`, `close`, `stop`) so that it can sample the
+server's memory, CPU and Redis counters between phases while the connections stay open.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 # The job snapshot JSON is compact (pydantic's model_dump_json, or json.dumps with
-# separators in the naive reference app), so the marker never contains whitespace.
-MARKER = re.compile(rb'"message":"t=(\d+\.\d+)"')
+# separators in the naive reference app), so the marker never contains whitespace. An event's
+# `id:` line comes before its `data:` line (sse-starlette's encoding); the naive reference app
+# sends none, so there every event counts as new.
+EVENT = re.compile(rb'^id: (\d+)-(\d+)|"message":"t=(\d+\.\d+)"', re.MULTILINE)
+NO_ID = (0, 0)
 
 
 @dataclass
@@ -45,10 +52,16 @@ class SseConnection(asyncio.Protocol):
     """One EventSource-like client: `GET path`, then count events as they arrive."""
 
     __slots__ = (
+        "duplicates",
+        "events",
         "first",
         "first_event",
         "fleet",
         "gone",
+        "held_at",
+        "last_id",
+        "path",
+        "repeat",
         "request",
         "started",
         "status",
@@ -58,6 +71,7 @@ class SseConnection(asyncio.Protocol):
 
     def __init__(self, fleet: _Fleet, host: str, port: int, path: str) -> None:
         self.fleet = fleet
+        self.path = path
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
             "Cache-Control: no-cache\r\n\r\n"
@@ -67,6 +81,11 @@ class SseConnection(asyncio.Protocol):
         self.first = False
         self.tail = b""
         self.started = time.time()
+        self.held_at = math.inf  # receipt time of the first `data:` line
+        self.last_id = NO_ID  # the highest event id received so far
+        self.repeat = False  # the event being read has an id already received
+        self.events = 0  # recorded events (see `record`), each counted once
+        self.duplicates = 0  # events whose id was at or below one already received
         loop = asyncio.get_running_loop()
         self.first_event: asyncio.Future[bool] = loop.create_future()
         self.gone: asyncio.Future[None] = loop.create_future()
@@ -95,15 +114,25 @@ class SseConnection(asyncio.Protocol):
         complete, self.tail = buffer[:cut], buffer[cut + 1 :]
         if not self.first and b"data:" in complete:
             self.first = True
+            self.held_at = now
             self.fleet.held += 1
             self.fleet.first_event_seconds.append(now - self.started)
             self._resolve_first(True)
         fleet = self.fleet
-        if now >= fleet.record_from:
-            for match in MARKER.finditer(complete):
-                written = float(match.group(1))
+        recording = now >= fleet.record_from
+        for match in EVENT.finditer(complete):
+            if match.group(1) is not None:
+                event_id = (int(match.group(1)), int(match.group(2)))
+                self.repeat = event_id <= self.last_id
+                if self.repeat:
+                    self.duplicates += 1
+                else:
+                    self.last_id = event_id
+            elif recording and not self.repeat:
+                written = float(match.group(3))
                 if written >= fleet.record_from:
                     fleet.receipts.append((written, now))
+                    self.events += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.first:
@@ -191,6 +220,13 @@ async def _serve(pipe: Connection) -> None:
             reply = {"receipts": fleet.receipts, "held": fleet.held, "lost": fleet.lost}
             fleet.receipts = []
             fleet.record_from = math.inf
+        elif command == "tally":
+            # Per connection: (path, time its first `data:` arrived, recorded events,
+            # repeated events, still open).
+            reply = [
+                (c.path, c.held_at, c.events, c.duplicates, not c.gone.done())
+                for c in fleet.connections
+            ]
         elif command == "close":
             reply = await close_all(fleet, *args)
         elif command == "stop":

@@ -118,12 +118,14 @@ class ClientFleet:
     def call(self, command: str, *args: Any, timeout: float = PHASE_TIMEOUT) -> list[Any]:
         return self._call(command, [args] * len(self._pipes), timeout)
 
-    def connect(self, port: int, paths: list[str], batch: int) -> dict[str, Any]:
+    def connect(
+        self, port: int, paths: list[str], batch: int, limit: float = CONNECT_TIMEOUT
+    ) -> dict[str, Any]:
+        """`batch` connections at a time over all processes; `limit` bounds each connection's
+        TCP connect and, separately, its wait for the first event."""
         count = len(self._pipes)
         shares = [paths[index::count] for index in range(count)]
-        per_process = [
-            (HOST, port, share, max(1, batch // count), CONNECT_TIMEOUT) for share in shares
-        ]
+        per_process = [(HOST, port, share, max(1, batch // count), limit) for share in shares]
         replies = self._call("connect", per_process, PHASE_TIMEOUT)
         failures: dict[str, int] = {}
         for reply in replies:
