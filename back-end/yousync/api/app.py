@@ -29,6 +29,7 @@ from yousync.api.router import health, metrics, pages, user_audio_router
 from yousync.api.router.security import require_auth
 from yousync.api.stall_watch import watch_stalls
 from yousync.api.streaming.events import EventHub
+from yousync.api.streaming.read_batcher import StreamReadBatcher
 from yousync.core.config import get_settings
 from yousync.core.jobs import AsyncJobStore
 from yousync.core.models import ANALYZE_TASK
@@ -112,6 +113,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         stack.push_async_callback(hub.stop)
 
         store = AsyncJobStore(client, settings)
+        # Stream starts read through one batching flusher on a connection of its own, so a
+        # storm of reconnects never waits on the pool (yousync/api/streaming/read_batcher.py).
+        reads_client = aioredis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=5, health_check_interval=30
+        )
+        stack.push_async_callback(reads_client.aclose)
+        stream_reads = StreamReadBatcher(AsyncJobStore(reads_client, settings))
         stall_task = asyncio.create_task(
             watch_stalls(
                 client,
@@ -154,6 +162,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings=settings,
             jobs=store,
             hub=hub,
+            stream_reads=stream_reads,
             enqueue=_enqueue,
             revoke=_revoke,
             upload_slots=UploadSlots(settings.upload_max_concurrent_per_client),

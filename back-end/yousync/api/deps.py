@@ -10,6 +10,7 @@ from fastapi import Depends, Request
 
 from yousync.api.limits import UploadSlots
 from yousync.api.streaming.events import EventHub
+from yousync.api.streaming.read_batcher import StreamReadBatcher
 from yousync.api.uploads.submission import Enqueue
 from yousync.core.config import Settings
 from yousync.core.jobs import AsyncJobStore
@@ -20,6 +21,7 @@ class AppServices:
     settings: Settings
     jobs: AsyncJobStore
     hub: EventHub
+    stream_reads: StreamReadBatcher
     enqueue: Enqueue
     revoke: Callable[[str], None]
     upload_slots: UploadSlots
@@ -42,6 +44,10 @@ def get_hub(request: Request) -> EventHub:
     return get_services(request).hub
 
 
+def get_stream_reads(request: Request) -> StreamReadBatcher:
+    return get_services(request).stream_reads
+
+
 def get_enqueue(request: Request) -> Enqueue:
     return get_services(request).enqueue
 
@@ -58,5 +64,6 @@ UploadSlotsDep = Annotated[UploadSlots, Depends(get_upload_slots)]
 RevokeDep = Annotated[Callable[[str], None], Depends(get_revoke)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 JobsDep = Annotated[AsyncJobStore, Depends(get_jobs)]
+StreamReadsDep = Annotated[StreamReadBatcher, Depends(get_stream_reads)]
 HubDep = Annotated[EventHub, Depends(get_hub)]
 EnqueueDep = Annotated[Enqueue, Depends(get_enqueue)]

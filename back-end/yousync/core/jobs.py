@@ -138,6 +138,17 @@ def _decode(mapping: dict[Any, Any]) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class StreamRead:
+    """One read of an event Stream: every entry after `after` (exclusive) when it is given,
+    else the newest `count` entries. Results are oldest first. Hashable, so identical reads
+    asked for at once can share one answer."""
+
+    stream_key: str
+    count: int = 1
+    after: str | None = None
+
+
 class UnreadableRecord(ValueError):
     """A job's hash this release cannot parse: written by a newer release during a rolling
     deploy (a stage it does not know), or damaged. Readers that walk many jobs skip it."""
@@ -294,13 +305,36 @@ class AsyncJobStore:
     async def get(self, job_id: str) -> JobRecord | None:
         return _record(await self._client.hgetall(keys.job(job_id)))
 
-    async def stream_tail(
-        self, stream_key: str, *, count: int = 1, newest_first: bool = False
-    ) -> list[Event]:
-        """The last `count` entries of a Stream, oldest first unless `newest_first`."""
-        entries = _events(await self._client.xrevrange(stream_key, count=count))
-        return entries if newest_first else entries[::-1]
+    async def stream_tail(self, stream_key: str, *, count: int = 1) -> list[Event]:
+        """The last `count` entries of a Stream, oldest first."""
+        (events,) = await self.read_streams([StreamRead(stream_key, count=count)])
+        return events
 
     async def read_after(self, stream_key: str, last_id: str) -> list[Event]:
         """Every entry after `last_id` (exclusive): a reconnect's replay or a resync."""
-        return _events(await self._client.xrange(stream_key, min=f"({last_id}"))
+        (events,) = await self.read_streams([StreamRead(stream_key, after=last_id)])
+        return events
+
+    async def _read_pipeline(self, reads: Sequence[StreamRead]) -> list[Any]:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for read in reads:
+                if read.after is not None:
+                    pipe.xrange(read.stream_key, min=f"({read.after}")
+                else:
+                    pipe.xrevrange(read.stream_key, count=read.count)
+            return await pipe.execute()
+
+    async def read_streams(self, reads: Sequence[StreamRead]) -> list[list[Event]]:
+        """Many Stream reads in one round trip (a pipeline without MULTI: each read stands
+        alone). Why: a storm of stream starts costs one connection and one round trip per
+        batch instead of one pooled connection per client (see api/streaming/read_batcher)."""
+        try:
+            replies = await self._read_pipeline(reads)
+        except redis.ConnectionError:
+            # Unlike a single command, a pipeline sent on a connection that Redis closed (it
+            # restarted) fails instead of reconnecting (redis-py 8.1): once more on a new one.
+            replies = await self._read_pipeline(reads)
+        return [
+            _events(reply) if read.after is not None else _events(reply)[::-1]
+            for read, reply in zip(reads, replies, strict=True)
+        ]

@@ -10,7 +10,15 @@ from fastapi.responses import JSONResponse
 
 from yousync.api.auth import issue_stream_token
 from yousync.api.control import cancel_job, retry_job
-from yousync.api.deps import EnqueueDep, HubDep, JobsDep, RevokeDep, SettingsDep, UploadSlotsDep
+from yousync.api.deps import (
+    EnqueueDep,
+    HubDep,
+    JobsDep,
+    RevokeDep,
+    SettingsDep,
+    StreamReadsDep,
+    UploadSlotsDep,
+)
 from yousync.api.limits import TooManyStreams
 from yousync.api.router.schemas import ERROR_RESPONSES, JobId, TokenId, UploadAccepted
 from yousync.api.router.sse_response import CompactEventSourceResponse
@@ -22,6 +30,7 @@ from yousync.api.streaming.progress_stream import (
     check_token_stream_start,
     feed_events,
 )
+from yousync.api.streaming.read_batcher import StreamReadBatcher
 from yousync.api.streaming.results import wait_for_snapshot
 from yousync.api.uploads.submission import Enqueue, submit_upload
 from yousync.core.config import Settings
@@ -118,14 +127,14 @@ async def _upload(
 
 
 def _event_stream(
-    jobs: AsyncJobStore, hub: EventHub, settings: Settings, feed: Feed, last: str | None
+    reads: StreamReadBatcher, hub: EventHub, settings: Settings, feed: Feed, last: str | None
 ) -> CompactEventSourceResponse:
     if hub.client_count >= settings.sse_max_clients:
         raise TooManyStreams()
     shutdown = ShutdownSignal()
     return CompactEventSourceResponse(
         feed_events(
-            jobs, hub, feed, last_event_id=last, retry_ms=settings.sse_retry_ms, shutdown=shutdown
+            reads, hub, feed, last_event_id=last, retry_ms=settings.sse_retry_ms, shutdown=shutdown
         ),
         ping=settings.sse_ping_seconds,
         send_timeout=settings.sse_send_timeout_seconds,
@@ -136,13 +145,13 @@ def _event_stream(
 
 
 async def _job_stream(
-    jobs: AsyncJobStore, hub: EventHub, settings: Settings, job_id: str, last: str | None
+    reads: StreamReadBatcher, hub: EventHub, settings: Settings, job_id: str, last: str | None
 ) -> Response:
     try:
-        last = await check_job_stream_start(jobs, job_id, last)
+        last = await check_job_stream_start(reads, job_id, last)
     except AlreadyFinished:
         return Response(status_code=204)
-    return _event_stream(jobs, hub, settings, Feed.for_job(job_id), last)
+    return _event_stream(reads, hub, settings, Feed.for_job(job_id), last)
 
 
 LastEventIdHeader = Annotated[
@@ -164,6 +173,7 @@ async def analysis_result(
     job_id: JobId,
     request: Request,
     jobs: JobsDep,
+    reads: StreamReadsDep,
     hub: HubDep,
     settings: SettingsDep,
     wait: Annotated[float, Query(ge=0, le=60, description="Long-poll up to N seconds")] = 0,
@@ -171,7 +181,8 @@ async def analysis_result(
     last_event_id: LastEventIdQuery = None,
 ) -> Response | JobSnapshot:
     if "text/event-stream" in request.headers.get("accept", ""):
-        return await _job_stream(jobs, hub, settings, job_id, last_event_id_header or last_event_id)
+        last = last_event_id_header or last_event_id
+        return await _job_stream(reads, hub, settings, job_id, last)
     return await wait_for_snapshot(jobs, hub, job_id, wait=wait)
 
 
@@ -183,13 +194,13 @@ async def analysis_result(
 )
 async def analysis_progress(
     job_id: JobId,
-    jobs: JobsDep,
+    reads: StreamReadsDep,
     hub: HubDep,
     settings: SettingsDep,
     last_event_id_header: LastEventIdHeader = None,
     last_event_id: LastEventIdQuery = None,
 ) -> Response:
-    return await _job_stream(jobs, hub, settings, job_id, last_event_id_header or last_event_id)
+    return await _job_stream(reads, hub, settings, job_id, last_event_id_header or last_event_id)
 
 
 @router.get(
@@ -200,14 +211,14 @@ async def analysis_progress(
 )
 async def token_progress(
     token_id: TokenId,
-    jobs: JobsDep,
+    reads: StreamReadsDep,
     hub: HubDep,
     settings: SettingsDep,
     last_event_id_header: LastEventIdHeader = None,
     last_event_id: LastEventIdQuery = None,
 ) -> Response:
     last = await check_token_stream_start(last_event_id_header or last_event_id)
-    return _event_stream(jobs, hub, settings, Feed.for_token(token_id), last)
+    return _event_stream(reads, hub, settings, Feed.for_token(token_id), last)
 
 
 @router.post(

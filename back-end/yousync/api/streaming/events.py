@@ -142,15 +142,16 @@ class EventHub:
         self._by_job: dict[str, set[Subscription]] = defaultdict(set)
         self._by_token: dict[str, set[Subscription]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
+        self._clients = 0
         self.connected = asyncio.Event()
         self.notifications_received = 0
         self.reconnects = 0
 
     @property
     def client_count(self) -> int:
-        return sum(len(subs) for subs in self._by_job.values()) + sum(
-            len(subs) for subs in self._by_token.values()
-        )
+        """Kept as a counter: every stream start asks, and summing the index per start cost
+        O(jobs) each — quadratic in a storm of thousands of reconnects."""
+        return self._clients
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="event-hub")
@@ -170,9 +171,11 @@ class EventHub:
         index, key = (self._by_job, job_id) if job_id else (self._by_token, token_id)
         assert key is not None
         index[key].add(sub)
+        self._clients += 1
         try:
             yield sub
         finally:
+            self._clients -= 1
             subs = index.get(key)
             if subs is not None:
                 subs.discard(sub)

@@ -9,6 +9,7 @@ client already has is a duplicate of the replay and is skipped.
 
 from __future__ import annotations
 
+import random
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,8 +24,9 @@ from yousync.api.streaming.events import (
     ShutdownSignal,
     parse_stream_id,
 )
+from yousync.api.streaming.read_batcher import StreamReadBatcher
 from yousync.core import keys
-from yousync.core.jobs import AsyncJobStore, Event
+from yousync.core.jobs import Event
 from yousync.observability import metrics
 
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
@@ -76,12 +78,12 @@ def _valid_last_id(last_event_id: str | None) -> str | None:
 
 
 async def check_job_stream_start(
-    store: AsyncJobStore, job_id: str, last_event_id: str | None
+    reads: StreamReadBatcher, job_id: str, last_event_id: str | None
 ) -> str | None:
     """Decide before the response starts, since after a 200 no error status can be sent.
     Returns the validated Last-Event-ID (or None)."""
     feed = Feed.for_job(job_id)
-    tail = await store.stream_tail(feed.stream_key)
+    tail = await reads.tail(feed.stream_key)
     if not tail:
         raise JobNotFound(job_id)
     last = _valid_last_id(last_event_id)
@@ -98,20 +100,26 @@ async def check_token_stream_start(last_event_id: str | None) -> str | None:
     return _valid_last_id(last_event_id)
 
 
-async def _initial(store: AsyncJobStore, feed: Feed, last: str | None) -> list[Event]:
+async def _initial(reads: StreamReadBatcher, feed: Feed, last: str | None) -> list[Event]:
     if last:
-        return await store.read_after(feed.stream_key, last)
+        return await reads.after(feed.stream_key, last)
     if feed.job_id:
-        return await store.stream_tail(feed.stream_key)
+        return await reads.tail(feed.stream_key)
     # A token's current state: the newest event of each of its jobs, in Stream order.
-    newest_first = await store.stream_tail(feed.stream_key, count=1000, newest_first=True)
+    recent = await reads.tail(feed.stream_key, count=1000)
     seen: set[str] = set()
     latest_per_job = []
-    for event in newest_first:
+    for event in reversed(recent):
         if event.fields.get("job_id") not in seen:
             seen.add(event.fields.get("job_id", ""))
             latest_per_job.append(event)
     return latest_per_job[::-1]
+
+
+def jittered_retry(base_ms: int) -> int:
+    """A client's `retry:` delay, uniform in [base/2, 3·base/2]: when a restart drops every
+    stream at once, the reconnects spread over a whole `base` instead of landing together."""
+    return base_ms // 2 + random.randrange(base_ms + 1)
 
 
 def _from_event(event: Event) -> tuple[str, str, bool]:
@@ -119,7 +127,7 @@ def _from_event(event: Event) -> tuple[str, str, bool]:
 
 
 async def feed_events(
-    store: AsyncJobStore,
+    reads: StreamReadBatcher,
     hub: EventHub,
     feed: Feed,
     *,
@@ -130,10 +138,10 @@ async def feed_events(
     with hub.subscribe(job_id=feed.job_id, token_id=feed.token_id) as sub:
         shutdown.attach(sub)
         last = last_event_id or "0-0"
-        pending = [_from_event(event) for event in await _initial(store, feed, last_event_id)]
+        pending = [_from_event(event) for event in await _initial(reads, feed, last_event_id)]
         if last_event_id:
             metrics.sse_replay(len(pending))
-        retry: int | None = retry_ms
+        retry: int | None = jittered_retry(retry_ms)
         while True:
             for event_id, data, terminal in pending:
                 if parse_stream_id(event_id) <= parse_stream_id(last):
@@ -150,7 +158,7 @@ async def feed_events(
                 yield ServerSentEvent(comment=SHUTDOWN_COMMENT)
                 return
             if item is RESYNC:
-                pending = [_from_event(e) for e in await store.read_after(feed.stream_key, last)]
+                pending = [_from_event(e) for e in await reads.after(feed.stream_key, last)]
             else:
                 assert isinstance(item, Notification)
                 pending = [(feed.note_id(item), item.data, item.terminal)]
