@@ -6,7 +6,8 @@ next reads."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,6 +21,7 @@ from yousync.core.config import Settings
 from yousync.core.jobs import AsyncJobStore, Event, StreamRead
 
 pytestmark = pytest.mark.integration
+T = TypeVar("T")
 
 
 class CountingStore(AsyncJobStore):
@@ -38,8 +40,8 @@ class CountingStore(AsyncJobStore):
         return await super().read_streams(reads)
 
 
-def run(redis_url: str, scenario):  # type: ignore[no-untyped-def]
-    async def main():  # type: ignore[no-untyped-def]
+def run(redis_url: str, scenario: Callable[[CountingStore, StreamReadBatcher], Awaitable[T]]) -> T:
+    async def main() -> T:
         client = aioredis.Redis.from_url(redis_url)
         try:
             store = CountingStore(client, Settings(redis_url=redis_url))
@@ -58,9 +60,9 @@ def test_batcher_when_a_thousand_starts_arrive_at_once_then_few_round_trips_answ
     for progress, job_id in enumerate(jobs):
         store.update(job_id, token_id, status="processing", progress=progress, stage="uploading")
 
-    async def scenario(counting: CountingStore, batcher: StreamReadBatcher):  # type: ignore[no-untyped-def]
+    async def scenario(counting: CountingStore, batcher: StreamReadBatcher) -> Any:
         # 1,000 clients of 20 jobs, alternating tail reads and replays from the first event.
-        firsts = {job_id: (await batcher.tail(keys.job_events(job_id), 10))[0].id for job_id in jobs}
+        firsts = {job: (await batcher.tail(keys.job_events(job), 10))[0].id for job in jobs}
         counting.batches.clear()
         reads = [
             batcher.tail(keys.job_events(jobs[n % 20]))
@@ -81,7 +83,7 @@ def test_batcher_when_a_thousand_starts_arrive_at_once_then_few_round_trips_answ
 def test_batcher_when_more_distinct_reads_than_a_batch_then_split_and_all_answered(
     redis_url: str, token_id: str
 ) -> None:
-    async def scenario(counting: CountingStore, batcher: StreamReadBatcher):  # type: ignore[no-untyped-def]
+    async def scenario(counting: CountingStore, batcher: StreamReadBatcher) -> Any:
         reads = [batcher.tail(keys.job_events(f"missing-{n}")) for n in range(600)]
         return await asyncio.gather(*reads), counting.batches
 
@@ -95,7 +97,7 @@ def test_batcher_when_one_waiter_is_cancelled_then_the_shared_read_still_answers
 ) -> None:
     job_id = create_job(redis_url, token_id)
 
-    async def scenario(counting: CountingStore, batcher: StreamReadBatcher):  # type: ignore[no-untyped-def]
+    async def scenario(counting: CountingStore, batcher: StreamReadBatcher) -> Any:
         leaving = asyncio.create_task(batcher.tail(keys.job_events(job_id)))
         staying = asyncio.create_task(batcher.tail(keys.job_events(job_id)))
         await asyncio.sleep(0)
@@ -112,7 +114,7 @@ def test_batcher_when_redis_fails_then_every_waiter_gets_redis_error_and_next_re
 ) -> None:
     job_id = create_job(redis_url, token_id)
 
-    async def scenario(counting: CountingStore, batcher: StreamReadBatcher):  # type: ignore[no-untyped-def]
+    async def scenario(counting: CountingStore, batcher: StreamReadBatcher) -> Any:
         counting.fail_next = 1
         failed = await asyncio.gather(
             *(batcher.tail(keys.job_events(f"{job_id}-{n}")) for n in range(5)),
