@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 from collections.abc import AsyncIterator
 from importlib import metadata
@@ -24,6 +23,7 @@ from fastapi.staticfiles import StaticFiles
 
 from yousync.api import errors as api_errors
 from yousync.api.deps import AppServices
+from yousync.api.gc_policy import GcPolicy
 from yousync.api.limits import UploadSlots
 from yousync.api.router import health, metrics, pages, user_audio_router
 from yousync.api.router.security import require_auth
@@ -64,14 +64,6 @@ class _Published:
     def __init__(self, task_id: str) -> None:
         self.id = task_id
         self.ignored = True
-
-
-def _freeze_startup_objects() -> None:
-    """Python's full collections scan every tracked object and pause the event loop, so every
-    open stream and upload, for as long as they take (~200 ms measured). Freezing what startup
-    built leaves full collections only the objects requests create."""
-    gc.collect()
-    gc.freeze()
 
 
 def _revoke(task_id: str) -> None:
@@ -168,7 +160,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             upload_slots=UploadSlots(settings.upload_max_concurrent_per_client),
         )
         app.state.metrics = bind_metrics(hub=hub, redis=client)
-        _freeze_startup_objects()
+        gc_policy = GcPolicy(every=settings.gc_freeze_every_seconds)
+        gc_policy.start()
+        if gc_policy.every > 0:
+            gc_task = asyncio.create_task(gc_policy.run(), name="gc-policy")
+            stack.callback(gc_task.cancel)
         yield
 
 

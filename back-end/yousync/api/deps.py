@@ -27,37 +27,42 @@ class AppServices:
     upload_slots: UploadSlots
 
 
-def get_services(request: Request) -> AppServices:
+def services_of(request: Request) -> AppServices:
     services: AppServices = request.app.state.services
     return services
 
 
-def get_settings_dep(request: Request) -> Settings:
-    return get_services(request).settings
+# The dependencies are `async def` although they never await: FastAPI runs a plain `def`
+# dependency in its thread pool, a thread hand-off (and a wait for one of 40 threads) per
+# dependency per request — most of a stream start's cost in a storm of reconnects.
 
 
-def get_jobs(request: Request) -> AsyncJobStore:
-    return get_services(request).jobs
+async def get_settings_dep(request: Request) -> Settings:
+    return services_of(request).settings
 
 
-def get_hub(request: Request) -> EventHub:
-    return get_services(request).hub
+async def get_jobs(request: Request) -> AsyncJobStore:
+    return services_of(request).jobs
 
 
-def get_stream_reads(request: Request) -> StreamReadBatcher:
-    return get_services(request).stream_reads
+async def get_hub(request: Request) -> EventHub:
+    return services_of(request).hub
 
 
-def get_enqueue(request: Request) -> Enqueue:
-    return get_services(request).enqueue
+async def get_stream_reads(request: Request) -> StreamReadBatcher:
+    return services_of(request).stream_reads
 
 
-def get_revoke(request: Request) -> Callable[[str], None]:
-    return get_services(request).revoke
+async def get_enqueue(request: Request) -> Enqueue:
+    return services_of(request).enqueue
 
 
-def get_upload_slots(request: Request) -> UploadSlots:
-    return get_services(request).upload_slots
+async def get_revoke(request: Request) -> Callable[[str], None]:
+    return services_of(request).revoke
+
+
+async def get_upload_slots(request: Request) -> UploadSlots:
+    return services_of(request).upload_slots
 
 
 UploadSlotsDep = Annotated[UploadSlots, Depends(get_upload_slots)]

@@ -25,6 +25,7 @@ from typing import Final, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from sse_starlette import ServerSentEvent
 
 from yousync.core import keys
 from yousync.core.models import JobSnapshot, JobStatus
@@ -45,6 +46,17 @@ class Notification:
     def data(self) -> str:
         """The SSE data line, serialised once per process however many clients receive it."""
         return JobSnapshot.from_fields(self.fields).model_dump_json()
+
+    @cached_property
+    def job_frame(self) -> bytes:
+        """The whole SSE event for job streams, encoded once per process: a busy job's
+        clients then cost a queue hand-off and a socket write each, not an encode each."""
+        return ServerSentEvent(data=self.data, id=self.id).encode()
+
+    @cached_property
+    def token_frame(self) -> bytes:
+        """The same for token streams, whose ids are the token Stream's."""
+        return ServerSentEvent(data=self.data, id=self.token_event_id).encode()
 
     @property
     def terminal(self) -> bool:

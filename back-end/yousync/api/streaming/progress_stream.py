@@ -68,6 +68,9 @@ class Feed:
     def note_id(self, note: Notification) -> str:
         return note.id if self.job_id else note.token_event_id
 
+    def note_frame(self, note: Notification) -> bytes:
+        return note.job_frame if self.job_id else note.token_frame
+
 
 def _valid_last_id(last_event_id: str | None) -> str | None:
     if not last_event_id:
@@ -122,8 +125,13 @@ def jittered_retry(base_ms: int) -> int:
     return base_ms // 2 + random.randrange(base_ms + 1)
 
 
-def _from_event(event: Event) -> tuple[str, str, bool]:
-    return event.id, event.snapshot().model_dump_json(), event.status.terminal
+# What a client is about to receive: id, JSON data, whether it ends a job's stream, and the
+# event already encoded for the wire when it is a live notification (encoded once per process).
+_Outgoing = tuple[str, str, bool, bytes | None]
+
+
+def _from_event(event: Event) -> _Outgoing:
+    return event.id, event.snapshot().model_dump_json(), event.status.terminal, None
 
 
 async def feed_events(
@@ -134,22 +142,27 @@ async def feed_events(
     last_event_id: str | None,
     retry_ms: int,
     shutdown: ShutdownSignal,
-) -> AsyncIterator[ServerSentEvent]:
+) -> AsyncIterator[ServerSentEvent | bytes]:
     with hub.subscribe(job_id=feed.job_id, token_id=feed.token_id) as sub:
         shutdown.attach(sub)
         last = last_event_id or "0-0"
+        last_position = parse_stream_id(last)
         pending = [_from_event(event) for event in await _initial(reads, feed, last_event_id)]
         if last_event_id:
             metrics.sse_replay(len(pending))
         retry: int | None = jittered_retry(retry_ms)
         while True:
-            for event_id, data, terminal in pending:
-                if parse_stream_id(event_id) <= parse_stream_id(last):
+            for event_id, data, terminal, frame in pending:
+                position = parse_stream_id(event_id)
+                if position <= last_position:
                     continue
-                yield ServerSentEvent(data=data, id=event_id, retry=retry)
+                if frame is not None and retry is None:
+                    yield frame
+                else:
+                    yield ServerSentEvent(data=data, id=event_id, retry=retry)
                 metrics.sse_event_delivered()
                 retry = None
-                last = event_id
+                last, last_position = event_id, position
                 if terminal and feed.ends_at_terminal:
                     return
             pending = []  # delivered: not kept alive while this client idles
@@ -161,4 +174,4 @@ async def feed_events(
                 pending = [_from_event(e) for e in await reads.after(feed.stream_key, last)]
             else:
                 assert isinstance(item, Notification)
-                pending = [(feed.note_id(item), item.data, item.terminal)]
+                pending = [(feed.note_id(item), item.data, item.terminal, feed.note_frame(item))]
