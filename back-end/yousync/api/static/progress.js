@@ -2,9 +2,17 @@
 // job over Server-Sent Events until it ends, and show the result or the error.
 //
 // Reconnects: EventSource reconnects by itself after a dropped connection (sending Last-Event-ID,
-// so the server replays exactly what was missed). When it gives up for good (a non-200 answer,
-// e.g. while the API restarts behind a proxy), the page asks the result endpoint what happened
-// and opens a new EventSource with ?last_event_id=… — with a growing delay — until the job ends.
+// so the server replays exactly what was missed). But a plain EventSource takes any non-200
+// answer as final: the 503 + Retry-After the API sends while Redis is down (or a proxy's 502
+// while the API restarts) fires one error, readyState becomes CLOSED, and it never tries again
+// (Retry-After is ignored). The page then recovers by itself: it asks the result endpoint what
+// happened — another 503 (Redis still down), any other error answer or a network error means
+// "check again later", 404 means the job expired, a finished job is shown as such — and opens a
+// new EventSource with ?last_event_id=… (so nothing is missed or repeated) once the job is
+// readable again. Between checks it waits a base delay that doubles from 1 s up to
+// MAX_RECONNECT_DELAY_MS, jittered per client uniformly in [base/2, 3·base/2] (as the server
+// jitters its `retry:`), so the pages an outage cut off do not all come back in lockstep. The
+// connection line says "reconnecting" the whole time.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -409,9 +417,15 @@ function connect() {
   };
 }
 
+// Uniform in [base/2, 3·base/2]: every client draws its own wait.
+function jittered(base) {
+  return base / 2 + Math.random() * base;
+}
+
 function scheduleCheck() {
   clearTimeout(state.reconnectTimer);
-  const delay = state.reconnectDelay;
+  setConnection("reconnecting");
+  const delay = jittered(state.reconnectDelay);
   state.reconnectDelay = Math.min(state.reconnectDelay * 2, MAX_RECONNECT_DELAY_MS);
   state.reconnectTimer = setTimeout(checkAndResume, delay);
 }
@@ -431,10 +445,19 @@ async function checkAndResume() {
     return;
   }
   if (!response.ok) {
+    // 503 (Redis still down, or the API at its stream limit), a proxy's 502 while the API
+    // restarts, or anything else: the job may still be running, so look again later.
     scheduleCheck();
     return;
   }
-  const snapshot = await response.json();
+  let snapshot;
+  try {
+    snapshot = await response.json();
+  } catch (_) {
+    if (job === state.job) scheduleCheck(); // cut off mid-body: look again later
+    return;
+  }
+  if (job !== state.job) return;
   if (TERMINAL.has(snapshot.status)) {
     // Finished while we were away: the result endpoint has the final snapshot.
     render(snapshot);

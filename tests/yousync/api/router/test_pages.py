@@ -1,7 +1,9 @@
 """The progress page (`GET /`) in a real browser: Playwright (PyPI) driving Debian's Chromium
 against the real stack — upload through the page, the live bar, the rendered result, a dropped
-SSE connection (the API process SIGKILLed and restarted mid-job), Korean labels, the keyboard
-and a microphone recording (Chromium's fake audio device).
+SSE connection (the API process SIGKILLed and restarted mid-job), a Redis outage across an API
+restart (the browser's reconnect answered 503, on which a plain EventSource gives up for good,
+and the page's own fallback bringing the stream back), Korean labels, the keyboard and a
+microphone recording (Chromium's fake audio device).
 
 Screenshots go to tests/artifacts/ (gitignored). `UPDATE_DOCS_SCREENSHOT=1` also copies the
 finished page to docs/screenshot.png, the picture in the README.
@@ -14,6 +16,7 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,8 @@ import redis
 
 from devtools import stack
 from tests.helpers.audio import wav_bytes
+from tests.helpers.jobs import create_job, sync_store
+from tests.helpers.wait import wait_until
 from yousync.core.models import TERMINAL_STATUSES
 from yousync.core.stages import Stage
 
@@ -220,6 +225,137 @@ def test_page_when_api_killed_mid_job_then_reconnects_and_finishes(
     assert replays is not None
     fallback = 'route="/tokens/analysis-result/{job_id}"' in metrics
     assert float(replays.group(1)) >= 1 or fallback, metrics
+
+
+def create_job_beside_playwright(redis_url: str, token_id: str) -> str:
+    """`create_job` runs its own event loop (asyncio.run), which cannot start in this thread
+    while Playwright's sync API has a loop running here: a thread of its own."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(create_job, redis_url, token_id).result(timeout=30)
+
+
+def log_lines_since(proc: stack.Proc, offset: int) -> list[str]:
+    """The process's log lines written after byte `offset` of its log file."""
+    with proc.log_path.open("rb") as log:
+        log.seek(offset)
+        return log.read().decode(errors="replace").splitlines()
+
+
+def answered(lines: list[str], route: str, status: int) -> bool:
+    """Whether the API's request log (logfmt; a route template is quoted) has such an answer."""
+    return any(f'route="{route}" ' in line and f" status={status} " in line for line in lines)
+
+
+def test_page_when_stream_answers_503_while_redis_is_down_then_page_retries_and_finishes_by_itself(
+    page: Any, workdir: Path, stack_env: dict[str, str], token_id: str
+) -> None:
+    # Its own Redis (append-only file: the job survives the restart) and its own API, so the
+    # outage disturbs no other test. No worker: the test writes the job's events itself.
+    own_redis = stack.redis_proc(workdir, persistent=True).start()
+    redis_url = f"redis://127.0.0.1:{own_redis.name.split(':')[1]}/0"
+    api = stack.api_proc({**stack_env, "REDIS_URL": redis_url}, workdir).start()
+    api_url = f"http://127.0.0.1:{api.name.split(':')[1]}"
+    progress_route = "/tokens/analysis-progress/{job_id}"
+    result_route = "/tokens/analysis-result/{job_id}"
+    try:
+        job_id = create_job_beside_playwright(redis_url, token_id)
+        store = sync_store(redis_url)
+        store.update(job_id, token_id, status="processing", progress=10, stage="uploading")
+
+        # A job this browser never uploaded: `#job=<id>` alone is enough to follow it.
+        page.goto(f"{api_url}/#job={job_id}")
+        page.wait_for_selector('#conn[data-state="live"]', timeout=10_000)
+        page.wait_for_function("document.getElementById('job-bar').value === 10", timeout=10_000)
+        store.update(job_id, token_id, status="processing", progress=30, stage="uploading")
+        page.wait_for_function("document.getElementById('job-bar').value === 30", timeout=10_000)
+
+        # Redis goes down and the API restarts meanwhile: the browser's own reconnect (with
+        # Last-Event-ID) reaches an API that cannot read the job and answers 503.
+        own_redis.kill()
+        api.kill()
+        page.wait_for_selector('#conn[data-state="reconnecting"]', timeout=10_000)
+        log_offset = api.log_path.stat().st_size
+        api.start()
+
+        # The page got the 503 on its stream, then kept asking the result endpoint (its
+        # fallback: a plain EventSource never retries after a 503), getting 503 there too.
+        wait_until(
+            lambda: answered(log_lines_since(api, log_offset), progress_route, 503),
+            timeout=20,
+            what="the browser's reconnect answered 503",
+        )
+        wait_until(
+            lambda: answered(log_lines_since(api, log_offset), result_route, 503),
+            timeout=20,
+            what="the page's fallback asked the result endpoint while Redis was down",
+        )
+        assert page.get_attribute("#conn", "data-state") == "reconnecting"
+        assert "reconnecting" in page.inner_text("#conn")
+        assert page.get_attribute("#job", "data-status") == "processing"
+        # What the browser was told: 503 with Retry-After, the error body naming Redis.
+        outage = httpx.get(f"{api_url}/tokens/analysis-progress/{job_id}", timeout=10)
+        assert outage.status_code == 503, outage.text
+        assert outage.headers["retry-after"] == "5"
+        assert outage.json()["code"] == "redis_unavailable"
+
+        # Redis is back (with the job): the page resumes the stream itself — no reload.
+        own_redis.start()
+        store = sync_store(redis_url)
+        store.update(job_id, token_id, status="processing", progress=60, stage="analyzing")
+        page.wait_for_function("document.getElementById('job-bar').value === 60", timeout=30_000)
+        assert page.get_attribute("#conn", "data-state") == "live"
+        store.update(
+            job_id,
+            token_id,
+            status="completed",
+            progress=100,
+            stage="done",
+            result={"duration_ms": 4000},
+        )
+        page.wait_for_selector('#job[data-status="completed"]', timeout=10_000)
+        assert page.get_attribute("#conn", "data-state") == "done"
+        assert page.inner_text('dd[data-field="r.duration"]') == "4 s"
+        history = bar_history(page)
+        assert history == sorted(history) and history[-1] == 100, history
+        assert {10, 30, 60} <= set(history), history
+        # The stream itself came back (not only the final snapshot from the result endpoint).
+        assert answered(log_lines_since(api, log_offset), progress_route, 200)
+    finally:
+        api.stop()
+        own_redis.kill()
+
+
+# Calls the page's scheduleCheck() eight times with setTimeout stubbed out: the base delay
+# before each call and the wait each call actually asked for.
+SCHEDULE_CHECKS = """() => {
+  const realSetTimeout = window.setTimeout;
+  const waits = [];
+  window.setTimeout = (_, ms) => { waits.push(ms); return 0; };
+  try {
+    state.reconnectDelay = 1000;
+    const bases = [];
+    for (let i = 0; i < 8; i++) { bases.push(state.reconnectDelay); scheduleCheck(); }
+    return { bases, waits, conn: document.getElementById("conn").dataset.state };
+  } finally {
+    window.setTimeout = realSetTimeout;
+  }
+}"""
+
+
+def test_page_fallback_delay_when_scheduled_then_doubles_to_the_cap_and_is_jittered(
+    page: Any, base_url: str
+) -> None:
+    page.goto(f"{base_url}/")
+    drawn = page.evaluate(SCHEDULE_CHECKS)
+
+    assert drawn["bases"] == [1000, 2000, 4000, 8000, 10000, 10000, 10000, 10000]
+    for base, wait in zip(drawn["bases"], drawn["waits"], strict=True):
+        assert base / 2 <= wait <= 3 * base / 2, (base, wait)
+    assert drawn["conn"] == "reconnecting"
+    # Uniform over [base/2, 3·base/2]: pages cut off by one outage spread over a whole base.
+    waits = page.evaluate("Array.from({ length: 1000 }, () => jittered(1000))")
+    assert all(500 <= wait <= 1500 for wait in waits)
+    assert min(waits) < 600 and max(waits) > 1400 and len(set(waits)) > 900
 
 
 def test_page_when_browser_prefers_korean_then_labels_are_korean_and_keyboard_works(
