@@ -18,6 +18,7 @@ server's memory, CPU and Redis counters between phases while the connections sta
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import re
 import time
@@ -239,6 +240,10 @@ async def _serve(pipe: Connection) -> None:
 
 def serve(pipe: Connection) -> None:
     """Entry point of a client process (multiprocessing target)."""
+    # No cyclic collections here: a client process holding thousands of connections and a
+    # growing list of receipts would pause for its own full collections, and each pause would
+    # be counted as the server's delivery latency. These processes live for one phase.
+    gc.disable()
     try:
         import uvloop  # the server's loop too; keeps the client side from being the bottleneck
     except ImportError:

@@ -75,12 +75,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench._gc_probe import request_snapshot
+from bench._gc_probe import read_pauses, request_snapshot
 from bench._jobs import create_jobs, sync_store
 from bench._stack import (
     ForeignLoad,
     Row,
     command_for,
+    cpu_seconds,
     open_fds,
     percentile,
     raise_fd_limit,
@@ -140,10 +141,10 @@ def host_api(processes: int, env: dict[str, str], workdir: Path, port: int) -> s
     stops the group)."""
     proc = stack.uvicorn_proc(
         "api-host",
-        "main:app",
+        API_APP,
         env,
         workdir,
-        stack.BACK_END,
+        stack.REPO_ROOT,
         port,
         (*stack.API_UVICORN_ARGS, "--workers", str(processes)),
     )
@@ -364,6 +365,22 @@ def wait_for_leave(pids: list[int], port: int, timeout: float) -> int:
         time.sleep(0.2)
 
 
+def pause_summary(pauses: list[tuple[float, int, float]]) -> dict[str, Any]:
+    """The API's collections of at least bench/_gc_probe.PAUSE_MS during the load, all of its
+    processes together: how many, the longest, and per generation."""
+    by_generation: dict[str, list[float]] = {}
+    for _, generation, ms in pauses:
+        by_generation.setdefault(str(generation), []).append(ms)
+    return {
+        "count": len(pauses),
+        "max_ms": round(max((ms for _, _, ms in pauses), default=0.0), 1),
+        "by_generation": {
+            gen: {"count": len(values), "max_ms": round(max(values), 1)}
+            for gen, values in sorted(by_generation.items())
+        },
+    }
+
+
 def run_storm(
     *,
     label: str,
@@ -375,6 +392,7 @@ def run_storm(
     store: JobStore,
     redis_url: str,
     args: argparse.Namespace,
+    gc_log: Path,
 ) -> dict[str, Any]:
     """One storm of `clients` on the API at `port` (served by `workers`), then the busy load."""
     job_ids, paths = new_paths(redis_url, clients, args.jobs)
@@ -402,6 +420,8 @@ def run_storm(
     }
     print(f"[{label}] connections per process {figures['connections_per_process']}", flush=True)
 
+    load_started = time.time()
+    cpu_before = {pid: cpu_seconds(pid) for pid in [*workers, *fleet.pids]}
     figures["load"] = follow(
         fleet,
         store,
@@ -410,6 +430,16 @@ def run_storm(
         seconds=args.load_seconds,
         drain_limit=args.drain_limit,
     )
+    elapsed = time.time() - load_started
+    used = {pid: cpu_seconds(pid) - before for pid, before in cpu_before.items()}
+    # Where the two cores went during the load and its drain: the API's processes, and the
+    # client processes that share the cores with them.
+    figures["load"]["cpu_cores"] = {
+        "api": round(sum(used[pid] for pid in workers) / elapsed, 2),
+        "clients": round(sum(used[pid] for pid in fleet.pids) / elapsed, 2),
+    }
+    figures["load"]["gc_pauses"] = pause_summary(read_pauses(gc_log, load_started, time.time()))
+    print(f"[{label}] API gc pauses during the load {figures['load']['gc_pauses']}", flush=True)
     print(f"[{label}] latency {figures['load']['latency']}", flush=True)
     print(f"[{label}] exactly once {figures['load']['exactly_once']}", flush=True)
     fleet.close()
@@ -717,6 +747,7 @@ def main() -> None:
                         supervisor=None,
                         clients=args.storm,
                         fleet=fleet,
+                        gc_log=gc_log,
                         **common,
                     )
                 finally:
@@ -724,7 +755,10 @@ def main() -> None:
 
             def storm_n(fleet: ClientFleet) -> dict[str, Any]:
                 port = stack.free_port()
-                server = host_api(args.processes, env, workdir, port)
+                gc_log = workdir / "gc-storm-n.log"  # every API process appends its own lines
+                server = host_api(
+                    args.processes, {**env, "BENCH_GC_LOG": str(gc_log)}, workdir, port
+                )
                 try:
                     workers = serving_workers(server.pid, args.processes, redis_port)
                     return run_storm(
@@ -734,6 +768,7 @@ def main() -> None:
                         supervisor=server.pid,
                         clients=args.storm_hosts,
                         fleet=fleet,
+                        gc_log=gc_log,
                         **common,
                     )
                 finally:

@@ -160,7 +160,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             upload_slots=UploadSlots(settings.upload_max_concurrent_per_client),
         )
         app.state.metrics = bind_metrics(hub=hub, redis=client)
-        gc_policy = GcPolicy(every=settings.gc_freeze_every_seconds)
+        gc_policy = GcPolicy(
+            every=settings.gc_freeze_every_seconds,
+            open_streams=lambda: hub.client_count,
+            ended_streams=lambda: hub.streams_ended,
+        )
         gc_policy.start()
         if gc_policy.every > 0:
             gc_task = asyncio.create_task(gc_policy.run(), name="gc-policy")

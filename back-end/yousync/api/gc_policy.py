@@ -3,19 +3,27 @@
 Why: every open SSE stream is a few hundred long-lived objects (its connection, request, tasks,
 generator), and CPython's full collection walks every tracked object while the event loop
 stands still — 0.65–1.3 s with 10,000 streams, felt by every client of the process at once.
-Worse, the collector runs a full collection each time the long-lived heap grew by a quarter, so
-a storm of reconnects that builds the heap from nothing pays for it several times over
-(`bench/bench_sse_storm.py`: a quarter of a storm's CPU went to collections).
+CPython runs one whenever a quarter more objects have been promoted to its oldest generation
+since the last, so a storm of reconnects that builds the heap pays for it several times over
+(a quarter of a storm's CPU, bench/bench_sse_storm.py). Young collections hurt too: a busy
+stream's waiting state (its future, the generator's pending send: ~7 objects) is remade at
+every event, and because CPython counts a dying old object against a new one, a steady stream
+of events never triggers a young collection until a burst does — which then walks every
+client's waiting state at once (37,000 objects with 5,000 clients: 15 ms, measured).
 
-The policy: objects that have survived a moment are frozen (`gc.freeze()` moves them out of the
-collector's reach; reference counting still frees them when they die), so full collections
-only walk what is new. Every `every` seconds a young-generation collection clears the cycles
-made since the last tick, and what survives is frozen. Cycles that die after being frozen
-(a stream that ended) stay until the next *rebase*: when the frozen set has grown by `growth`
-times its size at the last rebase, everything is unfrozen, collected once, and frozen again.
-Full pauses therefore come only when the process's long-lived heap has doubled (by default),
-never in the steady state of a busy process whose clients stay connected, and frozen garbage is
-bounded by the live heap (`bench/bench_sse_storm.py`'s soak checks that RSS plateaus).
+The policy: every `every` seconds everything the collector tracks is frozen (`gc.freeze()`:
+O(1), it takes the objects out of the collector's reach; reference counting still frees them
+when they die). A stream's objects are frozen a moment after it starts and a waiting state a
+moment after it is made, so collections only ever walk the last moment's objects: small.
+
+What freezing costs is cycles that die while frozen — an ended stream's (a cancelled task
+holds its exception, the exception its frames); a steady busy stream makes none (young
+collections over a loaded process collected nothing, measured). They stay until the next
+*rebase*: unfreeze, one full collection, freeze again. A rebase is due when more streams have
+ended since the last one than `growth` × the streams open then (at least `min_ended`), or
+`max_age` seconds have passed: its pause is paid per turnover of the clients, never in the
+steady state of clients that stay, and frozen garbage is bounded by that many streams
+(bench/bench_sse_storm.py's soak checks that RSS plateaus).
 """
 
 from __future__ import annotations
@@ -24,48 +32,60 @@ import asyncio
 import gc
 import logging
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-# A young collection every 10,000 net allocations instead of CPython's 700: a burst of events
-# then allocates and frees its short-lived objects without the collector walking them.
-YOUNG_THRESHOLD = 10_000
+
+def _none() -> int:
+    return 0
 
 
 @dataclass
 class GcPolicy:
-    every: float = 1.0
+    every: float = 0.1
     growth: float = 1.0
+    min_ended: int = 1000
+    max_age: float = 3600.0
+    # The stream counts the policy follows (the event hub's); none by default.
+    open_streams: Callable[[], int] = field(default=_none)
+    ended_streams: Callable[[], int] = field(default=_none)
     rebases: int = 0
-    _frozen_at_rebase: int = 0
+    _due_after_ended: int = 0
+    _rebased_at: float = 0.0
 
     def start(self) -> None:
-        """At startup: what the imports and the app built never dies; freeze it once. With
-        `every` 0 that is all: CPython's own schedule decides the rest."""
-        if self.every > 0:
-            _, middle, old = gc.get_threshold()
-            gc.set_threshold(YOUNG_THRESHOLD, middle, old)
+        """At startup: what the imports and the app built never dies; freeze it once."""
         self.rebase()
 
     def rebase(self) -> None:
-        started = time.perf_counter()
+        started = time.monotonic()
         gc.unfreeze()
         gc.collect()
         gc.freeze()
-        self._frozen_at_rebase = gc.get_freeze_count()
+        self._rebased_at = time.monotonic()
+        self._due_after_ended = self.ended_streams() + max(
+            self.min_ended, int(self.growth * self.open_streams())
+        )
         self.rebases += 1
-        log.debug(
-            "gc rebase: %d objects frozen in %.0f ms",
-            self._frozen_at_rebase,
-            (time.perf_counter() - started) * 1000,
+        log.info(
+            "gc rebase: %d objects frozen, %.0f ms",
+            gc.get_freeze_count(),
+            (self._rebased_at - started) * 1000,
+        )
+
+    def rebase_due(self) -> bool:
+        return (
+            self.ended_streams() >= self._due_after_ended
+            or time.monotonic() - self._rebased_at >= self.max_age
         )
 
     def tick(self) -> None:
-        gc.collect(1)
-        gc.freeze()
-        if gc.get_freeze_count() > self._frozen_at_rebase * (1 + self.growth):
+        if self.rebase_due():
             self.rebase()
+        else:
+            gc.freeze()
 
     async def run(self) -> None:
         while True:

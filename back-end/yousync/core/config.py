@@ -122,9 +122,9 @@ class Settings(BaseSettings):
     # Time streams get on shutdown to send their farewell comment (under uvicorn's graceful limit).
     sse_shutdown_grace_seconds: float = 2.0
     sse_client_queue_size: int = 64
-    # The API's garbage-collection policy (yousync/api/gc_policy.py): freeze what survived
-    # every N seconds; 0 leaves CPython's own schedule (only startup objects frozen).
-    gc_freeze_every_seconds: float = Field(1.0, ge=0)
+    # The API's garbage-collection policy (yousync/api/gc_policy.py): freeze what the
+    # collector tracks every N seconds; 0 leaves CPython's own schedule (startup frozen only).
+    gc_freeze_every_seconds: float = Field(0.1, ge=0)
     result_max_wait_seconds: float = 60.0
 
     api_keys: str = ""

@@ -155,6 +155,7 @@ class EventHub:
         self._by_token: dict[str, set[Subscription]] = defaultdict(set)
         self._task: asyncio.Task[None] | None = None
         self._clients = 0
+        self.streams_ended = 0
         self.connected = asyncio.Event()
         self.notifications_received = 0
         self.reconnects = 0
@@ -188,6 +189,7 @@ class EventHub:
             yield sub
         finally:
             self._clients -= 1
+            self.streams_ended += 1
             subs = index.get(key)
             if subs is not None:
                 subs.discard(sub)
