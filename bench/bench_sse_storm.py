@@ -65,7 +65,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
-import os
 import random
 import shutil
 import tempfile
@@ -101,6 +100,7 @@ from bench.bench_sse_fanout import (
 )
 from bench.summary import write_summary
 from devtools import stack
+from devtools.connections import children, connections_per_pid
 from yousync.core.jobs import JobStore
 
 SCRIPT = Path(__file__).name
@@ -108,7 +108,6 @@ PATH_PREFIX = "/tokens/analysis-progress/"
 # Sockets a client process needs besides its connections (pipes, the loop, imports); a storm
 # share larger than the fd limit minus this fails with EMFILE instead of measuring the server.
 CLIENT_FD_RESERVE = 200
-ESTABLISHED = "01"  # the `st` column of /proc/net/tcp
 WARM_UP = 20  # connections opened and closed first: lazy imports and first-request caches
 READY_TIMEOUT = 60.0  # every worker of a multi-process API serving
 LEAVE_TIMEOUT = 60.0  # the API closing the sockets of clients that left
@@ -155,60 +154,12 @@ def host_api(processes: int, env: dict[str, str], workdir: Path, port: int) -> s
         raise
 
 
-def _children(pid: int) -> list[int]:
-    """Direct child processes, multiprocessing's resource tracker excluded."""
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry.name}/stat").read_text()
-            cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
-        except OSError:
-            continue  # it ended meanwhile
-        if (
-            int(stat[stat.rindex(")") + 2 :].split()[1]) == pid
-            and b"resource_tracker" not in cmdline
-        ):
-            found.append(int(entry.name))
-    return sorted(found)
-
-
-def _established_inodes(port: int, *, remote: bool = False) -> set[int]:
-    """Socket inodes of established TCP connections whose local (or remote) port is `port`."""
-    column = 2 if remote else 1
-    inodes: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(OSError):
-            for line in Path(table).read_text().splitlines()[1:]:
-                fields = line.split()
-                if fields[3] == ESTABLISHED and int(fields[column].rsplit(":", 1)[1], 16) == port:
-                    inodes.add(int(fields[9]))
-    return inodes
-
-
-def connections_per_pid(pids: list[int], port: int, *, remote: bool = False) -> dict[int, int]:
-    """Established TCP connections each process holds with local (or remote) port `port`."""
-    inodes = _established_inodes(port, remote=remote)
-    counts = {}
-    for pid in pids:
-        count = 0
-        with contextlib.suppress(OSError):
-            for fd in os.listdir(f"/proc/{pid}/fd"):
-                with contextlib.suppress(OSError):
-                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
-                    if link.startswith("socket:[") and int(link[8:-1]) in inodes:
-                        count += 1
-        counts[pid] = count
-    return counts
-
-
 def serving_workers(supervisor: int, processes: int, redis_port: int) -> list[int]:
     """The worker pids once all `processes` have finished their lifespan: each holds the event
     hub's Redis subscription, opened at startup. /healthz answering means only one did."""
 
     def ready() -> list[int]:
-        workers = _children(supervisor)
+        workers = children(supervisor)
         if len(workers) != processes:
             return []
         redis = connections_per_pid(workers, redis_port, remote=True)

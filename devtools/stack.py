@@ -278,8 +278,15 @@ def analysis_proc(env: Mapping[str, str], workdir: Path, port: int | None = None
     return uvicorn_proc("analysis", "analysis_server.app:app", env, workdir, ANALYSIS_SERVER, port)
 
 
-def api_proc(env: Mapping[str, str], workdir: Path, port: int | None = None) -> Proc:
-    return uvicorn_proc("api", "main:app", env, workdir, BACK_END, port, API_UVICORN_ARGS)
+def api_proc(
+    env: Mapping[str, str], workdir: Path, port: int | None = None, *, processes: int = 1
+) -> Proc:
+    """The API; with `processes` > 1, uvicorn's supervisor and that many processes sharing one
+    listening socket, as a production host runs it."""
+    workers = ("--workers", str(processes)) if processes > 1 else ()
+    return uvicorn_proc(
+        "api", "main:app", env, workdir, BACK_END, port, (*API_UVICORN_ARGS, *workers)
+    )
 
 
 def worker_proc(

@@ -1,7 +1,8 @@
 """A loopback TCP proxy that a test can cut: existing connections are reset and new ones
 refused until it is restored. Lets a test take a service "down" mid-transfer while the service
 itself (and its state) stays alive. It can also throttle: a slow link, so that a transfer lasts
-long enough to be watched (and interrupted) in the middle."""
+long enough to be watched (and interrupted) in the middle; or delay: a far-away service, every
+chunk held back a while in each direction (so every round trip costs twice that)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class CuttableProxy:
         self._outage = 0.0
         self.cuts = 0
         self._rate: float | None = None
+        self._delay = 0.0
         self._link_free_at = 0.0
         self._pace_lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -55,6 +57,10 @@ class CuttableProxy:
         """Forward at most this many bytes a second, all connections and both directions
         together (one shared link); None lifts the limit."""
         self._rate = bytes_per_second
+
+    def delay(self, seconds: float) -> None:
+        """Hold every chunk back `seconds` before forwarding it (latency, not bandwidth)."""
+        self._delay = seconds
 
     def _pace(self, size: int) -> None:
         rate = self._rate
@@ -101,6 +107,8 @@ class CuttableProxy:
         try:
             while data := src.recv(65536 if self._rate is None else 16384):
                 self._pace(len(data))
+                if self._delay:
+                    time.sleep(self._delay)
                 self.bytes_forwarded += len(data)
                 if self._cut_at is not None and self.bytes_forwarded >= self._cut_at:
                     self._cut_at = None

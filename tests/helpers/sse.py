@@ -3,6 +3,7 @@ the wire format the way a browser's EventSource does."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -74,3 +75,49 @@ def hub_clients(base: str, *, headers: dict[str, str] | None = None) -> int:
         if family.name == "yousync_sse_clients":
             return int(family.samples[0].value)
     raise AssertionError("the API exports no yousync_sse_clients gauge")
+
+
+@dataclass
+class StreamStart:
+    """What one of many simultaneous stream starts got: the status, the answer's headers, and
+    the first event's data line when the answer was 200."""
+
+    status: int
+    headers: dict[str, str]
+    first_data: str | None
+
+
+async def _start_one(host: str, port: int, path: str) -> StreamStart:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        request = f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n\r\n"
+        writer.write(request.encode())
+        status_line = await reader.readline()
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        status = int(status_line.split()[1])
+        if status != 200:
+            return StreamStart(status, headers, None)
+        while line := await reader.readline():
+            text = line.decode().strip()
+            if text.startswith("data:"):
+                return StreamStart(status, headers, text[5:].strip())
+        return StreamStart(status, headers, None)
+    finally:
+        writer.close()
+
+
+def start_at_once(base: str, paths: list[str], *, timeout: float = 30.0) -> list[StreamStart]:
+    """Open every path at the same moment (no batching, like browsers reconnecting after a
+    restart) over raw sockets, and return what each got; each connection closes after its
+    first event."""
+    url = httpx.URL(base)
+    host, port = url.host, url.port or 80
+
+    async def run() -> list[StreamStart]:
+        starts = (asyncio.wait_for(_start_one(host, port, p), timeout) for p in paths)
+        return list(await asyncio.gather(*starts))
+
+    return asyncio.run(run())

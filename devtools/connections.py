@@ -1,0 +1,62 @@
+"""Which process holds which TCP connections, read from /proc (Linux; no psutil here).
+
+Why: with several API processes sharing one listening socket, only the kernel knows which
+process accepted a client; tests and benchmarks ask it to check that a storm spreads over the
+processes, and that each process has opened its Redis connections before they count it ready.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+
+ESTABLISHED = "01"  # the `st` column of /proc/net/tcp
+
+
+def children(pid: int) -> list[int]:
+    """Direct child processes, multiprocessing's resource tracker excluded."""
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry.name}/stat").read_text()
+            cmdline = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+        except OSError:
+            continue  # it ended meanwhile
+        if (
+            int(stat[stat.rindex(")") + 2 :].split()[1]) == pid
+            and b"resource_tracker" not in cmdline
+        ):
+            found.append(int(entry.name))
+    return sorted(found)
+
+
+def _established_inodes(port: int, *, remote: bool = False) -> set[int]:
+    """Socket inodes of established TCP connections whose local (or remote) port is `port`."""
+    column = 2 if remote else 1
+    inodes: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == ESTABLISHED and int(fields[column].rsplit(":", 1)[1], 16) == port:
+                    inodes.add(int(fields[9]))
+    return inodes
+
+
+def connections_per_pid(pids: list[int], port: int, *, remote: bool = False) -> dict[int, int]:
+    """Established TCP connections each process holds with local (or remote) port `port`."""
+    inodes = _established_inodes(port, remote=remote)
+    counts = {}
+    for pid in pids:
+        count = 0
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:[") and int(link[8:-1]) in inodes:
+                        count += 1
+        counts[pid] = count
+    return counts

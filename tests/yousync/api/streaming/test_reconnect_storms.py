@@ -1,0 +1,141 @@
+"""Reconnect storms against real uvicorn processes: every stream opened at the same moment
+(what browsers do after a restart) is answered 200 even when Redis is slow and the pool tiny;
+a real Redis outage is answered 503 with `Retry-After` only while it lasts; several API
+processes on one port share a storm and each of their clients gets every event."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from devtools import stack
+from devtools.connections import children, connections_per_pid
+from tests.helpers import sse
+from tests.helpers.jobs import create_job, sync_store
+from tests.helpers.proxy import CuttableProxy
+from tests.helpers.wait import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def progress_paths(redis_url: str, token_id: str, jobs: int, clients: int) -> list[str]:
+    job_ids = [create_job(redis_url, token_id) for _ in range(jobs)]
+    return [f"/tokens/analysis-progress/{job_ids[n % jobs]}" for n in range(clients)]
+
+
+@pytest.fixture
+def far_redis(redis_url: str) -> Iterator[tuple[str, CuttableProxy]]:
+    """The session's Redis behind a proxy that adds 10 ms each way to every exchange."""
+    port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    proxy = CuttableProxy(port)
+    yield f"redis://127.0.0.1:{proxy.port}/0", proxy
+    proxy.close()
+
+
+def test_storm_when_redis_is_slow_and_the_pool_tiny_then_every_start_is_answered_200(
+    stack_env: dict[str, str],
+    workdir: Path,
+    redis_url: str,
+    far_redis: tuple[str, CuttableProxy],
+    token_id: str,
+) -> None:
+    # Before stream starts were batched, each one held a pooled connection for two round trips
+    # (20 ms each here): with a pool of 2, 300 starts needed 6 s and most waited out the
+    # pool's 2 s and got 503.
+    slow_url, proxy = far_redis
+    paths = progress_paths(redis_url, token_id, jobs=30, clients=300)
+    proxy.delay(0.010)
+    api = stack.api_proc(
+        {**stack_env, "REDIS_URL": slow_url, "REDIS_MAX_CONNECTIONS": "2"}, workdir
+    )
+    api.start()
+    try:
+        starts = sse.start_at_once(f"http://127.0.0.1:{api.name.split(':')[1]}", paths)
+    finally:
+        api.stop()
+    statuses = [start.status for start in starts]
+    assert statuses.count(200) == 300, {code: statuses.count(code) for code in set(statuses)}
+    for path, start in zip(paths, starts, strict=True):
+        assert start.first_data is not None
+        assert json.loads(start.first_data)["job_id"] == path.rsplit("/", 1)[1]
+
+
+def test_storm_when_redis_is_down_then_503_with_retry_after_until_it_is_back(
+    stack_env: dict[str, str], workdir: Path, token_id: str
+) -> None:
+    own_redis = stack.redis_proc(workdir, persistent=True).start()
+    redis_url = f"redis://127.0.0.1:{own_redis.name.split(':')[1]}/0"
+    api = stack.api_proc({**stack_env, "REDIS_URL": redis_url}, workdir).start()
+    base = f"http://127.0.0.1:{api.name.split(':')[1]}"
+    try:
+        paths = progress_paths(redis_url, token_id, jobs=10, clients=100)
+        own_redis.kill()
+        down = sse.start_at_once(base, paths)
+        assert {start.status for start in down} == {503}
+        assert all(start.headers.get("retry-after", "").isdigit() for start in down)
+        own_redis.start()
+        back = sse.start_at_once(base, paths)
+        assert [start.status for start in back] == [200] * 100
+    finally:
+        api.stop()
+        own_redis.kill()
+
+
+def test_api_processes_when_a_storm_hits_two_then_both_serve_and_every_client_gets_every_event(
+    stack_env: dict[str, str], redis_url: str, workdir: Path, token_id: str
+) -> None:
+    api = stack.api_proc({**stack_env, "REDIS_URL": redis_url}, workdir, processes=2).start()
+    port = int(api.name.split(":")[1])
+    redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        # Both processes through their startup: each holds its event hub's Redis subscription.
+        workers = stack.poll(
+            lambda: ready_workers(api.pid, redis_port, 2), timeout=30, what="two API processes"
+        )
+        job_ids = [create_job(redis_url, token_id) for _ in range(4)]
+        received: list[list[sse.SseEvent]] = [[] for _ in range(60)]
+        readers = [
+            collect(
+                f"http://127.0.0.1:{port}/tokens/analysis-progress/{job_ids[n % 4]}", received[n]
+            )
+            for n in range(60)
+        ]
+        wait_until(lambda: all(received), timeout=30, what="60 streams with their first event")
+        held = connections_per_pid(workers, port)
+        assert sum(held.values()) == 60
+        assert all(count > 0 for count in held.values()), f"one process took them all: {held}"
+
+        store = sync_store(redis_url)
+        for progress in range(10, 100, 10):
+            for job_id in job_ids:
+                store.update(
+                    job_id, token_id, status="processing", progress=progress, stage="analyzing"
+                )
+        for job_id in job_ids:
+            store.update(job_id, token_id, status="completed", progress=100, stage="done")
+        for reader in readers:
+            reader.join(30)
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        for n, events in enumerate(received):
+            stored = [entry for entry, _ in client.xrange(f"yousync:job:{job_ids[n % 4]}:events")]
+            assert [event.id for event in events] == stored, f"client {n}"
+    finally:
+        api.stop()
+
+
+def ready_workers(supervisor: int, redis_port: int, count: int) -> list[int]:
+    """The supervisor's `count` processes, once each holds its event hub's Redis connection."""
+    pids = children(supervisor)
+    connected = connections_per_pid(pids, redis_port, remote=True)
+    return pids if len(pids) == count and all(connected.values()) else []
+
+
+def collect(url: str, out: list[sse.SseEvent]) -> threading.Thread:
+    thread = threading.Thread(target=lambda: out.extend(sse.stream(url)), daemon=True)
+    thread.start()
+    return thread
