@@ -7,7 +7,8 @@ they measure, and to count the objects each connection keeps alive.
 
 `install(path)` adds a `gc.callbacks` hook that appends one line per collection slower than
 `PAUSE_MS` (`pause <epoch> <generation> <ms>`), and a SIGUSR1 handler that appends one line
-`snapshot <json>`: tracked objects before and after a forced full collection, the time it took,
+`snapshot <json>`: tracked objects before and after a forced full collection (frozen ones
+apart: `frozen`), the time it took,
 the most common types, and the number of asyncio tasks of the process's running event loop
 (`tasks`; null when the signal arrives while no loop runs). The log is plain text so any
 process (uvicorn app or not) can write it cheaply.
@@ -60,6 +61,9 @@ def install(path: Path) -> None:
         snapshot = {
             "objects": total,
             "objects_after_gc": len(gc.get_objects()),
+            # The API freezes what the collector tracks (yousync/api/gc_policy.py): frozen
+            # objects are in neither count above, nor touched by the forced collection.
+            "frozen": gc.get_freeze_count(),
             "full_gc_ms": round(full_ms, 1),
             "types": counts,
         }

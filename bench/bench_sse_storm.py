@@ -396,6 +396,10 @@ def run_storm(
     fleet.close()
     figures["connections_after_leave"] = wait_for_leave(workers, port, LEAVE_TIMEOUT)
     finish_jobs(store, job_ids)
+    # Memory that comes back: the API's policy rebases (one full collection, malloc_trim) on
+    # its next tick once its streams have ended.
+    time.sleep(max(args.settle, 1.0))
+    figures["rss_after_leave_kb"] = {str(pid): rss_kb(pid) for pid in workers}
     return figures
 
 
@@ -415,13 +419,16 @@ def run_soak(
     idle_fds = open_fds(pid)
 
     def reading() -> dict[str, Any]:
+        # RSS and fds first: the snapshot's own lists of every object would count otherwise.
+        rss, fds = rss_kb(pid), open_fds(pid)
         snapshot = request_snapshot(pid, gc_log, lambda: poke(base_url))
         return {
-            "rss_kb": rss_kb(pid),
-            "fds": open_fds(pid),
+            "rss_kb": rss,
+            "fds": fds,
             "tasks": snapshot.get("tasks"),
             "gc_objects": snapshot["objects"],
             "gc_objects_after_full_gc": snapshot.get("objects_after_gc"),
+            "gc_frozen": snapshot.get("frozen"),
             "full_gc_ms": snapshot["full_gc_ms"],
         }
 
@@ -487,6 +494,11 @@ def run_soak(
 # --- the result table -----------------------------------------------------------------------
 
 
+# The targets, by (several API processes?, clients): held = connect → first event.
+HELD_TARGET_MS = {(False, 1000): 3000, (True, 10000): 5000}
+LATENCY_TARGET_MS = {(False, 1000): 20, (False, 5000): 100, (True, 10000): 50}
+
+
 def _storm_rows(name: str, phase: dict[str, Any], cmd: str) -> list[Row]:
     n = phase["clients"]
     where = f"N={n:,} at once, {phase['api_processes']} API process(es)"
@@ -510,27 +522,34 @@ def _storm_rows(name: str, phase: dict[str, Any], cmd: str) -> list[Row]:
             cmd,
         ),
     ]
+    held_target = HELD_TARGET_MS.get((phase["api_processes"] > 1, n))
     if s["held_ms_p50"] is not None:
         rows.append(
             Row(
                 f"{name}: held (connect attempt → first data) p50 / p99 / max ({where})",
                 f"{s['held_ms_p50']:,.0f} / {s['held_ms_p99']:,.0f} / {s['held_ms_max']:,.0f} ms",
-                "",
-                None,
+                f"max ≤ {held_target:,} ms" if held_target else "",
+                s["held_ms_max"] <= held_target if held_target else None,
                 cmd,
             )
         )
     load = phase["load"]
     lat = load["latency"]
+    latency_target = LATENCY_TARGET_MS.get((phase["api_processes"] > 1, n))
     if lat.get("received"):
+        pauses = load.get("gc_pauses", {})
+        cores = load.get("cpu_cores", {})
         rows.append(
             Row(
                 f"{name}: delivery latency p50 / p99 after the storm, "
                 f"{load['writer']['events_per_s']:,.0f} events/s "
-                f"({phase['clients_per_job']} client(s)/job)",
-                f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} ms",
-                "",
-                None,
+                f"({phase['clients_per_job']} client(s)/job); API GC pauses ≥ 5 ms: count, "
+                f"longest; CPU cores API / clients",
+                f"{lat['p50_ms']:.1f} / {lat['p99_ms']:.1f} ms; "
+                f"{pauses.get('count', 0)}, {pauses.get('max_ms', 0):.0f} ms; "
+                f"{cores.get('api', 0):.2f} / {cores.get('clients', 0):.2f}",
+                f"p99 ≤ {latency_target} ms" if latency_target else "",
+                lat["p99_ms"] <= latency_target if latency_target else None,
                 cmd,
             )
         )
@@ -545,6 +564,20 @@ def _storm_rows(name: str, phase: dict[str, Any], cmd: str) -> list[Row]:
             cmd,
         )
     )
+    if "rss_after_leave_kb" in phase:
+        mb = {
+            key: " / ".join(f"{phase[key][pid] / 1024:.0f}" for pid in phase["rss_after_leave_kb"])
+            for key in ("rss_before_kb", "rss_held_kb", "rss_after_leave_kb")
+        }
+        rows.append(
+            Row(
+                f"{name}: API RSS per process before → held → after all left ({where})",
+                f"{mb['rss_before_kb']} → {mb['rss_held_kb']} → {mb['rss_after_leave_kb']} MB",
+                "",
+                None,
+                cmd,
+            )
+        )
     if phase["api_processes"] > 1:
         split = sorted(phase["connections_per_process"].values(), reverse=True)
         rss = [
@@ -565,12 +598,15 @@ def _storm_rows(name: str, phase: dict[str, Any], cmd: str) -> list[Row]:
     return rows
 
 
+def _sizes(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part.strip() and int(part) > 0]
+
+
 def table(figures: dict[str, Any]) -> list[Row]:
     cmd = command_for(SCRIPT)
     rows: list[Row] = []
-    for name in ("storm-1", "storm-N"):
-        phase = figures["phases"].get(name)
-        if phase and "error" not in phase:
+    for name, phase in figures["phases"].items():
+        if name.startswith("storm") and "error" not in phase:
             rows.extend(_storm_rows(name, phase, cmd))
     soak = figures["phases"].get("soak")
     if soak and "error" not in soak and soak["series"]:
@@ -617,7 +653,14 @@ def table(figures: dict[str, Any]) -> list[Row]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--storm", type=int, default=1000, help="storm-1 clients; 0 skips it")
+    parser.add_argument(
+        "--storm", default="1000,5000", help="storm-1 sizes (one API process), comma-separated"
+    )
+    parser.add_argument(
+        "--cpython-gc",
+        default="5000",
+        help="storm-1 sizes also run with the API's GC policy off (GC_FREEZE_EVERY_SECONDS=0)",
+    )
     parser.add_argument(
         "--storm-hosts", type=int, default=10000, help="storm-N clients; 0 skips it"
     )
@@ -654,7 +697,7 @@ def main() -> None:
         "connect_timeout_s": args.connect_timeout,
         "phases": {},
     }
-    for clients in (args.storm, args.storm_hosts, args.soak_clients):
+    for clients in (*_sizes(args.storm), args.storm_hosts, args.soak_clients):
         if clients + CLIENT_FD_RESERVE > fd_limit:
             # One API process may be handed every connection of a storm.
             print(f"warning: {clients} clients may exceed one API process's fd limit {fd_limit}")
@@ -685,24 +728,34 @@ def main() -> None:
                     figures["phases"][name] = {"clients": clients, "error": repr(exc)}
                 figures["phases"][name]["background_cpu_cores"] = quiet
 
-            def storm_1(fleet: ClientFleet) -> dict[str, Any]:
-                gc_log = workdir / "gc-storm-1.log"
-                server = uvicorn_server(
-                    "api", API_APP, {**env, "BENCH_GC_LOG": str(gc_log)}, stack.REPO_ROOT, workdir
-                )
-                try:
-                    return run_storm(
-                        label="storm-1",
-                        port=int(server.name.split(":")[1]),
-                        workers=[server.pid],
-                        supervisor=None,
-                        clients=args.storm,
-                        fleet=fleet,
-                        gc_log=gc_log,
-                        **common,
+            def storm_1(
+                label: str, clients: int, overrides: dict[str, str]
+            ) -> Callable[[ClientFleet], dict[str, Any]]:
+                def run(fleet: ClientFleet) -> dict[str, Any]:
+                    gc_log = workdir / f"gc-{label}.log"
+                    server = uvicorn_server(
+                        "api",
+                        API_APP,
+                        {**env, **overrides, "BENCH_GC_LOG": str(gc_log)},
+                        stack.REPO_ROOT,
+                        workdir,
                     )
-                finally:
-                    server.stop()
+                    try:
+                        figures = run_storm(
+                            label=label,
+                            port=int(server.name.split(":")[1]),
+                            workers=[server.pid],
+                            supervisor=None,
+                            clients=clients,
+                            fleet=fleet,
+                            gc_log=gc_log,
+                            **common,
+                        )
+                        return {**figures, "api_overrides": overrides}
+                    finally:
+                        server.stop()
+
+                return run
 
             def storm_n(fleet: ClientFleet) -> dict[str, Any]:
                 port = stack.free_port()
@@ -743,7 +796,14 @@ def main() -> None:
                 finally:
                     server.stop()
 
-            phase("storm-1", args.storm, storm_1)
+            for clients in _sizes(args.storm):
+                phase(f"storm-1x{clients}", clients, storm_1(f"storm-1x{clients}", clients, {}))
+                if clients in _sizes(args.cpython_gc):
+                    # The same storm and load under CPython's own collection schedule, in the
+                    # same run: what the API's GC policy (yousync/api/gc_policy.py) changes.
+                    label = f"storm-1x{clients}-cpython-gc"
+                    off = {"GC_FREEZE_EVERY_SECONDS": "0"}
+                    phase(label, clients, storm_1(label, clients, off))
             phase("storm-N", args.storm_hosts, storm_n)
             phase("soak", args.soak_clients if args.cycles > 0 else 0, soak)
         finally:

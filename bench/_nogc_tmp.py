@@ -1,0 +1,4 @@
+import gc
+
+gc.disable()
+from yousync.api.app import app  # noqa

@@ -1,0 +1,128 @@
+"""The API's garbage-collection policy on the real collector of this test process: a tick
+freezes what the collector tracks, a cycle that dies while frozen survives collections until
+a rebase, and rebases come with client turnover (or an idle process, or age), not with time
+while clients stay."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from yousync.api.gc_policy import GcPolicy
+
+
+class Counts:
+    """Stand-in for the event hub's stream counters."""
+
+    def __init__(self) -> None:
+        self.open = 0
+        self.ended = 0
+
+    def policy(self, *, min_ended: int = 1000, max_age: float = 3600.0) -> GcPolicy:
+        return GcPolicy(
+            min_ended=min_ended,
+            max_age=max_age,
+            open_streams=lambda: self.open,
+            ended_streams=lambda: self.ended,
+        )
+
+
+class Node:
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+@pytest.fixture(autouse=True)
+def unfrozen() -> Iterator[None]:
+    yield
+    gc.unfreeze()
+    gc.collect()
+
+
+def dead_cycle() -> weakref.ref[Node]:
+    """A two-object cycle nothing else refers to, observed through a weak reference."""
+    first, second = Node(), Node()
+    first.other, second.other = second, first
+    return weakref.ref(first)
+
+
+def test_tick_when_objects_are_tracked_then_they_are_frozen_out_of_collections() -> None:
+    policy = Counts().policy()
+    policy.start()
+    keep = [Node() for _ in range(1000)]
+    before = gc.get_freeze_count()
+    policy.tick()
+    assert gc.get_freeze_count() >= before + len(keep)
+    assert gc.get_count()[0] == 0
+
+
+def test_cycle_dying_while_frozen_when_collections_run_then_only_a_rebase_frees_it() -> None:
+    policy = Counts().policy()
+    policy.start()
+    first, second = Node(), Node()
+    first.other, second.other = second, first
+    probe = weakref.ref(first)
+    policy.tick()  # frozen while alive, like a stream's objects
+    del first, second
+    gc.collect()
+    assert probe() is not None, "a frozen cycle is out of the collector's reach"
+    policy.rebase()
+    assert probe() is None
+
+
+def test_cycle_dying_before_a_tick_when_collected_then_freed_without_a_rebase() -> None:
+    Counts().policy().start()
+    probe = dead_cycle()
+    gc.collect()
+    assert probe() is None
+
+
+def test_rebase_when_ended_streams_pass_the_open_count_at_last_rebase_then_due() -> None:
+    counts = Counts()
+    counts.open = 5000
+    policy = counts.policy(min_ended=1000)
+    policy.start()
+    counts.ended = 4999
+    assert not policy.rebase_due()
+    counts.ended = 5000
+    assert policy.rebase_due()
+    policy.tick()
+    assert policy.rebases == 2
+    assert not policy.rebase_due()
+
+
+def test_rebase_when_few_streams_turn_over_then_at_least_min_ended() -> None:
+    counts = Counts()
+    counts.open = 10
+    policy = counts.policy(min_ended=1000)
+    policy.start()
+    counts.ended = 999
+    assert not policy.rebase_due()
+    counts.ended = 1000
+    assert policy.rebase_due()
+
+
+def test_rebase_when_every_stream_ended_then_due_once_enough_ended() -> None:
+    counts = Counts()
+    counts.open = 300
+    policy = counts.policy(min_ended=1000)
+    policy.start()
+    counts.open, counts.ended = 0, 99
+    assert not policy.rebase_due()
+    counts.ended = 100
+    assert policy.rebase_due()
+
+
+def test_rebase_when_clients_stay_then_only_after_max_age() -> None:
+    counts = Counts()
+    counts.open = 100
+    policy = counts.policy(max_age=0.2)
+    policy.start()
+    policy.tick()
+    assert policy.rebases == 1
+    policy._rebased_at -= 0.3
+    policy.tick()
+    assert policy.rebases == 2
