@@ -23,11 +23,12 @@ SCOPE: dict[str, Any] = {"type": "http", "method": "GET", "asgi": {"spec_version
 class Client:
     """Records what the response sends; `disconnect()` makes the next receive() say so."""
 
-    def __init__(self, block_pings: bool = False) -> None:
+    def __init__(self, block_pings: bool = False, block_after: int | None = None) -> None:
         self.sent: list[Message] = []
         self._gone = asyncio.Event()
         self.streaming = asyncio.Event()  # set once the first event has been sent
         self._block_pings = block_pings
+        self._block_after = block_after  # stop reading after this many body messages
 
     async def receive(self) -> Message:
         await self._gone.wait()
@@ -36,6 +37,8 @@ class Client:
     async def send(self, message: Message) -> None:
         if self._block_pings and message.get("body", b"").startswith(b": ping"):
             await asyncio.Event().wait()  # a client that stopped reading
+        if self._block_after is not None and len(self.bodies) >= self._block_after:
+            await asyncio.Event().wait()  # every send blocks from here: a stalled transport
         self.sent.append(message)
         if message.get("body"):
             self.streaming.set()
@@ -138,6 +141,56 @@ def test_response_when_ping_send_times_out_then_send_timeout_raised_and_generato
         response = CompactEventSourceResponse(source(), ping=0.05, send_timeout=0.1)
         with pytest.raises(SendTimeoutError):
             await client.serve(response)
+
+    run(body)
+    assert source.closed
+
+
+def test_response_when_client_stalls_with_pings_on_then_ping_deadline_ends_it() -> None:
+    # Events' sends carry no deadline of their own; the next ping's does.
+    source, client = Generator(5), Client(block_after=1)
+    took: list[float] = []
+
+    async def body() -> None:
+        response = CompactEventSourceResponse(source(), ping=0.05, send_timeout=0.1)
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(SendTimeoutError):
+            await asyncio.wait_for(client.serve(response), 5)
+        took.append(asyncio.get_running_loop().time() - started)
+
+    run(body)
+    assert took[0] < 1.0, "cut off within ping interval + send timeout, not by wait_for"
+    assert source.closed
+
+
+def test_response_when_pings_are_on_then_events_are_sent_without_a_deadline_each(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    deadlines: list[float] = []
+    real = anyio.move_on_after
+
+    def counting(delay: float, *args: Any, **kwargs: Any) -> anyio.CancelScope:
+        deadlines.append(delay)
+        return real(delay, *args, **kwargs)
+
+    monkeypatch.setattr(anyio, "move_on_after", counting)
+    source, client = Generator(50, then_wait=False), Client()
+
+    async def body() -> None:
+        await client.serve(CompactEventSourceResponse(source(), ping=15, send_timeout=30))
+
+    run(body)
+    assert sum(body.startswith(b"id:") for body in client.bodies) == 50
+    assert 30 not in deadlines, "an event's send took the per-send deadline"
+
+
+def test_response_when_client_stalls_with_pings_off_then_each_send_keeps_its_deadline() -> None:
+    source, client = Generator(5), Client(block_after=1)
+
+    async def body() -> None:
+        response = CompactEventSourceResponse(source(), ping=0, send_timeout=0.1)
+        with pytest.raises(SendTimeoutError):
+            await asyncio.wait_for(client.serve(response), 5)
 
     run(body)
     assert source.closed

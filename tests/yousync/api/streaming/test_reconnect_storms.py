@@ -6,6 +6,7 @@ processes on one port share a storm and each of their clients gets every event."
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ from tests.helpers.proxy import CuttableProxy
 from tests.helpers.wait import wait_until
 
 pytestmark = pytest.mark.integration
+SSE_ACCEPT = "Accept: text/event-stream"
 
 
 def progress_paths(redis_url: str, token_id: str, jobs: int, clients: int) -> list[str]:
@@ -139,3 +141,62 @@ def collect(url: str, out: list[sse.SseEvent]) -> threading.Thread:
     thread = threading.Thread(target=lambda: out.extend(sse.stream(url)), daemon=True)
     thread.start()
     return thread
+
+
+def test_storm_when_many_clients_never_read_then_readers_get_every_event_and_memory_is_bounded(
+    stack_env: dict[str, str], redis_url: str, workdir: Path, token_id: str
+) -> None:
+    api = stack.api_proc({**stack_env, "REDIS_URL": redis_url}, workdir).start()
+    port = int(api.name.split(":")[1])
+    job_id = create_job(redis_url, token_id)
+    path = f"/tokens/analysis-progress/{job_id}"
+    stalled: list[socket.socket] = []
+    try:
+        rss_before = rss_mb(api.pid)
+        for _ in range(50):  # never read past their first bytes: small buffers, full at once
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(
+                f"GET {path} HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n".encode()
+            )
+            stalled.append(sock)
+        received: list[list[sse.SseEvent]] = [[] for _ in range(100)]
+        readers = [collect(f"http://127.0.0.1:{port}{path}", out) for out in received]
+        wait_until(lambda: all(received), timeout=30, what="100 readers' first events")
+        # 150 events of 16 KB: far beyond what the stalled sockets and their queues hold.
+        store = sync_store(redis_url)
+        for n in range(150):
+            store.update(
+                job_id,
+                token_id,
+                status="processing",
+                progress=n * 99 // 150,
+                stage="analyzing",
+                message="x" * 16384,
+            )
+        store.update(job_id, token_id, status="completed", progress=100, stage="done")
+        for reader in readers:
+            reader.join(30)
+        stored = [
+            entry
+            for entry, _ in redis.Redis.from_url(redis_url, decode_responses=True).xrange(
+                f"yousync:job:{job_id}:events"
+            )
+        ]
+        for events in received:
+            ids = [event.id for event in events]
+            assert ids == stored[stored.index(ids[0]) :]
+        growth = rss_mb(api.pid) - rss_before
+        assert growth < 64, f"the API grew {growth:.0f} MB holding 50 clients that never read"
+    finally:
+        for sock in stalled:
+            sock.close()
+        api.stop()
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
