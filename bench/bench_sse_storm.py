@@ -304,6 +304,11 @@ def warm_up(fleet: ClientFleet, port: int, store: JobStore, redis_url: str) -> N
     time.sleep(1.0)
 
 
+SETTLE_TIMEOUT = 60.0
+LEAVE_SETTLE = 6.0  # 10,000 streams' teardown, then the idle rebase (see IDLE_REBASE_WAIT)
+IDLE_REBASE_WAIT = 2.5  # yousync/api/gc_policy.py: GcPolicy.idle_seconds + a tick + its pause
+
+
 def wait_for_leave(pids: list[int], port: int, timeout: float) -> int:
     """Wait (bounded) until the API processes hold no client connection on `port` any more;
     returns how many they still held. Their fd count is no test: the Redis pool may have grown
@@ -398,7 +403,7 @@ def run_storm(
     finish_jobs(store, job_ids)
     # Memory that comes back: the API's policy rebases (one full collection, malloc_trim) on
     # its next tick once its streams have ended.
-    time.sleep(max(args.settle, 1.0))
+    time.sleep(max(args.settle, LEAVE_SETTLE))
     figures["rss_after_leave_kb"] = {str(pid): rss_kb(pid) for pid in workers}
     return figures
 
@@ -418,7 +423,21 @@ def run_soak(
     warm_up(fleet, port, store, redis_url)
     idle_fds = open_fds(pid)
 
+    def settled() -> None:
+        """Until the API has finished tearing down the streams whose sockets closed: its task
+        count is back to the idle one (each stream's tasks end a little after its socket; 5,000
+        take a few seconds). Read earlier, RSS would count live streams as retained memory."""
+        idle = figures["before"]["tasks"] if "before" in figures else None
+        deadline = time.monotonic() + SETTLE_TIMEOUT
+        while idle is not None and time.monotonic() < deadline:
+            if request_snapshot(pid, gc_log, lambda: poke(base_url))["tasks"] <= idle + 1:
+                # The GC policy rebases (and trims) once the process has been idle for 1 s.
+                time.sleep(IDLE_REBASE_WAIT)
+                break
+            time.sleep(1.0)
+
     def reading() -> dict[str, Any]:
+        settled()
         # RSS and fds first: the snapshot's own lists of every object would count otherwise.
         rss, fds = rss_kb(pid), open_fds(pid)
         snapshot = request_snapshot(pid, gc_log, lambda: poke(base_url))
@@ -432,7 +451,8 @@ def run_soak(
             "full_gc_ms": snapshot["full_gc_ms"],
         }
 
-    figures: dict[str, Any] = {
+    figures: dict[str, Any] = {}
+    figures = {
         "clients": args.soak_clients,
         "cycles": args.cycles,
         "events_per_job": args.soak_events,
@@ -625,9 +645,16 @@ def table(figures: dict[str, Any]) -> list[Row]:
         )
         rows.append(
             Row(
-                f"soak: API open fds / asyncio tasks / gc objects after cycle 1 → {cycles}",
-                f"{first['fds']} → {last['fds']} / {first['tasks']} → {last['tasks']} / "
-                f"{first['gc_objects_after_full_gc']:,} → {last['gc_objects_after_full_gc']:,}",
+                f"soak: API open fds / asyncio tasks / objects (frozen + tracked) before → "
+                f"after cycle 1 → {cycles}",
+                " / ".join(
+                    " → ".join(f"{value:,}" for value in values)
+                    for values in (
+                        [entry["fds"] for entry in (soak["before"], first, last)],
+                        [entry["tasks"] for entry in (soak["before"], first, last)],
+                        [_objects(entry) for entry in (soak["before"], first, last)],
+                    )
+                ),
                 "",
                 None,
                 cmd,
@@ -645,7 +672,25 @@ def table(figures: dict[str, Any]) -> list[Row]:
                 cmd,
             )
         )
+    for allocator in ("pymalloc", "malloc"):
+        memory = figures["phases"].get(f"memory-{allocator}")
+        if memory and "error" not in memory and memory["series"]:
+            rss = [memory["before"]["rss_kb"], *(entry["rss_kb"] for entry in memory["series"])]
+            rows.append(
+                Row(
+                    f"memory, PYTHONMALLOC={allocator}: API RSS before → after each of "
+                    f"{len(memory['series'])} cycles of {memory['clients']:,} clients leaving",
+                    " → ".join(f"{kb / 1024:.0f}" for kb in rss) + " MB",
+                    "",
+                    None,
+                    cmd,
+                )
+            )
     return rows
+
+
+def _objects(entry: dict[str, Any]) -> int:
+    return int(entry.get("gc_frozen") or 0) + int(entry.get("gc_objects_after_full_gc") or 0)
 
 
 # --- main -----------------------------------------------------------------------------------
@@ -667,6 +712,15 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=2, help="API processes for storm-N")
     parser.add_argument("--soak-clients", type=int, default=2000, help="clients per soak cycle")
     parser.add_argument("--cycles", type=int, default=20, help="soak cycles; 0 skips the soak")
+    parser.add_argument(
+        "--allocator-clients", type=int, default=5000, help="clients per allocator-soak cycle"
+    )
+    parser.add_argument(
+        "--allocator-cycles",
+        type=int,
+        default=3,
+        help="cycles of the soak under each allocator (pymalloc, malloc); 0 skips them",
+    )
     parser.add_argument("--soak-events", type=int, default=3, help="events per job per cycle")
     parser.add_argument("--jobs", type=int, default=1000, help="jobs the clients spread over")
     parser.add_argument("--rate", type=float, default=1000.0, help="events written per second")
@@ -778,23 +832,35 @@ def main() -> None:
                 finally:
                     server.stop()
 
-            def soak(fleet: ClientFleet) -> dict[str, Any]:
-                gc_log = workdir / "gc-soak.log"
-                server = uvicorn_server(
-                    "api", API_APP, {**env, "BENCH_GC_LOG": str(gc_log)}, stack.REPO_ROOT, workdir
-                )
-                port = int(server.name.split(":")[1])
-                try:
-                    return run_soak(
-                        server=server,
-                        gc_log=gc_log,
-                        base_url=f"http://{HOST}:{port}",
-                        port=port,
-                        fleet=fleet,
-                        **common,
+            def soak(
+                label: str, clients: int, cycles: int, overrides: dict[str, str]
+            ) -> Callable[[ClientFleet], dict[str, Any]]:
+                def run(fleet: ClientFleet) -> dict[str, Any]:
+                    gc_log = workdir / f"gc-{label}.log"
+                    server = uvicorn_server(
+                        "api",
+                        API_APP,
+                        {**env, **overrides, "BENCH_GC_LOG": str(gc_log)},
+                        stack.REPO_ROOT,
+                        workdir,
                     )
-                finally:
-                    server.stop()
+                    port = int(server.name.split(":")[1])
+                    sized = argparse.Namespace(**{**vars(args), "soak_clients": clients})
+                    sized.cycles = cycles
+                    try:
+                        figures = run_soak(
+                            server=server,
+                            gc_log=gc_log,
+                            base_url=f"http://{HOST}:{port}",
+                            port=port,
+                            fleet=fleet,
+                            **{**common, "args": sized},
+                        )
+                        return {**figures, "api_overrides": overrides}
+                    finally:
+                        server.stop()
+
+                return run
 
             for clients in _sizes(args.storm):
                 phase(f"storm-1x{clients}", clients, storm_1(f"storm-1x{clients}", clients, {}))
@@ -805,7 +871,25 @@ def main() -> None:
                     off = {"GC_FREEZE_EVERY_SECONDS": "0"}
                     phase(label, clients, storm_1(label, clients, off))
             phase("storm-N", args.storm_hosts, storm_n)
-            phase("soak", args.soak_clients if args.cycles > 0 else 0, soak)
+            phase(
+                "soak",
+                args.soak_clients if args.cycles > 0 else 0,
+                soak("soak", args.soak_clients, args.cycles, {}),
+            )
+            # Where the memory of streams that left goes: the same short soak under Python's
+            # small-object allocator (the default) and under glibc's malloc, which
+            # malloc_trim can hand back to the system.
+            for allocator in ("pymalloc", "malloc"):
+                phase(
+                    f"memory-{allocator}",
+                    args.allocator_clients if args.allocator_cycles > 0 else 0,
+                    soak(
+                        f"memory-{allocator}",
+                        args.allocator_clients,
+                        args.allocator_cycles,
+                        {"PYTHONMALLOC": allocator},
+                    ),
+                )
         finally:
             redis_server.stop()
             if args.keep_logs:

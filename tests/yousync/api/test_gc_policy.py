@@ -6,6 +6,7 @@ while clients stay."""
 from __future__ import annotations
 
 import gc
+import time
 import weakref
 from collections.abc import Iterator
 
@@ -21,10 +22,13 @@ class Counts:
         self.open = 0
         self.ended = 0
 
-    def policy(self, *, min_ended: int = 1000, max_age: float = 3600.0) -> GcPolicy:
+    def policy(
+        self, *, min_ended: int = 10_000, max_age: float = 3600.0, idle_seconds: float = 1.0
+    ) -> GcPolicy:
         return GcPolicy(
             min_ended=min_ended,
             max_age=max_age,
+            idle_seconds=idle_seconds,
             open_streams=lambda: self.open,
             ended_streams=lambda: self.ended,
         )
@@ -80,40 +84,46 @@ def test_cycle_dying_before_a_tick_when_collected_then_freed_without_a_rebase() 
     assert probe() is None
 
 
-def test_rebase_when_ended_streams_pass_the_open_count_at_last_rebase_then_due() -> None:
+def test_rebase_when_streams_turn_over_many_times_then_due_not_before(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     counts = Counts()
     counts.open = 5000
-    policy = counts.policy(min_ended=1000)
+    policy = counts.policy(min_ended=10_000)
     policy.start()
-    counts.ended = 4999
+    counts.ended = 49_999  # 10 × the 5,000 open at the last rebase, less one
     assert not policy.rebase_due()
-    counts.ended = 5000
+    counts.ended = 50_000
     assert policy.rebase_due()
     policy.tick()
     assert policy.rebases == 2
     assert not policy.rebase_due()
 
 
-def test_rebase_when_few_streams_turn_over_then_at_least_min_ended() -> None:
+def test_rebase_when_few_streams_are_open_then_at_least_min_ended() -> None:
     counts = Counts()
     counts.open = 10
-    policy = counts.policy(min_ended=1000)
+    policy = counts.policy(min_ended=10_000)
     policy.start()
-    counts.ended = 999
+    counts.ended = 9_999
     assert not policy.rebase_due()
-    counts.ended = 1000
+    counts.ended = 10_000
     assert policy.rebase_due()
 
 
-def test_rebase_when_every_stream_ended_then_due_once_enough_ended() -> None:
+def test_rebase_when_every_stream_ended_then_due_once_idle_for_a_while() -> None:
     counts = Counts()
     counts.open = 300
-    policy = counts.policy(min_ended=1000)
+    policy = counts.policy(idle_seconds=0.2)
     policy.start()
-    counts.open, counts.ended = 0, 99
+    counts.ended = 250  # 50 still open: not idle
     assert not policy.rebase_due()
-    counts.ended = 100
+    counts.open, counts.ended = 0, 300
+    assert not policy.rebase_due(), "their teardown gets idle_seconds first"
+    time.sleep(0.25)
     assert policy.rebase_due()
+    policy.tick()
+    assert not policy.rebase_due(), "one rebase per idle spell"
 
 
 def test_rebase_when_clients_stay_then_only_after_max_age() -> None:
