@@ -232,6 +232,11 @@ EXCLUDED = {
         "the suite itself, this file included: run from a test it would recurse. CI runs it "
         "(.ci/run: `make lint`, then `exec make test`)."
     ),
+    "javascript: source.onerror = () => {": (
+        "a fragment of the progress page's reconnect logic (source, backoff, reopen come from "
+        "the page); the page itself is driven through a real 503 by test_pages.py's "
+        "test_page_when_stream_answers_503_while_redis_is_down_then_page_retries_and_finishes_by_itself."
+    ),
     "sudo apt-get install -y redis-server ffmpeg": (
         "changes the machine (root, Debian packages). `make setup` (scripts/"
         "ensure_system_deps.sh) installs the same packages when their command is missing, and "
