@@ -77,8 +77,9 @@ HOST = "127.0.0.1"
 TOKEN = "bench-fanout"
 BENCH_DIR = Path(__file__).resolve().parent
 SCRIPT = Path(__file__).name
-# The API's Redis pool cap (Settings.redis_max_connections) plus the hub's subscription.
-API_REDIS_CONNECTION_CAP = 50 + 1
+# The API's Redis pool cap (Settings.redis_max_connections), the hub's subscription and the
+# stream-start reader's own connection (yousync/api/streaming/read_batcher.py).
+API_REDIS_CONNECTION_CAP = 50 + 2
 CONNECT_TIMEOUT = 10.0  # per connection: TCP connect, then the first event
 PHASE_TIMEOUT = 240.0  # any single command to the client processes
 SLOW_MS = 20  # the p99 target at 1,000 clients

@@ -782,18 +782,23 @@ def main() -> None:
                     figures["phases"][name] = {"clients": clients, "error": repr(exc)}
                 figures["phases"][name]["background_cpu_cores"] = quiet
 
+            def one_api(label: str, overrides: dict[str, str]) -> tuple[stack.Proc, Path]:
+                """One API process with the GC probe, logging to its own file."""
+                gc_log = workdir / f"gc-{label}.log"
+                server = uvicorn_server(
+                    "api",
+                    API_APP,
+                    {**env, **overrides, "BENCH_GC_LOG": str(gc_log)},
+                    stack.REPO_ROOT,
+                    workdir,
+                )
+                return server, gc_log
+
             def storm_1(
                 label: str, clients: int, overrides: dict[str, str]
             ) -> Callable[[ClientFleet], dict[str, Any]]:
                 def run(fleet: ClientFleet) -> dict[str, Any]:
-                    gc_log = workdir / f"gc-{label}.log"
-                    server = uvicorn_server(
-                        "api",
-                        API_APP,
-                        {**env, **overrides, "BENCH_GC_LOG": str(gc_log)},
-                        stack.REPO_ROOT,
-                        workdir,
-                    )
+                    server, gc_log = one_api(label, overrides)
                     try:
                         figures = run_storm(
                             label=label,
@@ -836,14 +841,7 @@ def main() -> None:
                 label: str, clients: int, cycles: int, overrides: dict[str, str]
             ) -> Callable[[ClientFleet], dict[str, Any]]:
                 def run(fleet: ClientFleet) -> dict[str, Any]:
-                    gc_log = workdir / f"gc-{label}.log"
-                    server = uvicorn_server(
-                        "api",
-                        API_APP,
-                        {**env, **overrides, "BENCH_GC_LOG": str(gc_log)},
-                        stack.REPO_ROOT,
-                        workdir,
-                    )
+                    server, gc_log = one_api(label, overrides)
                     port = int(server.name.split(":")[1])
                     sized = argparse.Namespace(**{**vars(args), "soak_clients": clients})
                     sized.cycles = cycles

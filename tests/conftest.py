@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
@@ -188,6 +189,27 @@ def mini_stack(
     """Factory: a private redis + worker + API with setting overrides (shared S3 server)."""
     with mini_stacks(stack_env, workdir) as make:
         yield make
+
+
+@dataclass
+class OwnRedisApi:
+    redis: stack.Proc
+    redis_url: str
+    api_url: str
+
+
+@pytest.fixture
+def api_on_own_redis(stack_env: dict[str, str], workdir: Path) -> Iterator[OwnRedisApi]:
+    """An API process on a Redis of its own that the test may kill and start again (it keeps
+    its data on disk, so jobs survive the restart) without disturbing any other test."""
+    own_redis = stack.redis_proc(workdir, persistent=True).start()
+    redis_url = f"redis://127.0.0.1:{own_redis.name.split(':')[1]}/0"
+    api = stack.api_proc({**stack_env, "REDIS_URL": redis_url}, workdir).start()
+    try:
+        yield OwnRedisApi(own_redis, redis_url, f"http://127.0.0.1:{api.name.split(':')[1]}")
+    finally:
+        api.stop()
+        own_redis.kill()
 
 
 @pytest.fixture

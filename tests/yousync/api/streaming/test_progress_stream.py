@@ -17,10 +17,12 @@ import pytest
 import redis
 
 from devtools import stack
+from tests.conftest import OwnRedisApi
 from tests.helpers import sse
 from tests.helpers.jobs import create_job, sync_store
 from tests.helpers.wait import wait_until
 from yousync.api.streaming.events import parse_stream_id
+from yousync.api.streaming.progress_stream import jittered_retry
 
 
 def stream_ids(redis_url: str, job_id: str) -> list[str]:
@@ -155,41 +157,36 @@ def test_stream_when_resumed_on_another_api_process_then_no_gap(
 
 
 def test_hub_when_redis_restarts_under_live_streams_then_clients_resume_without_gap(
-    workdir: Path, stack_env: dict[str, str], token_id: str
+    api_on_own_redis: OwnRedisApi, token_id: str
 ) -> None:
-    own_redis = stack.redis_proc(workdir, persistent=True).start()
-    redis_url = f"redis://127.0.0.1:{own_redis.name.split(':')[1]}/0"
-    api = stack.api_proc({**stack_env, "REDIS_URL": redis_url}, workdir).start()
-    api_url = f"http://127.0.0.1:{api.name.split(':')[1]}"
-    try:
-        job_id = create_job(redis_url, token_id)
-        received: list[sse.SseEvent] = []
-        reader = collect(f"{api_url}/tokens/analysis-progress/{job_id}", received, timeout=60)
-        wait_until(lambda: received, timeout=10, what="the stream's first event")
-        store = sync_store(redis_url)
-        store.update(job_id, token_id, status="processing", progress=10, stage="uploading")
+    own_redis, redis_url, api_url = (
+        api_on_own_redis.redis,
+        api_on_own_redis.redis_url,
+        api_on_own_redis.api_url,
+    )
+    job_id = create_job(redis_url, token_id)
+    received: list[sse.SseEvent] = []
+    reader = collect(f"{api_url}/tokens/analysis-progress/{job_id}", received, timeout=60)
+    wait_until(lambda: received, timeout=10, what="the stream's first event")
+    store = sync_store(redis_url)
+    store.update(job_id, token_id, status="processing", progress=10, stage="uploading")
 
-        own_redis.kill()
-        outage = httpx.get(f"{api_url}/tokens/analysis-result/{job_id}")
-        assert outage.status_code == 503
-        assert outage.json()["code"] == "redis_unavailable"
-        own_redis.start()
+    own_redis.kill()
+    outage = httpx.get(f"{api_url}/tokens/analysis-result/{job_id}")
+    assert outage.status_code == 503
+    assert outage.json()["code"] == "redis_unavailable"
+    own_redis.start()
 
-        store = sync_store(redis_url)
-        for progress in (20, 30, 40):
-            store.update(
-                job_id, token_id, status="processing", progress=progress, stage="analyzing"
-            )
-        store.update(job_id, token_id, status="completed", progress=100, stage="done")
-        reader.join(30)
-        assert not reader.is_alive()
-        ids = [event.id for event in received]
-        stored = stream_ids(redis_url, job_id)
-        assert ids == stored[stored.index(ids[0]) :], "events written after the restart all arrive"
-        assert httpx.get(f"{api_url}/tokens/analysis-result/{job_id}").status_code == 200
-    finally:
-        api.stop()
-        own_redis.kill()
+    store = sync_store(redis_url)
+    for progress in (20, 30, 40):
+        store.update(job_id, token_id, status="processing", progress=progress, stage="analyzing")
+    store.update(job_id, token_id, status="completed", progress=100, stage="done")
+    reader.join(30)
+    assert not reader.is_alive()
+    ids = [event.id for event in received]
+    stored = stream_ids(redis_url, job_id)
+    assert ids == stored[stored.index(ids[0]) :], "events written after the restart all arrive"
+    assert httpx.get(f"{api_url}/tokens/analysis-result/{job_id}").status_code == 200
 
 
 def test_token_stream_when_jobs_progress_then_events_of_every_job_arrive_with_job_ids(
@@ -296,3 +293,13 @@ def test_stream_when_api_process_shuts_down_then_client_gets_farewell_and_resume
         assert [e.json["status"] for e in rest if not e.json["stalled"]] == ["completed"]
     finally:
         api.stop()
+
+
+def test_retry_when_many_clients_start_then_delays_spread_over_half_to_one_and_a_half_base() -> (
+    None
+):
+    delays = [jittered_retry(3000) for _ in range(2000)]
+    assert 1500 <= min(delays) < 1650 and 4350 < max(delays) <= 4500
+    # Spread, not lumped: each third of the window gets a fair share of the reconnects.
+    thirds = [sum(low <= d < low + 1000 for d in delays) for low in (1500, 2500, 3500)]
+    assert all(500 < count < 830 for count in thirds), thirds

@@ -16,6 +16,7 @@ import redis
 
 from devtools import stack
 from devtools.connections import children, connections_per_pid
+from tests.conftest import OwnRedisApi
 from tests.helpers import sse
 from tests.helpers.jobs import create_job, sync_store
 from tests.helpers.proxy import CuttableProxy
@@ -68,24 +69,16 @@ def test_storm_when_redis_is_slow_and_the_pool_tiny_then_every_start_is_answered
 
 
 def test_storm_when_redis_is_down_then_503_with_retry_after_until_it_is_back(
-    stack_env: dict[str, str], workdir: Path, token_id: str
+    api_on_own_redis: OwnRedisApi, token_id: str
 ) -> None:
-    own_redis = stack.redis_proc(workdir, persistent=True).start()
-    redis_url = f"redis://127.0.0.1:{own_redis.name.split(':')[1]}/0"
-    api = stack.api_proc({**stack_env, "REDIS_URL": redis_url}, workdir).start()
-    base = f"http://127.0.0.1:{api.name.split(':')[1]}"
-    try:
-        paths = progress_paths(redis_url, token_id, jobs=10, clients=100)
-        own_redis.kill()
-        down = sse.start_at_once(base, paths)
-        assert {start.status for start in down} == {503}
-        assert all(start.headers.get("retry-after", "").isdigit() for start in down)
-        own_redis.start()
-        back = sse.start_at_once(base, paths)
-        assert [start.status for start in back] == [200] * 100
-    finally:
-        api.stop()
-        own_redis.kill()
+    paths = progress_paths(api_on_own_redis.redis_url, token_id, jobs=10, clients=100)
+    api_on_own_redis.redis.kill()
+    down = sse.start_at_once(api_on_own_redis.api_url, paths)
+    assert {start.status for start in down} == {503}
+    assert all(start.headers.get("retry-after", "").isdigit() for start in down)
+    api_on_own_redis.redis.start()
+    back = sse.start_at_once(api_on_own_redis.api_url, paths)
+    assert [start.status for start in back] == [200] * 100
 
 
 def test_api_processes_when_a_storm_hits_two_then_both_serve_and_every_client_gets_every_event(
