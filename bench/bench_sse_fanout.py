@@ -681,6 +681,7 @@ def main() -> None:
                 # baseline) but must not start writing `stalled` events for the benchmark's
                 # jobs, which sit idle longer than the default 30 s at 10,000 clients.
                 "STALL_SECONDS": "3600",
+                **stack.API_ENV,  # as the product launches the API (PYTHONMALLOC=malloc)
             }
             common = {
                 "fleet": fleet,

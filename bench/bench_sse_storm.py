@@ -130,6 +130,7 @@ def api_env(redis_url: str, spool: Path) -> dict[str, str]:
         "ANALYSIS_SERVER_URL": "http://127.0.0.1:9",
         "SPOOL_DIR": str(spool),
         "STALL_SECONDS": "3600",
+        **stack.API_ENV,  # launched as the product launches it (PYTHONMALLOC=malloc)
     }
 
 

@@ -240,6 +240,9 @@ def run_in_back_end(
 
 # The API's own flags: on shutdown, open streams get at most 5 s to end.
 API_UVICORN_ARGS = ("--timeout-graceful-shutdown", "5")
+# How the API is launched everywhere (Procfile.dev, the docs' commands): on glibc's malloc, so
+# the GC policy's malloc_trim can hand the memory of ended streams back (CELERY_GUIDE.md §4).
+API_ENV = {"PYTHONMALLOC": "malloc"}
 
 
 def uvicorn_proc(
@@ -285,7 +288,13 @@ def api_proc(
     listening socket, as a production host runs it."""
     workers = ("--workers", str(processes)) if processes > 1 else ()
     return uvicorn_proc(
-        "api", "main:app", env, workdir, BACK_END, port, (*API_UVICORN_ARGS, *workers)
+        "api",
+        "main:app",
+        {**API_ENV, **env},
+        workdir,
+        BACK_END,
+        port,
+        (*API_UVICORN_ARGS, *workers),
     )
 
 

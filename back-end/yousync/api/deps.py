@@ -37,6 +37,10 @@ def services_of(request: Request) -> AppServices:
 # dependency per request — most of a stream start's cost in a storm of reconnects.
 
 
+async def get_services(request: Request) -> AppServices:
+    return services_of(request)
+
+
 async def get_settings_dep(request: Request) -> Settings:
     return services_of(request).settings
 
@@ -65,6 +69,7 @@ async def get_upload_slots(request: Request) -> UploadSlots:
     return services_of(request).upload_slots
 
 
+ServicesDep = Annotated[AppServices, Depends(get_services)]
 UploadSlotsDep = Annotated[UploadSlots, Depends(get_upload_slots)]
 RevokeDep = Annotated[Callable[[str], None], Depends(get_revoke)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]

@@ -15,6 +15,7 @@ from yousync.api.deps import (
     HubDep,
     JobsDep,
     RevokeDep,
+    ServicesDep,
     SettingsDep,
     StreamReadsDep,
     UploadSlotsDep,
@@ -194,13 +195,17 @@ async def analysis_result(
 )
 async def analysis_progress(
     job_id: JobId,
-    reads: StreamReadsDep,
-    hub: HubDep,
-    settings: SettingsDep,
+    services: ServicesDep,  # one dependency, not three: a storm pays for each per start
     last_event_id_header: LastEventIdHeader = None,
     last_event_id: LastEventIdQuery = None,
 ) -> Response:
-    return await _job_stream(reads, hub, settings, job_id, last_event_id_header or last_event_id)
+    return await _job_stream(
+        services.stream_reads,
+        services.hub,
+        services.settings,
+        job_id,
+        last_event_id_header or last_event_id,
+    )
 
 
 @router.get(
@@ -211,14 +216,13 @@ async def analysis_progress(
 )
 async def token_progress(
     token_id: TokenId,
-    reads: StreamReadsDep,
-    hub: HubDep,
-    settings: SettingsDep,
+    services: ServicesDep,
     last_event_id_header: LastEventIdHeader = None,
     last_event_id: LastEventIdQuery = None,
 ) -> Response:
     last = await check_token_stream_start(last_event_id_header or last_event_id)
-    return _event_stream(reads, hub, settings, Feed.for_token(token_id), last)
+    feed = Feed.for_token(token_id)
+    return _event_stream(services.stream_reads, services.hub, services.settings, feed, last)
 
 
 @router.post(

@@ -9,11 +9,14 @@ client already has is a duplicate of the replay and is skipped.
 
 from __future__ import annotations
 
+import logging
 import random
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from functools import partial
 
+from pydantic import ValidationError
 from sse_starlette import ServerSentEvent
 
 from yousync.api.streaming.events import (
@@ -29,6 +32,7 @@ from yousync.core import keys
 from yousync.core.jobs import Event
 from yousync.observability import metrics
 
+log = logging.getLogger(__name__)
 _STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 SHUTDOWN_COMMENT = "server shutting down; reconnect with Last-Event-ID"
 
@@ -130,8 +134,31 @@ def jittered_retry(base_ms: int) -> int:
 _Outgoing = tuple[str, str, bool, bytes | None]
 
 
-def _from_event(event: Event) -> _Outgoing:
+def _from_events(events: list[Event]) -> list[_Outgoing]:
+    readable = (_readable(event.id, partial(_encode_event, event)) for event in events)
+    return [outgoing for outgoing in readable if outgoing is not None]
+
+
+def _encode_event(event: Event) -> _Outgoing:
     return event.id, event.snapshot().model_dump_json(), event.status.terminal, None
+
+
+def _from_note(feed: Feed, note: Notification) -> list[_Outgoing]:
+    outgoing = _readable(
+        note.id, lambda: (feed.note_id(note), note.data, note.terminal, feed.note_frame(note))
+    )
+    return [] if outgoing is None else [outgoing]
+
+
+def _readable(event_id: str, encode: Callable[[], _Outgoing]) -> _Outgoing | None:
+    """An event this release cannot parse (written by a newer one mid-deploy: a stage it does
+    not know) is skipped with a warning; the stream goes on with the next one instead of
+    ending every client of the job with a 500."""
+    try:
+        return encode()
+    except (ValidationError, ValueError, KeyError) as exc:
+        log.warning("skipped an unreadable event %s: %s", event_id, exc)
+        return None
 
 
 async def feed_events(
@@ -147,7 +174,7 @@ async def feed_events(
         shutdown.attach(sub)
         last = last_event_id or "0-0"
         last_position = parse_stream_id(last)
-        pending = [_from_event(event) for event in await _initial(reads, feed, last_event_id)]
+        pending = _from_events(await _initial(reads, feed, last_event_id))
         if last_event_id:
             metrics.sse_replay(len(pending))
         retry: int | None = jittered_retry(retry_ms)
@@ -171,7 +198,7 @@ async def feed_events(
                 yield ServerSentEvent(comment=SHUTDOWN_COMMENT)
                 return
             if item is RESYNC:
-                pending = [_from_event(e) for e in await reads.after(feed.stream_key, last)]
+                pending = _from_events(await reads.after(feed.stream_key, last))
             else:
                 assert isinstance(item, Notification)
-                pending = [(feed.note_id(item), item.data, item.terminal, feed.note_frame(item))]
+                pending = _from_note(feed, item)

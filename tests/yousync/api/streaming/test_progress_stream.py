@@ -303,3 +303,23 @@ def test_retry_when_many_clients_start_then_delays_spread_over_half_to_one_and_a
     # Spread, not lumped: each third of the window gets a fair share of the reconnects.
     thirds = [sum(low <= d < low + 1000 for d in delays) for low in (1500, 2500, 3500)]
     assert all(500 < count < 830 for count in thirds), thirds
+
+
+def test_stream_when_an_event_is_unreadable_then_it_is_skipped_and_the_stream_goes_on(
+    api_url: str, redis_url: str, token_id: str
+) -> None:
+    # A newer release mid-deploy may write a stage this one does not know.
+    job_id = create_job(redis_url, token_id)
+    url = f"{api_url}/tokens/analysis-progress/{job_id}"
+    live: list[sse.SseEvent] = []
+    reader = collect(url, live)
+    wait_until(lambda: live, timeout=10, what="the first event")
+    store = sync_store(redis_url)
+    store.update(job_id, token_id, status="processing", progress=10, stage="uploading")
+    store.update(job_id, token_id, status="processing", progress=20, stage="from-the-future")
+    store.update(job_id, token_id, status="completed", progress=100, stage="done")
+    reader.join(20)
+    assert [event.json["progress"] for event in live] == [0, 10, 100]
+    # A replay over the same Stream skips it the same way.
+    replayed = list(sse.stream(url, headers={"Last-Event-ID": live[0].id or ""}))
+    assert [event.json["progress"] for event in replayed] == [10, 100]

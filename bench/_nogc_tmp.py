@@ -1,4 +1,0 @@
-import gc
-
-gc.disable()
-from yousync.api.app import app  # noqa
