@@ -74,6 +74,7 @@ class GcPolicy:
     rebases: int = 0
     _due_after_ended: int = 0
     _ended_at_rebase: int = 0
+    _ended_at_idle: int = 0
     _rebased_at: float = 0.0
     _idle_since: float | None = None
 
@@ -108,17 +109,27 @@ class GcPolicy:
             self._idle_since = now
         return now - self._idle_since
 
-    def rebase_due(self) -> bool:
+    def idle_rebase_due(self) -> bool:
+        """Streams ended since the last idle rebase, none is open, and none has been for
+        `idle_seconds` (their teardown is done) without a rebase since — a turnover rebase
+        that ran while they were still being torn down does not count."""
         now = time.monotonic()
-        ended = self.ended_streams()
+        if self._idle_for(now) < self.idle_seconds or self._idle_since is None:
+            return False
+        settled_at = self._idle_since + self.idle_seconds
+        return self._rebased_at < settled_at and self.ended_streams() > self._ended_at_idle
+
+    def rebase_due(self) -> bool:
         return (
-            (ended > self._ended_at_rebase and self._idle_for(now) >= self.idle_seconds)
-            or ended >= self._due_after_ended
-            or now - self._rebased_at >= self.max_age
+            self.ended_streams() >= self._due_after_ended
+            or time.monotonic() - self._rebased_at >= self.max_age
         )
 
     def tick(self) -> None:
-        if self.rebase_due():
+        if self.idle_rebase_due():
+            self._ended_at_idle = self.ended_streams()
+            self.rebase()
+        elif self.rebase_due():
             self.rebase()
         else:
             gc.freeze()

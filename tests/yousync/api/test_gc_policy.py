@@ -117,13 +117,28 @@ def test_rebase_when_every_stream_ended_then_due_once_idle_for_a_while() -> None
     policy = counts.policy(idle_seconds=0.2)
     policy.start()
     counts.ended = 250  # 50 still open: not idle
-    assert not policy.rebase_due()
+    assert not policy.idle_rebase_due()
     counts.open, counts.ended = 0, 300
-    assert not policy.rebase_due(), "their teardown gets idle_seconds first"
+    assert not policy.idle_rebase_due(), "their teardown gets idle_seconds first"
     time.sleep(0.25)
-    assert policy.rebase_due()
+    assert policy.idle_rebase_due()
     policy.tick()
-    assert not policy.rebase_due(), "one rebase per idle spell"
+    assert policy.rebases == 2
+    assert not policy.idle_rebase_due(), "one rebase per idle spell"
+
+
+def test_idle_rebase_when_a_turnover_rebase_ran_during_teardown_then_still_due() -> None:
+    # The turnover rebase fired as the last streams ended, while their objects were alive:
+    # the memory they free afterwards still needs the idle rebase (and its malloc_trim).
+    counts = Counts()
+    counts.open = 10
+    policy = counts.policy(min_ended=100, idle_seconds=0.2)
+    policy.start()
+    counts.open, counts.ended = 0, 100
+    policy.tick()  # turnover: 100 ended
+    assert policy.rebases == 2
+    time.sleep(0.25)
+    assert policy.idle_rebase_due()
 
 
 def test_rebase_when_clients_stay_then_only_after_max_age() -> None:
