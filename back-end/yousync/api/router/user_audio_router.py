@@ -30,6 +30,7 @@ from yousync.api.streaming.progress_stream import (
     check_job_stream_start,
     check_token_stream_start,
     feed_events,
+    jittered_ping,
 )
 from yousync.api.streaming.read_batcher import StreamReadBatcher
 from yousync.api.streaming.results import wait_for_snapshot
@@ -137,7 +138,7 @@ def _event_stream(
         feed_events(
             reads, hub, feed, last_event_id=last, retry_ms=settings.sse_retry_ms, shutdown=shutdown
         ),
-        ping=settings.sse_ping_seconds,
+        ping=jittered_ping(settings.sse_ping_seconds),
         send_timeout=settings.sse_send_timeout_seconds,
         shutdown_event=shutdown,  # type: ignore[arg-type]  # duck-typed: only .set() is called
         shutdown_grace_period=settings.sse_shutdown_grace_seconds,

@@ -129,6 +129,14 @@ def jittered_retry(base_ms: int) -> int:
     return base_ms // 2 + random.randrange(base_ms + 1)
 
 
+def jittered_ping(base_seconds: float) -> float:
+    """A stream's keep-alive period, uniform in [¾, 1¼] × base. Streams opened together in a
+    storm would otherwise ping together every period, thousands of writes in one moment
+    (measured: a 95 ms delivery stall 15 s after a 10,000-client storm). Still well under a
+    proxy's idle timeout (nginx: 60 s) for the default 15 s."""
+    return base_seconds * random.uniform(0.75, 1.25)
+
+
 # What a client is about to receive: id, JSON data, whether it ends a job's stream, and the
 # event already encoded for the wire when it is a live notification (encoded once per process).
 _Outgoing = tuple[str, str, bool, bytes | None]

@@ -22,7 +22,7 @@ from tests.helpers import sse
 from tests.helpers.jobs import create_job, sync_store
 from tests.helpers.wait import wait_until
 from yousync.api.streaming.events import parse_stream_id
-from yousync.api.streaming.progress_stream import jittered_retry
+from yousync.api.streaming.progress_stream import jittered_ping, jittered_retry
 
 
 def stream_ids(redis_url: str, job_id: str) -> list[str]:
@@ -323,3 +323,9 @@ def test_stream_when_an_event_is_unreadable_then_it_is_skipped_and_the_stream_go
     # A replay over the same Stream skips it the same way.
     replayed = list(sse.stream(url, headers={"Last-Event-ID": live[0].id or ""}))
     assert [event.json["progress"] for event in replayed] == [10, 100]
+
+
+def test_ping_when_a_storm_opens_streams_together_then_their_periods_differ() -> None:
+    periods = [jittered_ping(15.0) for _ in range(2000)]
+    assert 11.25 <= min(periods) < 11.6 and 18.4 < max(periods) <= 18.75
+    assert len({round(period, 3) for period in periods}) > 1500
