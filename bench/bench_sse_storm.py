@@ -795,13 +795,25 @@ def main() -> None:
                 )
                 return server, gc_log
 
+            def on_one_api(
+                label: str,
+                overrides: dict[str, str],
+                body: Callable[[stack.Proc, Path], dict[str, Any]],
+            ) -> dict[str, Any]:
+                server, gc_log = one_api(label, overrides)
+                try:
+                    return {**body(server, gc_log), "api_overrides": overrides}
+                finally:
+                    server.stop()
+
             def storm_1(
                 label: str, clients: int, overrides: dict[str, str]
             ) -> Callable[[ClientFleet], dict[str, Any]]:
                 def run(fleet: ClientFleet) -> dict[str, Any]:
-                    server, gc_log = one_api(label, overrides)
-                    try:
-                        figures = run_storm(
+                    return on_one_api(
+                        label,
+                        overrides,
+                        lambda server, gc_log: run_storm(
                             label=label,
                             port=int(server.name.split(":")[1]),
                             workers=[server.pid],
@@ -810,10 +822,8 @@ def main() -> None:
                             fleet=fleet,
                             gc_log=gc_log,
                             **common,
-                        )
-                        return {**figures, "api_overrides": overrides}
-                    finally:
-                        server.stop()
+                        ),
+                    )
 
                 return run
 
@@ -841,23 +851,22 @@ def main() -> None:
             def soak(
                 label: str, clients: int, cycles: int, overrides: dict[str, str]
             ) -> Callable[[ClientFleet], dict[str, Any]]:
+                sized = argparse.Namespace(**{**vars(args), "soak_clients": clients})
+                sized.cycles = cycles
+
                 def run(fleet: ClientFleet) -> dict[str, Any]:
-                    server, gc_log = one_api(label, overrides)
-                    port = int(server.name.split(":")[1])
-                    sized = argparse.Namespace(**{**vars(args), "soak_clients": clients})
-                    sized.cycles = cycles
-                    try:
-                        figures = run_soak(
+                    return on_one_api(
+                        label,
+                        overrides,
+                        lambda server, gc_log: run_soak(
                             server=server,
                             gc_log=gc_log,
-                            base_url=f"http://{HOST}:{port}",
-                            port=port,
+                            base_url=f"http://{HOST}:{server.name.split(':')[1]}",
+                            port=int(server.name.split(":")[1]),
                             fleet=fleet,
                             **{**common, "args": sized},
-                        )
-                        return {**figures, "api_overrides": overrides}
-                    finally:
-                        server.stop()
+                        ),
+                    )
 
                 return run
 
