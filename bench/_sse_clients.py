@@ -11,8 +11,11 @@ event (counted, not recorded again), so a benchmark can check exactly-once deliv
 connection (`tally`) without keeping every id.
 
 The orchestrator drives a client process through a `multiprocessing` pipe with commands
-(`connect`, `record`, `count`, `receipts`, `tally`, `close`, `stop`) so that it can sample the
-server's memory, CPU and Redis counters between phases while the connections stay open.
+(`connect`, `record`, `count`, `receipts`, `tally`, `reconnect`, `reconnects`, `close`, `stop`)
+so that it can sample the server's memory, CPU and Redis counters between phases while the
+connections stay open. With `reconnect` on, a client whose held stream the server closes opens
+it again like a browser's EventSource — after the `retry:` the server sent, with
+`Last-Event-ID` — and its counters carry over, so exactly-once holds across a restart.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from typing import Any
 # separators in the naive reference app), so the marker never contains whitespace. An event's
 # `id:` line comes before its `data:` line (sse-starlette's encoding); the naive reference app
 # sends none, so there every event counts as new.
-EVENT = re.compile(rb'^id: (\d+)-(\d+)|"message":"t=(\d+\.\d+)"', re.MULTILINE)
+EVENT = re.compile(rb'^id: (\d+)-(\d+)|"message":"t=(\d+\.\d+)"|^retry: (\d+)', re.MULTILINE)
+DEFAULT_RETRY_MS = 3000  # EventSource's own default when the server sent no `retry:`
+REFUSED_RETRY_S = 1.0  # after a non-200 on a reconnect, as the progress page's first delay
 NO_ID = (0, 0)
 
 
@@ -47,6 +52,14 @@ class _Fleet:
     record_from: float = math.inf
     held: int = 0
     lost: int = 0
+    # Reconnecting like a browser (`reconnect` command): after the server closes a held stream,
+    # open it again after its `retry:` delay with `Last-Event-ID`, until `close`.
+    reconnect: bool = False
+    closing: bool = False
+    reconnects: int = 0
+    reconnect_failures: Counter[str] = field(default_factory=Counter)
+    # Seconds from losing a stream to the 200 of its next connection.
+    reconnect_seconds: list[float] = field(default_factory=list)
 
 
 class SseConnection(asyncio.Protocol):
@@ -60,22 +73,38 @@ class SseConnection(asyncio.Protocol):
         "fleet",
         "gone",
         "held_at",
+        "host",
+        "index",
         "last_id",
+        "lost_at",
         "path",
+        "port",
         "repeat",
         "request",
+        "retry_ms",
         "started",
         "status",
         "tail",
         "transport",
     )
 
-    def __init__(self, fleet: _Fleet, host: str, port: int, path: str) -> None:
+    def __init__(
+        self,
+        fleet: _Fleet,
+        host: str,
+        port: int,
+        path: str,
+        previous: SseConnection | None = None,
+    ) -> None:
         self.fleet = fleet
         self.path = path
+        self.host, self.port = host, port
+        resume = ""
+        if previous is not None and previous.last_id != NO_ID:
+            resume = f"Last-Event-ID: {previous.last_id[0]}-{previous.last_id[1]}\r\n"
         self.request = (
             f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nAccept: text/event-stream\r\n"
-            "Cache-Control: no-cache\r\n\r\n"
+            f"Cache-Control: no-cache\r\n{resume}\r\n"
         ).encode()
         self.transport: asyncio.Transport | None = None
         self.status: bytes | None = None
@@ -87,6 +116,17 @@ class SseConnection(asyncio.Protocol):
         self.repeat = False  # the event being read has an id already received
         self.events = 0  # recorded events (see `record`), each counted once
         self.duplicates = 0  # events whose id was at or below one already received
+        self.retry_ms = DEFAULT_RETRY_MS
+        self.index = -1  # position in fleet.connections
+        self.lost_at = 0.0  # when the previous connection of this client was lost
+        if previous is not None:  # the same client, reconnecting: its history carries over
+            self.first, self.held_at, self.last_id = True, previous.held_at, previous.last_id
+            self.events, self.duplicates = previous.events, previous.duplicates
+            self.retry_ms, self.index, self.lost_at = (
+                previous.retry_ms,
+                previous.index,
+                previous.lost_at,
+            )
         loop = asyncio.get_running_loop()
         self.first_event: asyncio.Future[bool] = loop.create_future()
         self.gone: asyncio.Future[None] = loop.create_future()
@@ -100,7 +140,18 @@ class SseConnection(asyncio.Protocol):
         now = time.time()
         if self.status is None:
             self.status = data[9:12]  # "HTTP/1.1 200 OK"
-            if self.status != b"200":
+            if self.lost_at:  # a reconnect
+                if self.status == b"200":
+                    self.fleet.held += 1
+                    self.fleet.lost -= 1
+                    self.fleet.reconnect_seconds.append(now - self.lost_at)
+                    self.lost_at = 0.0
+                else:
+                    self.fleet.reconnect_failures[self.status.decode(errors="replace")] += 1
+                    assert self.transport is not None
+                    self.transport.close()
+                    return
+            elif self.status != b"200":
                 self.fleet.failures[f"http_{self.status.decode(errors='replace')}"] += 1
                 self._resolve_first(False)
                 assert self.transport is not None
@@ -122,7 +173,9 @@ class SseConnection(asyncio.Protocol):
         fleet = self.fleet
         recording = now >= fleet.record_from
         for match in EVENT.finditer(complete):
-            if match.group(1) is not None:
+            if match.group(4) is not None:
+                self.retry_ms = int(match.group(4))
+            elif match.group(1) is not None:
                 event_id = (int(match.group(1)), int(match.group(2)))
                 self.repeat = event_id <= self.last_id
                 if self.repeat:
@@ -136,15 +189,37 @@ class SseConnection(asyncio.Protocol):
                     self.events += 1
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.first:
-            self.fleet.held -= 1
-            self.fleet.lost += 1
+        fleet = self.fleet
+        if self.lost_at:  # a reconnect that got no 200: try again, as the progress page does
+            if fleet.reconnect and not fleet.closing:
+                asyncio.get_running_loop().call_later(REFUSED_RETRY_S, self._reopen)
+        elif self.first:
+            fleet.held -= 1
+            fleet.lost += 1
+            if fleet.reconnect and not fleet.closing:
+                self.lost_at = time.time()
+                asyncio.get_running_loop().call_later(self.retry_ms / 1000, self._reopen)
         elif self.status is None:
             # Closed or reset by the server before any response byte arrived.
             self.fleet.failures[f"closed_before_response_{type(exc).__name__}"] += 1
         self._resolve_first(False)
         if not self.gone.done():
             self.gone.set_result(None)
+
+    def _reopen(self) -> None:
+        if self.fleet.closing:
+            return
+        self.fleet.reconnects += 1
+        successor = SseConnection(self.fleet, self.host, self.port, self.path, previous=self)
+        self.fleet.connections[self.index] = successor
+        loop = asyncio.get_running_loop()
+        attempt = loop.create_task(loop.create_connection(lambda: successor, self.host, self.port))
+        attempt.add_done_callback(successor._connected)
+
+    def _connected(self, attempt: asyncio.Task[Any]) -> None:
+        if attempt.cancelled() or attempt.exception() is not None:
+            self.fleet.reconnect_failures["connect"] += 1
+            self.connection_lost(None)  # counts as a refused reconnect: try again
 
     def _resolve_first(self, ok: bool) -> None:
         if not self.first_event.done():
@@ -161,6 +236,7 @@ async def _open(fleet: _Fleet, host: str, port: int, path: str, limit: float) ->
     except (OSError, TimeoutError) as exc:
         fleet.failures[f"connect_{type(exc).__name__}_{getattr(exc, 'errno', '')}"] += 1
         return
+    connection.index = len(fleet.connections)
     fleet.connections.append(connection)
     try:
         await asyncio.wait_for(asyncio.shield(connection.first_event), timeout=limit)
@@ -188,6 +264,7 @@ async def connect(
 
 
 async def close_all(fleet: _Fleet, limit: float) -> dict[str, Any]:
+    fleet.closing = True
     for connection in fleet.connections:
         if connection.transport is not None:
             connection.transport.close()
@@ -200,6 +277,9 @@ async def close_all(fleet: _Fleet, limit: float) -> dict[str, Any]:
     fleet.lost = 0
     fleet.first_event_seconds.clear()
     fleet.failures.clear()
+    fleet.reconnect, fleet.closing, fleet.reconnects = False, False, 0
+    fleet.reconnect_failures.clear()
+    fleet.reconnect_seconds.clear()
     return {"closed": closed}
 
 
@@ -215,6 +295,17 @@ async def _serve(pipe: Connection) -> None:
             fleet.receipts.clear()
             fleet.record_from = float(args[0])
             reply = True
+        elif command == "reconnect":
+            fleet.reconnect = bool(args[0])
+            reply = True
+        elif command == "reconnects":
+            reply = {
+                "attempts": fleet.reconnects,
+                "failures": dict(fleet.reconnect_failures),
+                "seconds": fleet.reconnect_seconds,
+                "held": fleet.held,
+                "lost": fleet.lost,
+            }
         elif command == "count":
             reply = len(fleet.receipts)
         elif command == "receipts":

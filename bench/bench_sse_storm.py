@@ -20,6 +20,13 @@ were held then work as well as after a gentle start (every event, exactly once, 
             own supervisor: `uvicorn main:app --workers N`, see `host_api`)
                                             → the same figures, plus how the connections split
                                               over the processes and each process's RSS
+  restart   --restart-clients (4,000) held on the host's processes, reconnecting like browsers
+            (after their `retry:`, with Last-Event-ID); the busy load runs --restart-load-seconds
+            and after --restart-after seconds uvicorn's supervisor gets SIGHUP (it replaces each
+            process with a new one: a rolling deploy)
+                                            → reconnects, answered 200 / refused, held at the
+                                              end, loss → 200 time, events lost / duplicated
+                                              across the restart
   soak      --cycles (20) × [--soak-clients (2,000) at once on one API process, --soak-events
             events per job, all leave, wait until the API has closed their sockets]
                                             → after every cycle the API's RSS, open fds,
@@ -65,9 +72,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import random
 import shutil
+import signal
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -320,6 +330,61 @@ def wait_for_leave(pids: list[int], port: int, timeout: float) -> int:
         if held == 0 or time.monotonic() >= deadline:
             return held
         time.sleep(0.2)
+
+
+def run_restart(
+    *,
+    port: int,
+    supervisor: int,
+    fleet: ClientFleet,
+    store: JobStore,
+    redis_url: str,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """A deploy under load: every client held and reconnecting like a browser, the busy load
+    running, and uvicorn's supervisor told (SIGHUP) to replace each API process with a new
+    one. Each old process ends its streams with the shutdown comment; every client must come
+    back (a 200, with `Last-Event-ID`) and have every event of its job exactly once."""
+    clients = args.restart_clients
+    job_ids, paths = new_paths(redis_url, clients, args.jobs)
+    warm_up(fleet, port, store, redis_url)
+    connected = storm(fleet, port, paths, args.connect_timeout)
+    fleet.call("reconnect", True)
+    timer = threading.Timer(args.restart_after, os.kill, (supervisor, signal.SIGHUP))
+    timer.start()
+    try:
+        load = follow(
+            fleet,
+            store,
+            job_ids,
+            rate=args.rate,
+            seconds=args.restart_load_seconds,
+            drain_limit=args.drain_limit,
+        )
+    finally:
+        timer.cancel()
+    replies = fleet.call("reconnects")
+    seconds = [value for reply in replies for value in reply["seconds"]]
+    failures: Counter[str] = Counter()
+    for reply in replies:
+        failures.update(reply["failures"])
+    figures = {
+        "clients": clients,
+        "storm": connected,
+        "load": load,
+        "reconnects": sum(reply["attempts"] for reply in replies),
+        "reconnected": len(seconds),
+        "reconnect_failures": dict(failures),
+        "reconnect_ms_p50": round(percentile([v * 1000 for v in seconds], 50), 0)
+        if seconds
+        else None,
+        "reconnect_ms_max": round(max(seconds) * 1000) if seconds else None,
+        "held_at_end": sum(reply["held"] for reply in replies),
+    }
+    print(f"[restart] {figures['reconnects']} reconnects, failures {dict(failures)}", flush=True)
+    fleet.close()
+    finish_jobs(store, job_ids)
+    return figures
 
 
 def pause_summary(pauses: list[tuple[float, int, float]]) -> dict[str, Any]:
@@ -629,6 +694,33 @@ def table(figures: dict[str, Any]) -> list[Row]:
     for name, phase in figures["phases"].items():
         if name.startswith("storm") and "error" not in phase:
             rows.extend(_storm_rows(name, phase, cmd))
+    restart = figures["phases"].get("restart")
+    if restart and "error" not in restart:
+        once = restart["load"]["exactly_once"]
+        rows.append(
+            Row(
+                f"restart: {restart['clients']:,} clients through a rolling restart of the "
+                f"API's {figures.get('processes', 2)} processes under load: reconnects / "
+                "answered 200 / refused (by status) / held at the end",
+                f"{restart['reconnects']:,} / {restart['reconnected']:,} / "
+                f"{restart['reconnect_failures'] or 0} / {restart['held_at_end']:,}",
+                "every client back, none refused",
+                restart["held_at_end"] == restart["clients"] and not restart["reconnect_failures"],
+                cmd,
+            )
+        )
+        rows.append(
+            Row(
+                "restart: loss → 200 again p50 / max (the client's jittered retry: included); "
+                "events lost / duplicated across the restart",
+                f"{restart['reconnect_ms_p50']:,.0f} / {restart['reconnect_ms_max']:,.0f} ms; "
+                f"{once['events_lost']:,} / {once['events_duplicated']:,} "
+                f"of {once['events_expected']:,}",
+                "0 / 0",
+                once["events_lost"] == 0 and once["events_duplicated"] == 0,
+                cmd,
+            )
+        )
     soak = figures["phases"].get("soak")
     if soak and "error" not in soak and soak["series"]:
         first, last = soak["series"][0], soak["series"][-1]
@@ -711,6 +803,14 @@ def main() -> None:
         "--storm-hosts", type=int, default=10000, help="storm-N clients; 0 skips it"
     )
     parser.add_argument("--processes", type=int, default=2, help="API processes for storm-N")
+    parser.add_argument(
+        "--restart-clients",
+        type=int,
+        default=4000,
+        help="clients held through a rolling restart of the API processes; 0 skips it",
+    )
+    parser.add_argument("--restart-after", type=float, default=3.0, help="seconds into the load")
+    parser.add_argument("--restart-load-seconds", type=float, default=15.0)
     parser.add_argument("--soak-clients", type=int, default=2000, help="clients per soak cycle")
     parser.add_argument("--cycles", type=int, default=20, help="soak cycles; 0 skips the soak")
     parser.add_argument(
@@ -750,6 +850,7 @@ def main() -> None:
         "load_seconds": args.load_seconds,
         "jobs": args.jobs,
         "connect_timeout_s": args.connect_timeout,
+        "processes": args.processes,
         "phases": {},
     }
     for clients in (*_sizes(args.storm), args.storm_hosts, args.soak_clients):
@@ -879,6 +980,20 @@ def main() -> None:
                     off = {"GC_FREEZE_EVERY_SECONDS": "0"}
                     phase(label, clients, storm_1(label, clients, off))
             phase("storm-N", args.storm_hosts, storm_n)
+
+            def restart(fleet: ClientFleet) -> dict[str, Any]:
+                port = stack.free_port()
+                gc_log = workdir / "gc-restart.log"
+                server = host_api(
+                    args.processes, {**env, "BENCH_GC_LOG": str(gc_log)}, workdir, port
+                )
+                try:
+                    serving_workers(server.pid, args.processes, redis_port)
+                    return run_restart(port=port, supervisor=server.pid, fleet=fleet, **common)
+                finally:
+                    server.stop()
+
+            phase("restart", args.restart_clients, restart)
             phase(
                 "soak",
                 args.soak_clients if args.cycles > 0 else 0,
