@@ -49,14 +49,6 @@ async def get_jobs(request: Request) -> AsyncJobStore:
     return services_of(request).jobs
 
 
-async def get_hub(request: Request) -> EventHub:
-    return services_of(request).hub
-
-
-async def get_stream_reads(request: Request) -> StreamReadBatcher:
-    return services_of(request).stream_reads
-
-
 async def get_enqueue(request: Request) -> Enqueue:
     return services_of(request).enqueue
 
@@ -74,6 +66,4 @@ UploadSlotsDep = Annotated[UploadSlots, Depends(get_upload_slots)]
 RevokeDep = Annotated[Callable[[str], None], Depends(get_revoke)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 JobsDep = Annotated[AsyncJobStore, Depends(get_jobs)]
-StreamReadsDep = Annotated[StreamReadBatcher, Depends(get_stream_reads)]
-HubDep = Annotated[EventHub, Depends(get_hub)]
 EnqueueDep = Annotated[Enqueue, Depends(get_enqueue)]

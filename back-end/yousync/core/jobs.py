@@ -305,16 +305,6 @@ class AsyncJobStore:
     async def get(self, job_id: str) -> JobRecord | None:
         return _record(await self._client.hgetall(keys.job(job_id)))
 
-    async def stream_tail(self, stream_key: str, *, count: int = 1) -> list[Event]:
-        """The last `count` entries of a Stream, oldest first."""
-        (events,) = await self.read_streams([StreamRead(stream_key, count=count)])
-        return events
-
-    async def read_after(self, stream_key: str, last_id: str) -> list[Event]:
-        """Every entry after `last_id` (exclusive): a reconnect's replay or a resync."""
-        (events,) = await self.read_streams([StreamRead(stream_key, after=last_id)])
-        return events
-
     async def _read_pipeline(self, reads: Sequence[StreamRead]) -> list[Any]:
         async with self._client.pipeline(transaction=False) as pipe:
             for read in reads:

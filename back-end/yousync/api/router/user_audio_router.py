@@ -11,19 +11,18 @@ from fastapi.responses import JSONResponse
 from yousync.api.auth import issue_stream_token
 from yousync.api.control import cancel_job, retry_job
 from yousync.api.deps import (
+    AppServices,
     EnqueueDep,
-    HubDep,
     JobsDep,
     RevokeDep,
     ServicesDep,
     SettingsDep,
-    StreamReadsDep,
     UploadSlotsDep,
 )
 from yousync.api.limits import TooManyStreams
 from yousync.api.router.schemas import ERROR_RESPONSES, JobId, TokenId, UploadAccepted
 from yousync.api.router.sse_response import CompactEventSourceResponse
-from yousync.api.streaming.events import EventHub, ShutdownSignal
+from yousync.api.streaming.events import ShutdownSignal
 from yousync.api.streaming.progress_stream import (
     AlreadyFinished,
     Feed,
@@ -32,7 +31,6 @@ from yousync.api.streaming.progress_stream import (
     feed_events,
     jittered_ping,
 )
-from yousync.api.streaming.read_batcher import StreamReadBatcher
 from yousync.api.streaming.results import wait_for_snapshot
 from yousync.api.uploads.submission import Enqueue, submit_upload
 from yousync.core.config import Settings
@@ -129,14 +127,20 @@ async def _upload(
 
 
 def _event_stream(
-    reads: StreamReadBatcher, hub: EventHub, settings: Settings, feed: Feed, last: str | None
+    services: AppServices, feed: Feed, last: str | None
 ) -> CompactEventSourceResponse:
-    if hub.client_count >= settings.sse_max_clients:
+    settings = services.settings
+    if services.hub.client_count >= settings.sse_max_clients:
         raise TooManyStreams()
     shutdown = ShutdownSignal()
     return CompactEventSourceResponse(
         feed_events(
-            reads, hub, feed, last_event_id=last, retry_ms=settings.sse_retry_ms, shutdown=shutdown
+            services.stream_reads,
+            services.hub,
+            feed,
+            last_event_id=last,
+            retry_ms=settings.sse_retry_ms,
+            shutdown=shutdown,
         ),
         ping=jittered_ping(settings.sse_ping_seconds),
         send_timeout=settings.sse_send_timeout_seconds,
@@ -146,14 +150,12 @@ def _event_stream(
     )
 
 
-async def _job_stream(
-    reads: StreamReadBatcher, hub: EventHub, settings: Settings, job_id: str, last: str | None
-) -> Response:
+async def _job_stream(services: AppServices, job_id: str, last: str | None) -> Response:
     try:
-        last = await check_job_stream_start(reads, job_id, last)
+        last = await check_job_stream_start(services.stream_reads, job_id, last)
     except AlreadyFinished:
         return Response(status_code=204)
-    return _event_stream(reads, hub, settings, Feed.for_job(job_id), last)
+    return _event_stream(services, Feed.for_job(job_id), last)
 
 
 LastEventIdHeader = Annotated[
@@ -174,18 +176,14 @@ LastEventIdQuery = Annotated[
 async def analysis_result(
     job_id: JobId,
     request: Request,
-    jobs: JobsDep,
-    reads: StreamReadsDep,
-    hub: HubDep,
-    settings: SettingsDep,
+    services: ServicesDep,
     wait: Annotated[float, Query(ge=0, le=60, description="Long-poll up to N seconds")] = 0,
     last_event_id_header: LastEventIdHeader = None,
     last_event_id: LastEventIdQuery = None,
 ) -> Response | JobSnapshot:
     if "text/event-stream" in request.headers.get("accept", ""):
-        last = last_event_id_header or last_event_id
-        return await _job_stream(reads, hub, settings, job_id, last)
-    return await wait_for_snapshot(jobs, hub, job_id, wait=wait)
+        return await _job_stream(services, job_id, last_event_id_header or last_event_id)
+    return await wait_for_snapshot(services.jobs, services.hub, job_id, wait=wait)
 
 
 @router.get(
@@ -200,13 +198,7 @@ async def analysis_progress(
     last_event_id_header: LastEventIdHeader = None,
     last_event_id: LastEventIdQuery = None,
 ) -> Response:
-    return await _job_stream(
-        services.stream_reads,
-        services.hub,
-        services.settings,
-        job_id,
-        last_event_id_header or last_event_id,
-    )
+    return await _job_stream(services, job_id, last_event_id_header or last_event_id)
 
 
 @router.get(
@@ -222,8 +214,7 @@ async def token_progress(
     last_event_id: LastEventIdQuery = None,
 ) -> Response:
     last = await check_token_stream_start(last_event_id_header or last_event_id)
-    feed = Feed.for_token(token_id)
-    return _event_stream(services.stream_reads, services.hub, services.settings, feed, last)
+    return _event_stream(services, Feed.for_token(token_id), last)
 
 
 @router.post(

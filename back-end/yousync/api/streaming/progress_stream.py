@@ -12,11 +12,9 @@ from __future__ import annotations
 import logging
 import random
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from functools import partial
 
-from pydantic import ValidationError
 from sse_starlette import ServerSentEvent
 
 from yousync.api.streaming.events import (
@@ -142,31 +140,30 @@ def jittered_ping(base_seconds: float) -> float:
 _Outgoing = tuple[str, str, bool, bytes | None]
 
 
+# An event this release cannot parse (written by a newer one mid-deploy: a stage it does not
+# know) is skipped with a warning; the stream goes on with the next one instead of ending every
+# client of the job with a 500. (pydantic's ValidationError is a ValueError.)
+_UNREADABLE = (ValueError, KeyError)
+
+
 def _from_events(events: list[Event]) -> list[_Outgoing]:
-    readable = (_readable(event.id, partial(_encode_event, event)) for event in events)
-    return [outgoing for outgoing in readable if outgoing is not None]
-
-
-def _encode_event(event: Event) -> _Outgoing:
-    return event.id, event.snapshot().model_dump_json(), event.status.terminal, None
+    outgoing: list[_Outgoing] = []
+    for event in events:
+        try:
+            outgoing.append(
+                (event.id, event.snapshot().model_dump_json(), event.status.terminal, None)
+            )
+        except _UNREADABLE as exc:
+            log.warning("skipped an unreadable event %s: %s", event.id, exc)
+    return outgoing
 
 
 def _from_note(feed: Feed, note: Notification) -> list[_Outgoing]:
-    outgoing = _readable(
-        note.id, lambda: (feed.note_id(note), note.data, note.terminal, feed.note_frame(note))
-    )
-    return [] if outgoing is None else [outgoing]
-
-
-def _readable(event_id: str, encode: Callable[[], _Outgoing]) -> _Outgoing | None:
-    """An event this release cannot parse (written by a newer one mid-deploy: a stage it does
-    not know) is skipped with a warning; the stream goes on with the next one instead of
-    ending every client of the job with a 500."""
     try:
-        return encode()
-    except (ValidationError, ValueError, KeyError) as exc:
-        log.warning("skipped an unreadable event %s: %s", event_id, exc)
-        return None
+        return [(feed.note_id(note), note.data, note.terminal, feed.note_frame(note))]
+    except _UNREADABLE as exc:
+        log.warning("skipped an unreadable event %s: %s", note.id, exc)
+        return []
 
 
 async def feed_events(

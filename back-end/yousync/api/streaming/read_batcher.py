@@ -30,7 +30,6 @@ class StreamReadBatcher:
         self._max_batch = max_batch
         self._pending: dict[StreamRead, asyncio.Future[list[Event]]] = {}
         self._flusher: asyncio.Task[None] | None = None
-        self.round_trips = 0
 
     async def read(self, read: StreamRead) -> list[Event]:
         future = self._pending.get(read)
@@ -69,8 +68,6 @@ class StreamReadBatcher:
                     for future in batch.values():
                         future.cancel()
                     raise
-                finally:
-                    self.round_trips += 1
                 for future, events in zip(batch.values(), results, strict=True):
                     _settle(future, events)
         finally:
