@@ -10,6 +10,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
+from yousync.core import keys
 from yousync.core.config import Settings
 from yousync.core.jobs import AsyncJobStore, JobStore
 
@@ -33,3 +34,9 @@ def create_job(redis_url: str, token_id: str, job_id: str | None = None, **marke
 
 def sync_store(redis_url: str) -> JobStore:
     return JobStore(redis.Redis.from_url(redis_url), Settings(redis_url=redis_url))
+
+
+def stream_ids(redis_url: str, job_id: str) -> list[str]:
+    """Every event id in the job's Stream, oldest first: what an exactly-once reader must get."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    return [entry_id for entry_id, _ in client.xrange(keys.job_events(job_id))]

@@ -8,10 +8,19 @@ from pathlib import Path
 MB = 1024 * 1024
 
 
-def peak_rss_bytes(pid: int) -> int:
+def _status_bytes(pid: int, field: str) -> int:
     status = Path(f"/proc/{pid}/status").read_text()
-    line = next(line for line in status.splitlines() if line.startswith("VmHWM:"))
+    line = next(line for line in status.splitlines() if line.startswith(f"{field}:"))
     return int(line.split()[1]) * 1024
+
+
+def peak_rss_bytes(pid: int) -> int:
+    return _status_bytes(pid, "VmHWM")
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory now (VmRSS): unlike the peak, it falls when memory is handed back."""
+    return _status_bytes(pid, "VmRSS")
 
 
 def children_peaks(pid: int) -> dict[int, int]:

@@ -4,7 +4,9 @@ the wire format the way a browser's EventSource does."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -121,3 +123,17 @@ def start_at_once(base: str, paths: list[str], *, timeout: float = 30.0) -> list
         return list(await asyncio.gather(*starts))
 
     return asyncio.run(run())
+
+
+def collect(url: str, out: list[SseEvent], **kwargs: Any) -> threading.Thread:
+    """Reads in a thread until the stream ends, or until it has been silent for the read
+    timeout: a token feed never ends, and a reader left open would stay connected to the
+    session's shared API for every later test."""
+
+    def run() -> None:
+        with contextlib.suppress(httpx.ReadTimeout):
+            out.extend(stream(url, **kwargs))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

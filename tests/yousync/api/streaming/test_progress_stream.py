@@ -4,7 +4,6 @@ token feed, shutdown and content negotiation."""
 
 from __future__ import annotations
 
-import contextlib
 import socket
 import threading
 import time
@@ -19,15 +18,10 @@ import redis
 from devtools import stack
 from tests.conftest import OwnRedisApi
 from tests.helpers import sse
-from tests.helpers.jobs import create_job, sync_store
+from tests.helpers.jobs import create_job, stream_ids, sync_store
 from tests.helpers.wait import wait_until
 from yousync.api.streaming.events import parse_stream_id
 from yousync.api.streaming.progress_stream import jittered_ping, jittered_retry
-
-
-def stream_ids(redis_url: str, job_id: str) -> list[str]:
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
-    return [entry_id for entry_id, _ in client.xrange(f"yousync:job:{job_id}:events")]
 
 
 def write_events(
@@ -51,20 +45,6 @@ def write_events(
 TOKEN_FEED_IDLE = 5.0  # seconds of silence after which a test's token-feed reader hangs up
 
 
-def collect(url: str, out: list[sse.SseEvent], **kwargs: object) -> threading.Thread:
-    """Reads in a thread until the stream ends, or until it has been silent for the read
-    timeout: a token feed never ends, and a reader left open would stay connected to the
-    session's shared API for every later test."""
-
-    def run() -> None:
-        with contextlib.suppress(httpx.ReadTimeout):
-            out.extend(sse.stream(url, **kwargs))  # type: ignore[arg-type]
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
 def test_stream_when_clients_join_during_concurrent_writes_then_each_gets_every_later_event_once(
     api_url: str, redis_url: str, token_id: str
 ) -> None:
@@ -75,7 +55,7 @@ def test_stream_when_clients_join_during_concurrent_writes_then_each_gets_every_
     writer.start()
     threads = []
     for out in received:  # clients connect at different moments of the write burst
-        threads.append(collect(url, out))
+        threads.append(sse.collect(url, out))
         time.sleep(0.05)  # not a wait: spreads the clients' arrivals over the burst
     writer.join()
     for thread in threads:
@@ -107,7 +87,7 @@ def test_stream_when_one_client_never_reads_then_others_are_not_delayed_and_it_l
         what="the stalled client registered before the burst",
     )
     good: list[sse.SseEvent] = []
-    reader = collect(f"{api_url}/tokens/analysis-progress/{job_id}", good)
+    reader = sse.collect(f"{api_url}/tokens/analysis-progress/{job_id}", good)
     wait_until(lambda: good, timeout=10, what="the reading client's first event")
     # 150 events of 16 KB (within the Stream's 200-entry bound): far more than the stalled
     # socket's buffers and its 64-entry queue hold, so its queue overflows into a resync.
@@ -166,7 +146,7 @@ def test_hub_when_redis_restarts_under_live_streams_then_clients_resume_without_
     )
     job_id = create_job(redis_url, token_id)
     received: list[sse.SseEvent] = []
-    reader = collect(f"{api_url}/tokens/analysis-progress/{job_id}", received, timeout=60)
+    reader = sse.collect(f"{api_url}/tokens/analysis-progress/{job_id}", received, timeout=60)
     wait_until(lambda: received, timeout=10, what="the stream's first event")
     store = sync_store(redis_url)
     store.update(job_id, token_id, status="processing", progress=10, stage="uploading")
@@ -194,7 +174,7 @@ def test_token_stream_when_jobs_progress_then_events_of_every_job_arrive_with_jo
 ) -> None:
     received: list[sse.SseEvent] = []
     clients = sse.hub_clients(api_url)
-    collect(f"{api_url}/tokens/{token_id}/analysis-progress", received, timeout=TOKEN_FEED_IDLE)
+    sse.collect(f"{api_url}/tokens/{token_id}/analysis-progress", received, timeout=TOKEN_FEED_IDLE)
     wait_until(
         lambda: sse.hub_clients(api_url) > clients,
         timeout=10,
@@ -215,7 +195,7 @@ def test_token_stream_when_jobs_progress_then_events_of_every_job_arrive_with_jo
     # Resume the token feed after an id: exactly what came later.
     middle = received[len(received) // 2]
     replay: list[sse.SseEvent] = []
-    collect(
+    sse.collect(
         f"{api_url}/tokens/{token_id}/analysis-progress",
         replay,
         headers={"Last-Event-ID": middle.id or ""},
@@ -233,7 +213,7 @@ def test_token_stream_when_connecting_fresh_then_first_events_are_each_jobs_late
     write_events(redis_url, done, token_id, 3)
     waiting = create_job(redis_url, token_id)
     received: list[sse.SseEvent] = []
-    collect(f"{api_url}/tokens/{token_id}/analysis-progress", received, timeout=TOKEN_FEED_IDLE)
+    sse.collect(f"{api_url}/tokens/{token_id}/analysis-progress", received, timeout=TOKEN_FEED_IDLE)
     wait_until(lambda: len(received) >= 2, timeout=10, what="each job's latest state")
     assert [(e.json["job_id"], e.json["status"]) for e in received] == [
         (done, "completed"),
@@ -312,7 +292,7 @@ def test_stream_when_an_event_is_unreadable_then_it_is_skipped_and_the_stream_go
     job_id = create_job(redis_url, token_id)
     url = f"{api_url}/tokens/analysis-progress/{job_id}"
     live: list[sse.SseEvent] = []
-    reader = collect(url, live)
+    reader = sse.collect(url, live)
     wait_until(lambda: live, timeout=10, what="the first event")
     store = sync_store(redis_url)
     store.update(job_id, token_id, status="processing", progress=10, stage="uploading")

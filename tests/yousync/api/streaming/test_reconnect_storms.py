@@ -7,18 +7,17 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from devtools import stack
 from devtools.connections import children, connections_per_pid
 from tests.conftest import OwnRedisApi
 from tests.helpers import sse
-from tests.helpers.jobs import create_job, sync_store
+from tests.helpers.jobs import create_job, stream_ids, sync_store
+from tests.helpers.memory import MB, rss_bytes
 from tests.helpers.proxy import CuttableProxy
 from tests.helpers.wait import wait_until
 
@@ -95,7 +94,7 @@ def test_api_processes_when_a_storm_hits_two_then_both_serve_and_every_client_ge
         job_ids = [create_job(redis_url, token_id) for _ in range(4)]
         received: list[list[sse.SseEvent]] = [[] for _ in range(60)]
         readers = [
-            collect(
+            sse.collect(
                 f"http://127.0.0.1:{port}/tokens/analysis-progress/{job_ids[n % 4]}", received[n]
             )
             for n in range(60)
@@ -115,9 +114,8 @@ def test_api_processes_when_a_storm_hits_two_then_both_serve_and_every_client_ge
             store.update(job_id, token_id, status="completed", progress=100, stage="done")
         for reader in readers:
             reader.join(30)
-        client = redis.Redis.from_url(redis_url, decode_responses=True)
         for n, events in enumerate(received):
-            stored = [entry for entry, _ in client.xrange(f"yousync:job:{job_ids[n % 4]}:events")]
+            stored = stream_ids(redis_url, job_ids[n % 4])
             assert [event.id for event in events] == stored, f"client {n}"
     finally:
         api.stop()
@@ -130,12 +128,6 @@ def ready_workers(supervisor: int, redis_port: int, count: int) -> list[int]:
     return pids if len(pids) == count and all(connected.values()) else []
 
 
-def collect(url: str, out: list[sse.SseEvent]) -> threading.Thread:
-    thread = threading.Thread(target=lambda: out.extend(sse.stream(url)), daemon=True)
-    thread.start()
-    return thread
-
-
 def test_storm_when_many_clients_never_read_then_readers_get_every_event_and_memory_is_bounded(
     stack_env: dict[str, str], redis_url: str, workdir: Path, token_id: str
 ) -> None:
@@ -145,7 +137,7 @@ def test_storm_when_many_clients_never_read_then_readers_get_every_event_and_mem
     path = f"/tokens/analysis-progress/{job_id}"
     stalled: list[socket.socket] = []
     try:
-        rss_before = rss_mb(api.pid)
+        rss_before = rss_bytes(api.pid)
         for _ in range(50):  # never read past their first bytes: small buffers, full at once
             sock = socket.socket()
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -155,7 +147,7 @@ def test_storm_when_many_clients_never_read_then_readers_get_every_event_and_mem
             )
             stalled.append(sock)
         received: list[list[sse.SseEvent]] = [[] for _ in range(100)]
-        readers = [collect(f"http://127.0.0.1:{port}{path}", out) for out in received]
+        readers = [sse.collect(f"http://127.0.0.1:{port}{path}", out) for out in received]
         wait_until(lambda: all(received), timeout=30, what="100 readers' first events")
         # 150 events of 16 KB: far beyond what the stalled sockets and their queues hold.
         store = sync_store(redis_url)
@@ -171,25 +163,13 @@ def test_storm_when_many_clients_never_read_then_readers_get_every_event_and_mem
         store.update(job_id, token_id, status="completed", progress=100, stage="done")
         for reader in readers:
             reader.join(30)
-        stored = [
-            entry
-            for entry, _ in redis.Redis.from_url(redis_url, decode_responses=True).xrange(
-                f"yousync:job:{job_id}:events"
-            )
-        ]
+        stored = stream_ids(redis_url, job_id)
         for events in received:
             ids = [event.id for event in events]
             assert ids == stored[stored.index(ids[0]) :]
-        growth = rss_mb(api.pid) - rss_before
+        growth = (rss_bytes(api.pid) - rss_before) / MB
         assert growth < 64, f"the API grew {growth:.0f} MB holding 50 clients that never read"
     finally:
         for sock in stalled:
             sock.close()
         api.stop()
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
