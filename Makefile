@@ -42,7 +42,7 @@ dev: setup
 	@bash scripts/dev.sh
 
 test: setup
-	@bash scripts/ensure_system_deps.sh browser
+	@bash scripts/ensure_system_deps.sh browser deploy
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Every check runs even when an earlier one fails, so one run shows every problem: ruff, the

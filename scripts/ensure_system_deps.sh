@@ -2,10 +2,12 @@
 # Install the Debian packages the project needs, but only those whose command is missing, so
 # `make setup` can call this on every run: silent and instant when everything is there.
 #
-# Usage: scripts/ensure_system_deps.sh [python] [services] [browser]   (no argument: services)
+# Usage: scripts/ensure_system_deps.sh [python] [services] [browser] [deploy]  (none: services)
 #   python    python3 and python3-venv (Debian's python3 has no venv/ensurepip without it)
 #   services  redis-server (tests and `make dev` start private ones) and ffmpeg (pydub decodes)
 #   browser   chromium, which the Playwright tests drive (`make test`; never `playwright install`)
+#   deploy    nginx (the reverse proxy of `make prod-local` and its tests), promtool (checks the
+#             alert rules; Debian ships it in `prometheus`) and systemd-analyze (verifies units)
 set -euo pipefail
 
 missing=()
@@ -40,8 +42,14 @@ for group in "${groups[@]}"; do
         browser)
             need_cmd chromium chromium
             ;;
+        deploy)
+            # /usr/sbin is not on every user's PATH; nginx lives there.
+            [[ -x /usr/sbin/nginx ]] || need_cmd nginx nginx
+            need_cmd promtool prometheus
+            need_cmd systemd-analyze systemd
+            ;;
         *)
-            echo "ensure_system_deps: unknown group '$group' (python|services|browser)" >&2
+            echo "ensure_system_deps: unknown group '$group' (python|services|browser|deploy)" >&2
             exit 2
             ;;
     esac
@@ -86,6 +94,11 @@ for group in "${groups[@]}"; do
             ;;
         browser)
             command -v chromium >/dev/null 2>&1 || still_missing+=(chromium)
+            ;;
+        deploy)
+            [[ -x /usr/sbin/nginx ]] || command -v nginx >/dev/null 2>&1 || still_missing+=(nginx)
+            command -v promtool >/dev/null 2>&1 || still_missing+=(prometheus)
+            command -v systemd-analyze >/dev/null 2>&1 || still_missing+=(systemd)
             ;;
     esac
 done
