@@ -1,0 +1,1 @@
+"""Production deployment: templates for nginx, systemd, Redis and Prometheus, and their renderer."""

@@ -1,0 +1,135 @@
+"""Render the deploy templates (`deploy/**/*.in`) for one host: `python -m deploy.render OUT`.
+
+Templates say `@NAME@` where a host-specific value goes: this checkout's paths, ports, the
+proxy's address and limits derived from the settings (the upload ceiling, the ping interval).
+`@NAME@` rather than `$NAME` or `{NAME}` because nginx configs are full of `$variables` and
+systemd units of `${VARIABLES}` and `%specifiers`, which must pass through untouched.
+
+A template naming a value nobody defined is an error, not an empty string: a unit rendered with
+a blank path would only fail on the host, at start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import sys
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from yousync.core.config import HOME_DIR, Settings, get_settings
+
+DEPLOY_DIR = Path(__file__).resolve().parent
+TEMPLATE_SUFFIX = ".in"
+_PLACEHOLDER = re.compile(r"@([A-Z][A-Z0-9_]*)@")
+
+
+class RenderError(ValueError):
+    """A template names a value the topology does not define."""
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Everything the templates may name, with the defaults of one production host.
+
+    Field names are the placeholders (`api_port` is `@API_PORT@`). Paths default to this
+    checkout, so units rendered here point at executables that exist (systemd-analyze verify
+    checks that); a real host passes its own (README "Deploying").
+    """
+
+    home: Path = HOME_DIR
+    venv_bin: Path = HOME_DIR / ".venv" / "bin"
+    # Where the running topology keeps its state: nginx's logs and temp dirs, Redis' data.
+    run_dir: Path = Path("/var/lib/yousync")
+    # The settings file every unit reads (systemd EnvironmentFile=).
+    env_file: Path = Path("/etc/yousync/yousync.env")
+    user: str = "yousync"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    api_processes: int = 2
+    # The address nginx connects to the API from (proxy_bind), the only one whose
+    # X-Forwarded-For the API trusts (uvicorn --forwarded-allow-ips).
+    proxy_addr: str = "127.0.0.1"
+    proxy_listen: str = "0.0.0.0:80"
+    flower_port: int = 5555
+    analysis_port: int = 8001
+    worker_concurrency: int = 2
+    # The seed's --max-memory-per-child (KiB): a prefork child past it is replaced after its
+    # current task.
+    worker_max_memory_kib: int = 300000
+    redis_port: int = 6379
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    def values(self, settings: Settings | None = None) -> dict[str, str]:
+        """Placeholder name → text, including the limits nginx derives from the settings."""
+        settings = settings or get_settings()
+        values = {
+            name.upper(): str(value) for name, value in asdict(self).items() if name != "extra"
+        }
+        values.update(derived_values(settings))
+        values.update({name.upper(): text for name, text in self.extra.items()})
+        return values
+
+
+def derived_values(settings: Settings) -> dict[str, str]:
+    """Values that follow from the settings, so the proxy and the API cannot disagree."""
+    return {
+        "BACK_END": str(HOME_DIR / "back-end"),
+        "ANALYSIS_DIR": str(HOME_DIR / "analysis-server"),
+        # A multipart body carries the file plus its part headers: the proxy admits a little
+        # more than MAX_UPLOAD_MB and lets the API answer its own 413 for the file itself.
+        "CLIENT_MAX_BODY_SIZE": f"{math.ceil(settings.max_upload_mb) + 1}m",
+        "SSE_PING_SECONDS": f"{settings.sse_ping_seconds:g}",
+        # Must exceed the ping interval, or the proxy cuts idle-looking streams.
+        "PROXY_READ_TIMEOUT": f"{max(60, math.ceil(settings.sse_ping_seconds * 4))}s",
+    }
+
+
+def render_text(text: str, values: Mapping[str, str], *, source: str = "<template>") -> str:
+    missing = sorted({name for name in _PLACEHOLDER.findall(text) if name not in values})
+    if missing:
+        raise RenderError(f"{source}: no value for {', '.join('@' + m + '@' for m in missing)}")
+    return _PLACEHOLDER.sub(lambda match: values[match.group(1)], text)
+
+
+def templates(root: Path = DEPLOY_DIR) -> list[Path]:
+    return sorted(path for path in root.rglob(f"*{TEMPLATE_SUFFIX}") if path.is_file())
+
+
+def render_tree(out_dir: Path, values: Mapping[str, str], root: Path = DEPLOY_DIR) -> list[Path]:
+    """Render every template under `root` into `out_dir`, keeping relative paths minus `.in`."""
+    written = []
+    for template in templates(root):
+        relative = template.relative_to(root)
+        target = out_dir / relative.with_name(relative.name.removesuffix(TEMPLATE_SUFFIX))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(render_text(template.read_text(), values, source=str(relative)))
+        written.append(target)
+    return written
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("out_dir", type=Path)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a value (e.g. --set API_PROCESSES=4 --set RUN_DIR=/srv/yousync)",
+    )
+    args = parser.parse_args(argv)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    known = {name.upper() for name in Topology.__dataclass_fields__}
+    fields = {k.lower(): v for k, v in overrides.items() if k in known and k != "EXTRA"}
+    extra = {k: v for k, v in overrides.items() if k not in known}
+    topology = Topology(**fields, extra=extra)
+    for path in render_tree(args.out_dir, topology.values()):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
