@@ -11,10 +11,12 @@ PY := $(VENV)/bin/python
 # Lives inside the venv, so deleting .venv also forgets that requirements were installed.
 STAMP := $(VENV)/.requirements.stamp
 
-.PHONY: help setup dev test lint bench lock clean distclean
+.PHONY: help setup dev prod-local test lint bench lock clean distclean
 
 help:
 	@echo "make dev      set up, then run the whole local stack (Ctrl-C stops it)"
+	@echo "make prod-local  the production topology on this machine: nginx, N API processes, worker,"
+	@echo "                 one Beat, Flower at /flower, prod settings (PROD_LOCAL_ARGS='--processes 4')"
 	@echo "make test     set up, then run the test suite (PYTEST_ARGS='-k upload -x' to narrow)"
 	@echo "make lint     ruff check + ruff format --check, mypy, import contracts (as .ci/run)"
 	@echo "make bench    run bench/bench_*.py in turn, then print bench/results/summary.md"
@@ -40,6 +42,11 @@ setup: $(STAMP)
 
 dev: setup
 	@bash scripts/dev.sh
+
+# The same command lines as deploy/systemd's units, under honcho (devtools/prod_local.py).
+prod-local: setup
+	@bash scripts/ensure_system_deps.sh deploy
+	@$(PY) -m devtools.prod_local $(PROD_LOCAL_ARGS)
 
 test: setup
 	@bash scripts/ensure_system_deps.sh browser deploy

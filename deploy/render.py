@@ -55,11 +55,13 @@ class Topology:
     proxy_listen: str = "0.0.0.0:80"
     flower_port: int = 5555
     analysis_port: int = 8001
+    analysis_processes: int = 2
     worker_concurrency: int = 2
     # The seed's --max-memory-per-child (KiB): a prefork child past it is replaced after its
     # current task.
     worker_max_memory_kib: int = 300000
     redis_port: int = 6379
+    nginx: Path = Path("/usr/sbin/nginx")
     extra: Mapping[str, str] = field(default_factory=dict)
 
     def values(self, settings: Settings | None = None) -> dict[str, str]:
@@ -82,6 +84,8 @@ def derived_values(settings: Settings) -> dict[str, str]:
         # more than MAX_UPLOAD_MB and lets the API answer its own 413 for the file itself.
         "CLIENT_MAX_BODY_SIZE": f"{math.ceil(settings.max_upload_mb) + 1}m",
         "SSE_PING_SECONDS": f"{settings.sse_ping_seconds:g}",
+        # A graceful worker stop waits for running tasks, which end by the hard time limit.
+        "WORKER_STOP_TIMEOUT": f"{settings.task_time_limit + 60}s",
         # Must exceed the ping interval, or the proxy cuts idle-looking streams.
         "PROXY_READ_TIMEOUT": f"{max(60, math.ceil(settings.sse_ping_seconds * 4))}s",
     }
