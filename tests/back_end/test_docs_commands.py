@@ -246,6 +246,7 @@ EXCLUDED = {
 
 # README: quick start and the seed's curl examples.
 MAKE_DEV = "make dev"
+MAKE_PROD_LOCAL = "make prod-local"
 UPLOAD = 'curl -X POST "http://localhost:8000/tokens/test123/upload-audio" -F "file=@audio.wav"'
 RESULT = 'curl "http://localhost:8000/tokens/analysis-result/<job_id>"'
 RESULT_WAIT = 'curl "http://localhost:8000/tokens/analysis-result/<job_id>?wait=30"'
@@ -771,5 +772,94 @@ def test_readme_make_dev_when_run_then_whole_stack_serves_a_job_and_ctrl_c_stops
     assert readyz.status_code == 200, readyz.text
     assert done["status"] == "completed", done
     for process in ("redis", "s3", "analysis", "worker", "beat", "flower", "api", "ready"):
+        assert f"{process}.1 stopped" in out, out[-3000:]
+    assert all(refuses(port) for port in ports.values()), out[-3000:]
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {key: value for key, value in pairs if not key.startswith("#")}
+
+
+@pytest.mark.integration  # no stack fixture: conftest would not mark it
+@pytest.mark.timeout(240)  # above the sum of its own bounded waits, which fail more clearly
+@runs(MAKE_PROD_LOCAL)
+def test_readme_make_prod_local_when_run_then_serves_a_keyed_job_through_nginx_and_stops_it_all(
+    tmp_path: Path,
+) -> None:
+    """The production topology as `make prod-local` brings it up: only nginx's port is used,
+    with the API key the run made; a job's progress streams through the proxy; Flower answers
+    under /flower behind its password; Ctrl-C stops every process."""
+    reason = missing_for_make_setup()
+    if reason:
+        pytest.skip(reason)
+    item = documented(MAKE_PROD_LOCAL)
+    names = ("proxy", "api", "analysis", "s3", "flower", "redis")
+    ports = {name: stack.free_port() for name in names}
+    run_dir = tmp_path / "prod"
+    args = " ".join(f"--{name}-port {port}" for name, port in ports.items())
+    dotenv = {
+        line.split("=", 1)[0]
+        for line in (ROOT / ".env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    }
+    env = {key: value for key, value in os.environ.items() if key not in dotenv}
+    env["PROD_LOCAL_ARGS"] = f"{args} --dir {run_dir}"
+    log_path = tmp_path / "prod-local.log"
+    base = f"http://127.0.0.1:{ports['proxy']}"
+    with log_path.open("wb") as log:
+        prod = subprocess.Popen(
+            ["bash", "-c", item.text],
+            cwd=ROOT / item.cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def ready() -> bool:
+        if prod.poll() is not None:
+            raise RuntimeError(
+                f"make prod-local exited with {prod.returncode}:\n{log_path.read_text()}"
+            )
+        return "production topology (local) is ready" in log_path.read_text(errors="replace")
+
+    try:
+        stack.wait_until(ready, timeout=120, what="make prod-local's ready banner")
+        secrets = read_env_file(run_dir / "secrets.env")
+        key = secrets["API_KEYS"]
+        auth = {"Authorization": f"Bearer {key}"}
+        unkeyed = httpx.get(f"{base}/readyz", timeout=10)
+        readyz = httpx.get(f"{base}/readyz", headers=auth, timeout=10)
+        upload = httpx.post(
+            f"{base}/tokens/test123/upload-audio",
+            headers=auth,
+            files={"file": ("take.wav", wav_bytes(1.0, freq=587.0), "audio/wav")},
+            timeout=30,
+        )
+        job = upload.json()
+        token = f"?token={job['stream_token']}"
+        events = list(sse.stream(f"{base}{job['progress_url']}{token}", timeout=60))
+        user, _, password = secrets["FLOWER_BASIC_AUTH"].partition(":")
+        flower_open = httpx.get(f"{base}/flower/", timeout=10)
+        flower = httpx.get(f"{base}/flower/", auth=(user, password), timeout=10)
+        direct_api = refuses(ports["api"])
+    finally:
+        os.killpg(prod.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
+        try:
+            prod.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(prod.pid, signal.SIGKILL)
+            prod.wait(10)
+
+    out = log_path.read_text(errors="replace")
+    assert unkeyed.status_code == 401 and readyz.status_code == 200, (unkeyed.text, readyz.text)
+    assert upload.status_code == 202, upload.text
+    assert events and events[-1].json["status"] == "completed", [e.data for e in events]
+    assert flower_open.status_code == 401 and flower.status_code == 200
+    assert not direct_api  # the API listens too, on loopback, for nginx
+    settings = read_env_file(run_dir / "yousync.env")
+    assert settings["ENVIRONMENT"] == "prod" and settings["API_KEYS"] == key
+    for process in ("redis", "s3", "analysis", "api", "worker", "beat", "flower", "nginx", "ready"):
         assert f"{process}.1 stopped" in out, out[-3000:]
     assert all(refuses(port) for port in ports.values()), out[-3000:]
