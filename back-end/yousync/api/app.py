@@ -30,7 +30,7 @@ from yousync.api.router.security import require_auth
 from yousync.api.stall_watch import watch_stalls
 from yousync.api.streaming.events import EventHub
 from yousync.api.streaming.read_batcher import StreamReadBatcher
-from yousync.core.config import get_settings
+from yousync.core.config import Settings, get_settings
 from yousync.core.jobs import AsyncJobStore
 from yousync.core.models import ANALYZE_TASK
 from yousync.core.storage import s3_client_kwargs
@@ -74,16 +74,20 @@ def _revoke(task_id: str) -> None:
     celery_app.control.revoke(task_id)
 
 
-def _broker_reader(broker_url: str) -> BrokerReader | None:
+def _broker_reader(settings: Settings) -> BrokerReader | None:
     """The /metrics reader of the broker's queues and workers, on a small client of its own:
     the broker may live on another server (or db) than the job state. None for a broker that
     is not Redis (RabbitMQ has its own exporter)."""
-    if not broker_url.startswith(("redis://", "rediss://", "unix://")):
+    if not settings.broker_is_redis:
         return None
     from yousync.core.broker import QUEUES, redis_queue_keys
 
     pool = aioredis.BlockingConnectionPool.from_url(
-        broker_url, max_connections=2, timeout=2, socket_connect_timeout=2, socket_timeout=2
+        settings.broker_url,
+        max_connections=2,
+        timeout=2,
+        socket_connect_timeout=2,
+        socket_timeout=2,
     )
     return BrokerReader(
         aioredis.Redis(connection_pool=pool), {queue: redis_queue_keys(queue) for queue in QUEUES}
@@ -176,7 +180,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             revoke=_revoke,
             upload_slots=UploadSlots(settings.upload_max_concurrent_per_client),
         )
-        broker_reader = _broker_reader(settings.broker_url)
+        broker_reader = _broker_reader(settings)
         if broker_reader is not None:
             stack.push_async_callback(broker_reader.client.aclose)
             stack.push_async_callback(broker_reader.client.connection_pool.aclose)

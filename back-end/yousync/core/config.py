@@ -197,6 +197,12 @@ class Settings(BaseSettings):
         return f"{base}/1" if _db.isdigit() else self.redis_url
 
     @property
+    def broker_is_redis(self) -> bool:
+        """Queue depth and worker heartbeats live in the broker's Redis; with RabbitMQ there is
+        none (its own exporter reports its queues)."""
+        return self.broker_url.startswith(("redis://", "rediss://"))
+
+    @property
     def worker_heartbeat_ttl_seconds(self) -> float:
         """Three missed beats, so one slow Redis round trip does not count a worker gone."""
         return 3 * self.worker_heartbeat_seconds

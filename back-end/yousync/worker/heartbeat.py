@@ -34,7 +34,7 @@ class QueueHeartbeat(bootsteps.StartStopStep):
         self.interval = settings.worker_heartbeat_seconds
         self.ttl = settings.worker_heartbeat_ttl_seconds
         # Only a Redis broker holds the heartbeats (the API reads them where it reads queues).
-        self.enabled = settings.broker_url.startswith(("redis://", "rediss://", "unix://"))
+        self.enabled = settings.broker_is_redis
         self.broker_url = settings.broker_url
         self.client: redis.Redis | None = None
         self.tref: Any = None
