@@ -212,6 +212,34 @@ def api_on_own_redis(stack_env: dict[str, str], workdir: Path) -> Iterator[OwnRe
         own_redis.kill()
 
 
+@dataclass
+class OwnBrokerApi:
+    broker: stack.Proc
+    broker_url: str
+    api_url: str
+    env: dict[str, str]  # the API's environment: start workers or Beat on the same broker with it
+
+
+@pytest.fixture
+def api_on_own_broker(
+    backend_env: dict[str, str], workdir: Path, redis_client: redis.Redis
+) -> Iterator[OwnBrokerApi]:
+    """An API whose Celery broker is a Redis server of its own (job state stays on the
+    session's Redis): no worker consumes its queues until the test starts one, and the test may
+    kill the broker without disturbing any other test."""
+    own_broker = stack.redis_proc(workdir).start()
+    broker_url = f"redis://127.0.0.1:{own_broker.name.split(':')[1]}/1"
+    env = {**backend_env, "CELERY_BROKER_URL": broker_url}
+    api = stack.api_proc(env, workdir).start()
+    try:
+        yield OwnBrokerApi(
+            own_broker, broker_url, f"http://127.0.0.1:{api.name.split(':')[1]}", env
+        )
+    finally:
+        api.stop()
+        own_broker.kill()
+
+
 @pytest.fixture
 def token_id() -> str:
     return f"tok-{uuid.uuid4().hex[:10]}"

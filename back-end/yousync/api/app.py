@@ -30,11 +30,12 @@ from yousync.api.router.security import require_auth
 from yousync.api.stall_watch import watch_stalls
 from yousync.api.streaming.events import EventHub
 from yousync.api.streaming.read_batcher import StreamReadBatcher
-from yousync.core.config import get_settings
+from yousync.core.config import Settings, get_settings
 from yousync.core.jobs import AsyncJobStore
 from yousync.core.models import ANALYZE_TASK
 from yousync.core.storage import s3_client_kwargs
 from yousync.observability import logging_setup
+from yousync.observability.broker_queues import BrokerReader
 from yousync.observability.metrics import bind as bind_metrics
 
 log = logging.getLogger("yousync.api")
@@ -71,6 +72,26 @@ def _revoke(task_id: str) -> None:
     from yousync.core.broker import celery_app
 
     celery_app.control.revoke(task_id)
+
+
+def _broker_reader(settings: Settings) -> BrokerReader | None:
+    """The /metrics reader of the broker's queues and workers, on a small client of its own:
+    the broker may live on another server (or db) than the job state. None for a broker that
+    is not Redis (RabbitMQ has its own exporter)."""
+    if not settings.broker_is_redis:
+        return None
+    from yousync.core.broker import QUEUES, redis_queue_keys
+
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.broker_url,
+        max_connections=2,
+        timeout=2,
+        socket_connect_timeout=2,
+        socket_timeout=2,
+    )
+    return BrokerReader(
+        aioredis.Redis(connection_pool=pool), {queue: redis_queue_keys(queue) for queue in QUEUES}
+    )
 
 
 def _broker_ping() -> None:
@@ -159,7 +180,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             revoke=_revoke,
             upload_slots=UploadSlots(settings.upload_max_concurrent_per_client),
         )
-        app.state.metrics = bind_metrics(hub=hub, redis=client)
+        broker_reader = _broker_reader(settings)
+        if broker_reader is not None:
+            stack.push_async_callback(broker_reader.client.aclose)
+            stack.push_async_callback(broker_reader.client.connection_pool.aclose)
+        app.state.metrics = bind_metrics(hub=hub, redis=client, broker=broker_reader)
         gc_policy = GcPolicy(
             every=settings.gc_freeze_every_seconds,
             open_streams=lambda: hub.client_count,

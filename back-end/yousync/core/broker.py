@@ -6,20 +6,30 @@ CELERY_GUIDE.md §3): JSON only, late acks with redelivery when a worker dies, o
 per process (tasks are long), task events on so Flower sees them, and a broker visibility timeout
 longer than the hard time limit so Redis does not redeliver running tasks. Task and queue names
 are the wire contract: renaming them strands messages already queued during a deploy.
+
+Every task message also carries the time it was published (`published_at`, set by a
+`before_task_publish` handler below), which is what `yousync_queue_oldest_age_seconds` reads
+(yousync/observability/broker_queues.py; ARCHITECTURE.md "Queue depth and alerts").
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Celery
+from celery.signals import before_task_publish
+from kombu.transport import redis as kombu_redis
 
 from yousync.core.config import get_settings
+from yousync.core.models import PUBLISHED_AT_HEADER
 
 AUDIO_QUEUE = "audio_queue"
 # Beat's sweeps (yousync/worker/tasks/maintenance.py) have their own queue, so a backlog of
 # long analyses does not hold them up; `make dev`'s worker consumes both.
 MAINTENANCE_QUEUE = "maintenance"
+# The queues the product publishes to: the ones whose depth and workers /metrics reports.
+QUEUES = (AUDIO_QUEUE, MAINTENANCE_QUEUE)
 
 settings = get_settings()
 
@@ -73,3 +83,27 @@ celery_app.conf.update(
     timezone="UTC",
     enable_utc=True,
 )
+
+
+def _stamp_published_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    """Stamp every task message with its publish time: an API upload, a retry, a Beat sweep, a
+    `celery call`. Kombu's Redis messages carry no time of their own, and a queue's age is what
+    says it backs up (a long queue of short tasks is fine). A retry is stamped anew: it waits
+    from its own publish, not from the first. The signal is process-wide, so every app in a
+    process that loaded this module stamps its messages."""
+    if headers is not None:
+        headers[PUBLISHED_AT_HEADER] = time.time()
+
+
+before_task_publish.connect(_stamp_published_at, weak=False, dispatch_uid="yousync-published-at")
+
+
+def redis_queue_keys(queue: str) -> list[str]:
+    """The Redis lists a queue's messages wait in, as kombu's Redis transport names them: the
+    queue's own name for priority 0 and `{queue}\\x06\\x16{step}` for each other priority
+    step (kombu's `Channel._q_for_pri`). Publishers `LPUSH` and workers `BRPOP`, so each list's
+    oldest message is at index -1."""
+    options = celery_app.conf.broker_transport_options or {}
+    steps = options.get("priority_steps", kombu_redis.PRIORITY_STEPS)
+    sep = options.get("sep", kombu_redis.Channel.sep)
+    return [queue if step == 0 else f"{queue}{sep}{step}" for step in steps]

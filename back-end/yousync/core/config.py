@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     enqueue_timeout_seconds: float = 3.0
     # How often workers look for tasks of dead workers past the visibility timeout.
     broker_restore_interval_seconds: float = 10.0
+    # Each worker renews its entry in the broker's Redis this often (yousync/worker/heartbeat.py);
+    # an entry not renewed for three intervals is a worker gone (`yousync_workers{queue}`).
+    worker_heartbeat_seconds: float = Field(10.0, gt=0)
     # Touched when a worker is ready to consume (supervisors, test fixtures).
     worker_ready_file: Path | None = Field(None, alias="YOUSYNC_WORKER_READY_FILE")
 
@@ -192,6 +195,17 @@ class Settings(BaseSettings):
             return self.celery_broker_url
         base, _, _db = self.redis_url.rpartition("/")
         return f"{base}/1" if _db.isdigit() else self.redis_url
+
+    @property
+    def broker_is_redis(self) -> bool:
+        """Queue depth and worker heartbeats live in the broker's Redis; with RabbitMQ there is
+        none (its own exporter reports its queues)."""
+        return self.broker_url.startswith(("redis://", "rediss://"))
+
+    @property
+    def worker_heartbeat_ttl_seconds(self) -> float:
+        """Three missed beats, so one slow Redis round trip does not count a worker gone."""
+        return 3 * self.worker_heartbeat_seconds
 
     @property
     def prepare_stream_threshold_bytes(self) -> int:

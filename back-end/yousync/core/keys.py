@@ -51,3 +51,9 @@ def dedupe(token_id: str, sha256: str) -> str:
 METRICS_JOBS_FINISHED = f"{PREFIX}:metrics:jobs_finished"
 # Hash: `{stage}|count`, `{stage}|sum`, `{stage}|le|{bound}` -> a histogram of stage durations.
 METRICS_STAGE_SECONDS = f"{PREFIX}:metrics:stage_seconds"
+
+
+def queue_workers(queue: str) -> str:
+    """Sorted set in the *broker's* Redis: hostnames of the workers consuming `queue`, scored by
+    the time their heartbeat entry expires (yousync/observability/broker_queues.py)."""
+    return f"{PREFIX}:workers:{queue}"

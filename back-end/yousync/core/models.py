@@ -27,6 +27,9 @@ class JobStatus(StrEnum):
 # The analysis task's name, as the broker carries it: the API publishes by it and the worker
 # registers under it. Never rename it: messages queued during a deploy carry the old name.
 ANALYZE_TASK = "tasks.audio_tasks.analyze_audio"
+# Task message header: epoch seconds at which the task was published, by the publisher's clock
+# (set in core/broker.py, read by observability/broker_queues.py for the queue's age).
+PUBLISHED_AT_HEADER = "published_at"
 
 TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 

@@ -16,6 +16,9 @@ API (multiprocess mode needs one shared directory on one host), prefork children
 Redis is already the one place every process reaches. The cost is a few `HINCRBY`s per stage per
 job. Every API instance reports the same cluster numbers: aggregate them with `max`, not `sum`
 (the Grafana dashboard in deploy/ does).
+
+A third source, **the broker's queues** (length, oldest message's age, live workers), is read
+from the broker's Redis by yousync/observability/broker_queues.py, in the same scrape.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from redis.exceptions import RedisError
 from yousync.core import keys
 from yousync.core.models import TERMINAL_STATUSES
 from yousync.core.stages import TIMED_STAGES
+from yousync.observability import broker_queues
 
 if TYPE_CHECKING:
     import redis
@@ -304,25 +308,43 @@ _CLUSTER = _ClusterCollector()
 REGISTRY.register(_CLUSTER)
 
 
-def render(snapshot: ClusterSnapshot, accept: str | None) -> tuple[bytes, str]:
+def render(
+    snapshot: ClusterSnapshot,
+    accept: str | None,
+    broker: broker_queues.BrokerSnapshot | None = None,
+) -> tuple[bytes, str]:
     """The exposition body and its content type, negotiated from the scraper's Accept header
-    (Prometheus text 0.0.4 by default, OpenMetrics when asked)."""
+    (Prometheus text 0.0.4 by default, OpenMetrics when asked). `broker` is None when the
+    broker is not Redis (no queue series then)."""
     encoder, content_type = choose_encoder(accept or "")
     _CLUSTER.snapshot = snapshot
+    broker_queues.COLLECTOR.snapshot = broker
     try:
         return encoder(REGISTRY), content_type
     finally:
         _CLUSTER.snapshot = None
+        broker_queues.COLLECTOR.snapshot = None
 
 
 @dataclass
 class ApiMetrics:
-    """What the lifespan hands to the /metrics route: the Redis client for cluster numbers."""
+    """What the lifespan hands to the /metrics route: the Redis client for cluster numbers and
+    the broker's reader (None when the broker is not Redis)."""
 
     redis: aioredis.Redis
+    broker: broker_queues.BrokerReader | None = None
+
+    async def read(self) -> tuple[ClusterSnapshot, broker_queues.BrokerSnapshot | None]:
+        """Both reads at once: they go to different clients, maybe different servers."""
+        if self.broker is None:
+            return await read_cluster(self.redis), None
+        cluster, broker = await asyncio.gather(read_cluster(self.redis), self.broker.read())
+        return cluster, broker
 
 
-def bind(*, hub: HubStats, redis: aioredis.Redis) -> ApiMetrics:
+def bind(
+    *, hub: HubStats, redis: aioredis.Redis, broker: broker_queues.BrokerReader | None = None
+) -> ApiMetrics:
     """Called once by the API's lifespan."""
     _HUB.bind(hub)
-    return ApiMetrics(redis=redis)
+    return ApiMetrics(redis=redis, broker=broker)

@@ -1,7 +1,8 @@
 """The worker's Celery app: `cd back-end && celery -A celery_app worker --queues=audio_queue`.
 
 The shared app (yousync.core.broker: broker, queues, routing) plus what only the worker and Beat
-need: the task modules, Beat's schedule, structured-log signals and the seed's `--queue` spelling.
+need: the task modules, Beat's schedule, structured-log signals, the seed's `--queue` spelling and
+the heartbeat that says which queues the worker consumes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from celery.signals import beat_init, worker_ready
 from yousync.core.broker import AUDIO_QUEUE, MAINTENANCE_QUEUE, celery_app, settings
 from yousync.core.config import HOME_DIR
 from yousync.worker import telemetry as worker_telemetry
+from yousync.worker.heartbeat import QueueHeartbeat
 
 __all__ = ["AUDIO_QUEUE", "MAINTENANCE_QUEUE", "app", "celery_app", "settings"]
 
@@ -52,6 +54,8 @@ celery_app.user_options["worker"].add(
     click.Option(["--queue"], default=None, help="The seed's spelling of --queues (-Q).")
 )
 celery_app.steps["worker"].add(SeedQueueOption)
+# Which queues this worker consumes, renewed in the broker's Redis (`yousync_workers{queue}`).
+celery_app.steps["consumer"].add(QueueHeartbeat)
 
 
 @worker_ready.connect

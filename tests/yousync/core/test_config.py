@@ -99,3 +99,19 @@ def test_home_when_yousync_home_set_then_it_holds_env_and_spool(
 
 def test_home_when_run_from_the_checkout_then_its_root() -> None:
     assert Path(__file__).resolve().parents[3] == config.HOME_DIR
+
+
+@pytest.mark.parametrize(
+    ("broker", "is_redis"),
+    [("", True), ("rediss://broker:6380/2", True), ("amqp://u:p@rabbit:5672//", False)],
+    ids=["default-db-1", "tls-redis", "rabbitmq"],
+)
+def test_broker_is_redis_when_broker_url_set_then_only_redis_schemes_hold_queues_and_heartbeats(
+    broker: str, is_redis: bool
+) -> None:
+    settings = Settings(redis_url="redis://r:6379/0", celery_broker_url=broker)
+    assert settings.broker_is_redis is is_redis
+
+
+def test_worker_heartbeat_ttl_when_interval_set_then_three_missed_beats() -> None:
+    assert Settings(worker_heartbeat_seconds=0.5).worker_heartbeat_ttl_seconds == 1.5

@@ -1,5 +1,5 @@
 """`GET /metrics`: Prometheus text format (OpenMetrics when the scraper asks for it) — this
-process's metrics and the cluster's, read from Redis at scrape time
+process's metrics, the cluster's and the broker's queues, read from Redis at scrape time
 (yousync/observability/metrics.py says which is which and why)."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ router = APIRouter(tags=["health"])
 
 @router.get(
     "/metrics",
-    summary="Prometheus metrics: uploads, jobs, stage timings, SSE clients and events",
+    summary="Prometheus metrics: uploads, jobs, stage timings, queues, workers, SSE clients",
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_PLAIN_0_0_4: {}}}},
 )
 async def prometheus_metrics(request: Request) -> Response:
     bound: metrics.ApiMetrics = request.app.state.metrics
-    cluster = await metrics.read_cluster(bound.redis)
-    body, content_type = metrics.render(cluster, request.headers.get("accept"))
+    cluster, broker = await bound.read()
+    body, content_type = metrics.render(cluster, request.headers.get("accept"), broker)
     return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

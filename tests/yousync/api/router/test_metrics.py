@@ -1,30 +1,41 @@
 """GET /metrics over the real stack: the API's own counters (uploads by outcome, bytes, SSE
-clients, events, replays, hub resyncs) and the cluster's, written by the worker and the
-job-state script into Redis (jobs by final status, time per stage)."""
+clients, events, replays, hub resyncs), the cluster's, written by the worker and the
+job-state script into Redis (jobs by final status, time per stage), and the broker's queues
+(length, oldest message's age, live workers)."""
 
 from __future__ import annotations
 
 import json
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 import redis
+import yaml
+from celery import Celery
 from prometheus_client.parser import text_string_to_metric_families
 
+from devtools import stack
+from tests.conftest import OwnBrokerApi
 from tests.helpers import sse
+from tests.helpers.api import upload_accepted
 from tests.helpers.audio import wav_bytes
 from tests.helpers.jobs import create_job
 from tests.helpers.wait import wait_until
+from yousync.core.broker import AUDIO_QUEUE, MAINTENANCE_QUEUE
 from yousync.core.config import Settings
 from yousync.core.jobs import JobStore
 from yousync.core.stages import TIMED_STAGES
 
 STAGES = tuple(stage.value for stage in TIMED_STAGES)
-DASHBOARD = Path(__file__).resolve().parents[4] / "deploy" / "grafana" / "yousync-dashboard.json"
+DEPLOY = Path(__file__).resolve().parents[4] / "deploy"
+DASHBOARD = DEPLOY / "grafana" / "yousync-dashboard.json"
+ALERTS = DEPLOY / "prometheus" / "alerts.yml"
+SERIES = re.compile(r"yousync_[a-z_]+")
 
 
 def scrape(base: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -105,16 +116,24 @@ def test_metrics_when_job_completes_then_upload_job_stage_and_sse_metrics_move(
     assert value(after, "yousync_job_stage_seconds_sum", stage="analyzing") >= 1.0
     assert value(after, "yousync_job_stage_seconds_bucket", stage="analyzing", le="0.5") == 0
 
-    # Every series the Grafana dashboard in deploy/ queries is one this endpoint exports.
+    # Every series the Grafana dashboard and the alert rules in deploy/ query is one this
+    # endpoint exports.
     dashboard = json.loads(DASHBOARD.read_text())
     queried = {
         name
         for panel in dashboard["panels"]
         for target in panel.get("targets", [])
-        for name in re.findall(r"yousync_[a-z_]+", target["expr"])
+        for name in SERIES.findall(target["expr"])
+    }
+    alerted = {
+        name
+        for group in yaml.safe_load(ALERTS.read_text())["groups"]
+        for rule in group["rules"]
+        for name in SERIES.findall(rule["expr"])
     }
     exported = {name for name, _ in after}
     assert queried and queried <= exported, queried - exported
+    assert alerted and alerted <= exported, alerted - exported
 
 
 def test_metrics_when_job_fails_then_counted_once_by_final_status(
@@ -152,3 +171,81 @@ def test_metrics_when_sse_client_connects_and_leaves_then_gauge_follows(
             received += chunk
         assert value(scrape(api_url), "yousync_sse_clients") == 1
     wait_for_gauge(api_url, "yousync_sse_clients", 0, "the SSE client never left the hub")
+
+
+def queue_gauges(samples: dict, queue: str) -> tuple[float, float, float]:  # type: ignore[type-arg]
+    return (
+        value(samples, "yousync_queue_length", queue=queue),
+        value(samples, "yousync_queue_oldest_age_seconds", queue=queue),
+        value(samples, "yousync_workers", queue=queue),
+    )
+
+
+def test_metrics_when_tasks_wait_with_no_worker_then_queue_gauges_rise_and_fall_once_consumed(
+    api_on_own_broker: OwnBrokerApi,
+    workdir: Path,
+    analysis_service: stack.Proc,
+    token_id: str,
+) -> None:
+    """Length and age of both queues rise while nobody consumes them (an upload through the
+    API, a sweep as Beat sends it), fall to 0 once a worker does; the workers gauge counts that
+    worker and drops once it is SIGKILLed (no clean exit: its heartbeat's TTL runs out)."""
+    api = api_on_own_broker.api_url
+    idle = scrape(api)
+    assert value(idle, "yousync_broker_metrics_up") == 1
+    for queue in (AUDIO_QUEUE, MAINTENANCE_QUEUE):
+        assert queue_gauges(idle, queue) == (0, 0, 0), queue
+
+    published = time.time()
+    job = upload_accepted(api, token_id, wav_bytes(1.0))
+    beat_like = Celery("beat-like", broker=api_on_own_broker.broker_url)
+    beat_like.send_task("tasks.maintenance.sweep_spool", queue=MAINTENANCE_QUEUE)
+    beat_like.close()
+    sent = time.time()
+    waiting = scrape(api)
+    scraped = time.time()
+    for queue in (AUDIO_QUEUE, MAINTENANCE_QUEUE):
+        length, age, workers = queue_gauges(waiting, queue)
+        assert (length, workers) == (1, 0), queue
+        # Aged from the message's own publish time, not from when this scrape first saw it.
+        assert 0 < age <= scraped - published, queue
+    wait_until(
+        lambda: queue_gauges(scrape(api), AUDIO_QUEUE)[1] >= scraped - sent + 0.5,
+        timeout=10,
+        what="the oldest message's age did not grow while it waited",
+    )
+
+    env = {**api_on_own_broker.env, "WORKER_HEARTBEAT_SECONDS": "0.5"}
+    worker = stack.worker_proc(env, workdir, name="drain").start()
+    try:
+        wait_until(
+            lambda: all(
+                queue_gauges(scrape(api), queue) == (0, 0, 1)
+                for queue in (AUDIO_QUEUE, MAINTENANCE_QUEUE)
+            ),
+            timeout=20,
+            what="the worker did not drain both queues, or its heartbeat was not counted",
+        )
+        finished = httpx.get(f"{api}{job['result_url']}?wait=30", timeout=40).json()
+        assert finished["status"] == "completed", finished
+    finally:
+        worker.kill()
+    wait_until(
+        lambda: all(
+            queue_gauges(scrape(api), queue)[2] == 0 for queue in (AUDIO_QUEUE, MAINTENANCE_QUEUE)
+        ),
+        timeout=10,  # the heartbeat's TTL is 1.5 s
+        what="a SIGKILLed worker was still counted",
+    )
+
+
+def test_metrics_when_the_broker_is_down_then_broker_up_is_0_and_the_scrape_still_answers(
+    api_on_own_broker: OwnBrokerApi,
+) -> None:
+    api_on_own_broker.broker.kill()
+
+    samples = scrape(api_on_own_broker.api_url)
+
+    assert value(samples, "yousync_broker_metrics_up") == 0
+    assert value(samples, "yousync_cluster_metrics_up") == 1  # job state is another server
+    assert not any(name.startswith("yousync_queue_") for name, _ in samples)
