@@ -22,6 +22,8 @@ from typing import TypeVar
 
 import httpx
 
+from yousync.observability.multiprocess import prepare_dir
+
 T = TypeVar("T")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -79,10 +81,14 @@ class Proc:
     log_path: Path
     ready: Callable[[], bool] | None = None
     ready_timeout: float = 30.0
+    # Run before every start, as a supervisor prepares a service (systemd's ExecStartPre=).
+    before_start: Callable[[], None] | None = None
     popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     def start(self) -> Proc:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        if self.before_start is not None:
+            self.before_start()
         log = self.log_path.open("ab")
         self.popen = subprocess.Popen(
             self.argv,
@@ -282,20 +288,31 @@ def analysis_proc(env: Mapping[str, str], workdir: Path, port: int | None = None
 
 
 def api_proc(
-    env: Mapping[str, str], workdir: Path, port: int | None = None, *, processes: int = 1
+    env: Mapping[str, str],
+    workdir: Path,
+    port: int | None = None,
+    *,
+    processes: int = 1,
+    metrics_dir: Path | None = None,
 ) -> Proc:
     """The API; with `processes` > 1, uvicorn's supervisor and that many processes sharing one
-    listening socket, as a production host runs it."""
+    listening socket, as a production host runs it. With `metrics_dir`, prometheus-client's
+    multiprocess mode in that directory, emptied before every start as systemd's
+    `RuntimeDirectory=` empties the unit's (yousync/observability/multiprocess.py)."""
     workers = ("--workers", str(processes)) if processes > 1 else ()
-    return uvicorn_proc(
+    extra_env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)} if metrics_dir else {}
+    proc = uvicorn_proc(
         "api",
         "main:app",
-        {**API_ENV, **env},
+        {**API_ENV, **env, **extra_env},
         workdir,
         BACK_END,
         port,
         (*API_UVICORN_ARGS, *workers),
     )
+    if metrics_dir is not None:
+        proc.before_start = lambda: prepare_dir(metrics_dir)
+    return proc
 
 
 def worker_proc(

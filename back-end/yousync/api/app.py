@@ -35,8 +35,8 @@ from yousync.core.jobs import AsyncJobStore
 from yousync.core.models import ANALYZE_TASK
 from yousync.core.storage import s3_client_kwargs
 from yousync.observability import logging_setup
+from yousync.observability import metrics as api_metrics
 from yousync.observability.broker_queues import BrokerReader
-from yousync.observability.metrics import bind as bind_metrics
 
 log = logging.getLogger("yousync.api")
 
@@ -105,6 +105,9 @@ def _broker_ping() -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
     async with contextlib.AsyncExitStack() as stack:
+        # First in, so last out: once everything else has stopped, this process's live
+        # gauges leave the host's sums (observability/multiprocess.py).
+        stack.enter_context(api_metrics.serving(settings.prometheus_multiproc_dir))
         # Bounded, blocking pool: under load requests wait briefly for a connection instead of
         # failing with MaxConnectionsError.
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -184,7 +187,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if broker_reader is not None:
             stack.push_async_callback(broker_reader.client.aclose)
             stack.push_async_callback(broker_reader.client.connection_pool.aclose)
-        app.state.metrics = bind_metrics(hub=hub, redis=client, broker=broker_reader)
+        app.state.metrics = api_metrics.ApiMetrics(
+            redis=client, broker=broker_reader, multiproc_dir=settings.prometheus_multiproc_dir
+        )
         gc_policy = GcPolicy(
             every=settings.gc_freeze_every_seconds,
             open_streams=lambda: hub.client_count,

@@ -148,6 +148,14 @@ class Settings(BaseSettings):
     # line.
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
+    # prometheus-client's multiprocess mode for `uvicorn --workers N`: the directory where each
+    # API process keeps its metric values, so one /metrics scrape reports every process of the
+    # host (observability/multiprocess.py). The library reads this variable from the process
+    # environment itself, before any of our code runs; ours reads the same variable here. Set
+    # it for the API's processes only (the API's unit or Procfile line, never the shared
+    # settings file: a worker would write its files there too), to a directory emptied every
+    # time the supervisor starts. Unset (one process, `make dev`, the tests): as before.
+    prometheus_multiproc_dir: Path | None = None
 
     # Celery Beat maintenance (yousync/worker/tasks/maintenance.py).
     maintenance_interval_seconds: float = Field(300.0, gt=0)
@@ -164,6 +172,17 @@ class Settings(BaseSettings):
     @classmethod
     def _spool_dir_from_home(cls, value: Path) -> Path:
         return value if value.is_absolute() else HOME_DIR / value
+
+    @field_validator("prometheus_multiproc_dir", mode="before")
+    @classmethod
+    def _multiproc_dir_absolute(cls, value: object) -> object:
+        """Empty is unset; a relative path is refused, because prometheus-client resolves it
+        against each process's working directory and our code would against another."""
+        if value in ("", None):
+            return None
+        if not Path(str(value)).is_absolute():
+            raise ValueError("PROMETHEUS_MULTIPROC_DIR must be an absolute path")
+        return value
 
     @model_validator(mode="after")
     def _refuse_local_dummies_outside_dev(self) -> Settings:

@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
-from prometheus_client import REGISTRY
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from redis.exceptions import RedisError
@@ -161,11 +160,12 @@ class BrokerReader:
         return now - seen[1]
 
 
-class _BrokerCollector(Collector):
-    """Renders the snapshot the /metrics handler just read (as the cluster collector does)."""
+class BrokerCollector(Collector):
+    """Renders the snapshot the /metrics handler just read (as the cluster collector does):
+    one per scrape; nothing when the broker is not Redis (`snapshot` None)."""
 
-    def __init__(self) -> None:
-        self.snapshot: BrokerSnapshot | None = None
+    def __init__(self, snapshot: BrokerSnapshot | None) -> None:
+        self.snapshot = snapshot
 
     def collect(self) -> Iterable[Metric]:
         snap = self.snapshot
@@ -198,7 +198,3 @@ class _BrokerCollector(Collector):
             age.add_metric([queue], stats.oldest_age_seconds)
             workers.add_metric([queue], stats.workers)
         yield from (length, age, workers)
-
-
-COLLECTOR = _BrokerCollector()
-REGISTRY.register(COLLECTOR)

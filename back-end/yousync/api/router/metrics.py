@@ -1,6 +1,7 @@
-"""`GET /metrics`: Prometheus text format (OpenMetrics when the scraper asks for it) — this
-process's metrics, the cluster's and the broker's queues, read from Redis at scrape time
-(yousync/observability/metrics.py says which is which and why)."""
+"""`GET /metrics`: Prometheus text format (OpenMetrics when the scraper asks for it) — the API
+processes' metrics (every process of this host in multiprocess mode), the cluster's and the
+broker's queues, read from Redis at scrape time (yousync/observability/metrics.py says which is
+which and why)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,5 @@ router = APIRouter(tags=["health"])
 )
 async def prometheus_metrics(request: Request) -> Response:
     bound: metrics.ApiMetrics = request.app.state.metrics
-    cluster, broker = await bound.read()
-    body, content_type = metrics.render(cluster, request.headers.get("accept"), broker)
+    body, content_type = await bound.page(request.headers.get("accept"))
     return Response(body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})

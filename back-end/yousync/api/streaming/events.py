@@ -157,8 +157,6 @@ class EventHub:
         self._clients = 0
         self.streams_ended = 0
         self.connected = asyncio.Event()
-        self.notifications_received = 0
-        self.reconnects = 0
 
     @property
     def client_count(self) -> int:
@@ -174,6 +172,8 @@ class EventHub:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self.connected.clear()
+        metrics.hub_connected(False)
 
     @contextlib.contextmanager
     def subscribe(
@@ -185,10 +185,12 @@ class EventHub:
         assert key is not None
         index[key].add(sub)
         self._clients += 1
+        metrics.sse_client_joined()
         try:
             yield sub
         finally:
             self._clients -= 1
+            metrics.sse_client_left()
             self.streams_ended += 1
             subs = index.get(key)
             if subs is not None:
@@ -207,6 +209,7 @@ class EventHub:
                         # First subscription, or redis-py re-subscribed after a reconnect:
                         # anything published while we were away must be re-read by clients.
                         self.connected.set()
+                        metrics.hub_connected(True)
                         self._resync_all()
                         backoff = 0.1
                     elif message["type"] == "message":
@@ -215,7 +218,8 @@ class EventHub:
                 raise
             except (RedisError, OSError) as exc:
                 self.connected.clear()
-                self.reconnects += 1
+                metrics.hub_connected(False)
+                metrics.hub_reconnect()
                 log.warning("event hub lost Redis (%s); reconnecting in %.1fs", exc, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -231,7 +235,7 @@ class EventHub:
                     sub.offer(RESYNC)
 
     def _dispatch(self, raw: bytes | str) -> None:
-        self.notifications_received += 1
+        metrics.hub_notification()
         try:
             payload = json.loads(raw)
             note = Notification(
