@@ -60,3 +60,25 @@ def connections_per_pid(pids: list[int], port: int, *, remote: bool = False) -> 
                         count += 1
         counts[pid] = count
     return counts
+
+
+def server_of(client_port: int, pids: list[int], port: int) -> int | None:
+    """Which of `pids` accepted the connection a local client made from `client_port` to
+    `port` (the process holding the server side of it), or None."""
+    inodes: set[int] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                local = int(fields[1].rsplit(":", 1)[1], 16)
+                remote = int(fields[2].rsplit(":", 1)[1], 16)
+                if fields[3] == ESTABLISHED and (local, remote) == (port, client_port):
+                    inodes.add(int(fields[9]))
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    if link.startswith("socket:[") and int(link[8:-1]) in inodes:
+                        return pid
+    return None
