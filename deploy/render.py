@@ -49,6 +49,10 @@ class Topology:
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     api_processes: int = 2
+    # The API processes' prometheus-client multiprocess directory (PROMETHEUS_MULTIPROC_DIR):
+    # the unit's RuntimeDirectory=, which systemd empties at every start. Only make prod-local
+    # (no systemd) points it elsewhere.
+    api_metrics_dir: Path = Path("/run/yousync-api")
     # The address nginx connects to the API from (proxy_bind), the only one whose
     # X-Forwarded-For the API trusts (uvicorn --forwarded-allow-ips).
     proxy_addr: str = "127.0.0.1"

@@ -13,7 +13,8 @@ Everything lives under one directory (default var/prod):
 - `yousync.env`, the settings file (ENVIRONMENT=prod, URLs and ports, plus the secrets): the
   file systemd's EnvironmentFile= would read, rewritten on every run from the options;
 - `deploy/`, the templates rendered for this checkout and these ports; `nginx/`, `redis/`,
-  `spool/`: the processes' state.
+  `spool/`: the processes' state; `api-metrics/`: the API processes' metric files, emptied at
+  every start.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from deploy.render import Topology, render_tree
 from yousync.core.config import HOME_DIR, Settings
+from yousync.observability.multiprocess import prepare_dir
 
 SECRET_NAMES = (
     "API_KEYS",
@@ -121,6 +123,7 @@ def topology(run_dir: Path, ports: Ports, processes: int) -> Topology:
         user=_current_user(),
         api_port=ports.api,
         api_processes=processes,
+        api_metrics_dir=api_metrics_dir(run_dir),
         # nginx connects to the API from 127.0.0.2 (all of 127/8 is loopback), so the API can
         # tell the proxy apart from any other local client.
         proxy_addr="127.0.0.2",
@@ -129,6 +132,11 @@ def topology(run_dir: Path, ports: Ports, processes: int) -> Topology:
         analysis_port=ports.analysis,
         redis_port=ports.redis,
     )
+
+
+def api_metrics_dir(run_dir: Path) -> Path:
+    """Where the API processes keep their metric files (PROMETHEUS_MULTIPROC_DIR)."""
+    return run_dir / "api-metrics"
 
 
 def _current_user() -> str:
@@ -143,6 +151,9 @@ def prepare(run_dir: Path, ports: Ports, processes: int) -> tuple[Path, dict[str
     run_dir = run_dir.resolve()
     for sub in ("nginx", "redis", "spool"):
         (run_dir / sub).mkdir(parents=True, exist_ok=True)
+    # Empty before the supervisor starts, as systemd's RuntimeDirectory= leaves the unit's:
+    # files of an earlier run would count its values again (yousync/observability/multiprocess.py).
+    prepare_dir(api_metrics_dir(run_dir))
     env = settings_env(run_dir, ports, ensure_secrets(run_dir))
     write_env_file(run_dir / "yousync.env", env, "written by `make prod-local` on every run")
     # The settings the templates derive limits from are the ones the processes will read.

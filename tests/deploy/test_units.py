@@ -140,3 +140,21 @@ def test_api_unit_when_reloaded_then_uvicorn_gets_sighup_for_a_rolling_restart(
     parser.read(rendered / "systemd" / "yousync-api.service")
     assert parser["Service"]["ExecReload"] == "/bin/kill -HUP $MAINPID"
     assert parser["Service"]["KillMode"] == "mixed"
+
+
+def test_api_unit_when_rendered_then_its_metrics_directory_is_the_one_systemd_empties_at_start(
+    rendered: Path,
+) -> None:
+    """prometheus-client's multiprocess directory must be empty when uvicorn's supervisor
+    starts (stale files would count again): the unit's RuntimeDirectory=, which systemd creates
+    empty at every start. Only the API has it: a worker would write its files there too."""
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    parser.read(rendered / "systemd" / "yousync-api.service")
+    api = unit_launch(rendered / "systemd" / "yousync-api.service")
+    runtime = parser["Service"]["RuntimeDirectory"]
+    assert api.env["PROMETHEUS_MULTIPROC_DIR"] == f"/run/{runtime}"
+    for service in SERVICES:
+        if service != "api":
+            unit = unit_launch(rendered / "systemd" / f"yousync-{service}.service")
+            assert "PROMETHEUS_MULTIPROC_DIR" not in unit.env, service
+    assert "PROMETHEUS_MULTIPROC_DIR" not in (rendered / "yousync.env").read_text()

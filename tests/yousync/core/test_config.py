@@ -115,3 +115,15 @@ def test_broker_is_redis_when_broker_url_set_then_only_redis_schemes_hold_queues
 
 def test_worker_heartbeat_ttl_when_interval_set_then_three_missed_beats() -> None:
     assert Settings(worker_heartbeat_seconds=0.5).worker_heartbeat_ttl_seconds == 1.5
+
+
+def test_prometheus_multiproc_dir_when_unset_empty_or_relative_then_none_none_refused(
+    tmp_path: Path,
+) -> None:
+    """prometheus-client resolves a relative directory against each process's working
+    directory: refused rather than read two ways."""
+    assert Settings().prometheus_multiproc_dir is None
+    assert Settings(prometheus_multiproc_dir="").prometheus_multiproc_dir is None
+    assert Settings(prometheus_multiproc_dir=str(tmp_path)).prometheus_multiproc_dir == tmp_path
+    with pytest.raises(ValidationError, match="absolute"):
+        Settings(prometheus_multiproc_dir="var/metrics")
