@@ -60,3 +60,17 @@ def connections_per_pid(pids: list[int], port: int, *, remote: bool = False) -> 
                         count += 1
         counts[pid] = count
     return counts
+
+
+def peer_ports(port: int, peer_host: str) -> set[int]:
+    """Ports on `peer_host` (IPv4) of TCP connections to local port `port`, in any state,
+    TIME_WAIT included: every connection a peer opened lately, not only those still open."""
+    wanted = "".join(f"{int(octet):02X}" for octet in reversed(peer_host.split(".")))
+    ports: set[int] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            local, remote = line.split()[1:3]
+            remote_host, remote_port = remote.split(":")
+            if int(local.rsplit(":", 1)[1], 16) == port and remote_host == wanted:
+                ports.add(int(remote_port, 16))
+    return ports
