@@ -51,3 +51,7 @@ def dedupe(token_id: str, sha256: str) -> str:
 METRICS_JOBS_FINISHED = f"{PREFIX}:metrics:jobs_finished"
 # Hash: `{stage}|count`, `{stage}|sum`, `{stage}|le|{bound}` -> a histogram of stage durations.
 METRICS_STAGE_SECONDS = f"{PREFIX}:metrics:stage_seconds"
+
+# String: the token of the one Beat allowed to send (host:pid:uuid), with a TTL it renews
+# (yousync/worker/beat_scheduler.py).
+BEAT_LOCK = f"{PREFIX}:beat:lock"
