@@ -198,12 +198,6 @@ class Settings(BaseSettings):
         return f"{base}/1" if _db.isdigit() else self.redis_url
 
     @property
-    def beat_lock_renew_seconds(self) -> float:
-        """How often Beat renews its lock (and a standby retries): three tries per TTL, so one
-        slow or failed renewal does not yet lose the lock."""
-        return self.beat_lock_ttl_seconds / 3
-
-    @property
     def prepare_stream_threshold_bytes(self) -> int:
         return int(self.prepare_stream_threshold_mb * 1024 * 1024)
 

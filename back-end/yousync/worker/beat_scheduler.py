@@ -8,7 +8,7 @@ The lock's value is its holder's token (`host:pid:uuid`), so only the holder can
 it: both are compare-then-act Lua scripts, atomic in Redis.
 
 - Ticks are at most a third of the lock's TTL apart (`BEAT_LOCK_TTL_SECONDS` / 3), so a holder
-  renews in time even if one renewal fails.
+  renews in time even if one renewal fails, and a standby tries as often.
 - A clean shutdown (SIGTERM, Ctrl-C) releases the lock: a standby takes over at its next tick.
   A holder that dies without releasing (SIGKILL, host gone) loses it when the TTL runs out.
 - A holder that cannot reach Redis cannot know whether it still holds the lock: it goes on
@@ -38,6 +38,10 @@ from yousync.core import keys
 from yousync.core.config import get_settings
 
 log = logging.getLogger("yousync.beat")
+
+# Ticks (renewals, and a standby's tries) per lock TTL: one slow or failed renewal does not yet
+# lose the lock.
+RENEWALS_PER_TTL = 3
 
 # Take the lock when it is free, or extend it when it is ours; either way answer its holder.
 _ACQUIRE_OR_EXTEND = """
@@ -134,8 +138,8 @@ def lock_client(url: str, renew_seconds: float) -> redis.Redis:
 def lock_from_settings() -> BeatLock:
     """The lock on the job-state Redis (`REDIS_URL`), with `BEAT_LOCK_TTL_SECONDS`."""
     settings = get_settings()
-    client = lock_client(settings.redis_url, settings.beat_lock_renew_seconds)
-    return BeatLock(client, ttl_seconds=settings.beat_lock_ttl_seconds)
+    ttl = settings.beat_lock_ttl_seconds
+    return BeatLock(lock_client(settings.redis_url, ttl / RENEWALS_PER_TTL), ttl_seconds=ttl)
 
 
 class SingleBeatScheduler(PersistentScheduler):
@@ -147,7 +151,7 @@ class SingleBeatScheduler(PersistentScheduler):
         # `celery beat` also builds a lazy instance only to print its banner: the lock's client
         # connects on first use, so that one never touches Redis.
         self.lock = lock or lock_from_settings()
-        self.renew_seconds = self.lock.ttl_seconds / 3
+        self.renew_seconds = self.lock.ttl_seconds / RENEWALS_PER_TTL
         self._state = ""
         super().__init__(*args, **kwargs)
         self.max_interval = min(self.max_interval, self.renew_seconds)
