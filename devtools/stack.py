@@ -154,8 +154,15 @@ def redis_server_binary() -> str:
     return found
 
 
-def redis_proc(workdir: Path, port: int | None = None, *, persistent: bool = False) -> Proc:
-    """`persistent` keeps an append-only file, so a restart (kill + start) keeps the data."""
+def redis_proc(
+    workdir: Path,
+    port: int | None = None,
+    *,
+    persistent: bool = False,
+    extra_args: Sequence[str] = (),
+) -> Proc:
+    """`persistent` keeps an append-only file, so a restart (kill + start) keeps the data;
+    `extra_args` are more redis-server options (`--maxmemory-policy allkeys-lru`)."""
     port = port or free_port()
     import redis
 
@@ -180,6 +187,7 @@ def redis_proc(workdir: Path, port: int | None = None, *, persistent: bool = Fal
             f"aof-{port}",
             "--dir",
             str(workdir),
+            *extra_args,
         ],
         env=dict(os.environ),
         cwd=workdir,
@@ -316,7 +324,10 @@ def worker_proc(
     name: str = "w1",
     concurrency: int = 2,
     queues: str = "audio_queue,maintenance",
+    extra_args: Sequence[str] = (),
 ) -> Proc:
+    """A Celery worker, ready once it consumes (its ready file); `extra_args` are more worker
+    options, e.g. production's `--prefetch-multiplier=1 --max-memory-per-child=300000`."""
     hostname = f"{name}@%h"
     ready_marker = workdir / f"worker-{name}.ready"
 
@@ -340,6 +351,7 @@ def worker_proc(
             "--without-mingle",
             "--without-gossip",
             "-E",
+            *extra_args,
         ],
         env=service_env(env, YOUSYNC_WORKER_READY_FILE=str(ready_marker)),
         cwd=BACK_END,
@@ -413,21 +425,29 @@ def nginx_proc(prefix: Path, conf: Path, url: str) -> Proc:
     )
 
 
-def beat_proc(env: Mapping[str, str], workdir: Path) -> Proc:
+# Beat's scheduler everywhere (Procfile.dev, production): it sends only while it holds the Beat
+# lock, so a second Beat is a standby (yousync/worker/beat_scheduler.py).
+BEAT_SCHEDULER = "yousync.worker.beat_scheduler:SingleBeatScheduler"
+
+
+def beat_proc(env: Mapping[str, str], workdir: Path, name: str = "beat") -> Proc:
     """Celery Beat (as in Procfile.dev), its schedule file in `workdir`; ready once it logs
-    that it started, since Beat serves nothing to poll."""
-    log_path = workdir / "beat.log"
+    that it started, since Beat serves nothing to poll. Beats with different `name`s keep
+    their own log and schedule file, as Beats on different hosts would."""
+    log_path = workdir / f"{name}.log"
     with contextlib.suppress(FileNotFoundError):
         log_path.unlink()
+    schedule = "celerybeat-schedule" if name == "beat" else f"{name}-celerybeat-schedule"
     return Proc(
-        name="beat",
+        name=name,
         argv=[
             str(BIN / "celery"),
             "-A",
             "celery_app",
             "beat",
             "--loglevel=info",
-            f"--schedule={workdir / 'celerybeat-schedule'}",
+            f"--scheduler={BEAT_SCHEDULER}",
+            f"--schedule={workdir / schedule}",
         ],
         env=service_env(env),
         cwd=BACK_END,

@@ -259,7 +259,9 @@ EVENTSOURCE = (
 REDIS_PING = "redis-cli ping"
 ANALYSIS_SERVER = "../.venv/bin/uvicorn analysis_server.app:app --port 8001"
 BEAT = (
-    "../.venv/bin/celery -A celery_app beat --loglevel=info --schedule=../var/celerybeat-schedule"
+    "../.venv/bin/celery -A celery_app beat --loglevel=info "
+    "--scheduler=yousync.worker.beat_scheduler:SingleBeatScheduler "
+    "--schedule=../var/celerybeat-schedule"
 )
 SCALE_OUT_WORKER = (
     "celery -A celery_app worker --queues=audio_queue --concurrency=2 --hostname=w2@%h -E"
