@@ -62,6 +62,10 @@ class _Fleet:
     reconnect_seconds: list[float] = field(default_factory=list)
 
 
+# Chunked transfer encoding's terminating chunk: the end of a response (RFC 9112 §7.1).
+LAST_CHUNK = b"0\r\n\r\n"
+
+
 class SseConnection(asyncio.Protocol):
     """One EventSource-like client: `GET path`, then count events as they arrive."""
 
@@ -157,6 +161,18 @@ class SseConnection(asyncio.Protocol):
                 assert self.transport is not None
                 self.transport.close()
                 return
+        if data.endswith(LAST_CHUNK) and (
+            data == LAST_CHUNK or data.endswith(b"\r\n" + LAST_CHUNK)
+        ):
+            # The response ended (chunked encoding's last chunk) on a connection the server
+            # keeps open, as a proxy does: an EventSource reconnects now, so this client does.
+            self._read(data[: -len(LAST_CHUNK)], now)
+            assert self.transport is not None
+            self.transport.close()
+            return
+        self._read(data, now)
+
+    def _read(self, data: bytes, now: float) -> None:
         buffer = self.tail + data if self.tail else data
         # A marker never spans a newline, so everything before the last one is complete.
         cut = buffer.rfind(b"\n")

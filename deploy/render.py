@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import pwd
 import re
+import resource
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from yousync.api.errors import error_response
+from yousync.api.uploads.receive import too_large
 from yousync.core.config import HOME_DIR, Settings, get_settings
 
 DEPLOY_DIR = Path(__file__).resolve().parent
@@ -28,6 +33,17 @@ _PLACEHOLDER = re.compile(r"@([A-Z][A-Z0-9_]*)@")
 
 class RenderError(ValueError):
     """A template names a value the topology does not define."""
+
+
+def _current_user() -> str:
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def _nofile_limit() -> int:
+    """What nginx-local.conf may raise its workers' descriptor limit to on this machine: the
+    hard limit (only root may go past it), capped at 65536 (4,000 streams need 8,000)."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return 65536 if hard == resource.RLIM_INFINITY else min(65536, hard)
 
 
 @dataclass(frozen=True)
@@ -57,6 +73,14 @@ class Topology:
     # X-Forwarded-For the API trusts (uvicorn --forwarded-allow-ips).
     proxy_addr: str = "127.0.0.1"
     proxy_listen: str = "0.0.0.0:80"
+    # The site's access log (Debian's log directory; nginx-local's runs put it in RUN_DIR).
+    nginx_log_dir: Path = Path("/var/log/nginx")
+    # How long a client may take to send its request headers.
+    client_header_timeout: str = "10s"
+    # nginx-local.conf only (tests, benchmarks, `make prod-local`): its workers' user and
+    # descriptor limit, those of whoever renders it on the machine that runs it.
+    local_user: str = field(default_factory=_current_user)
+    nginx_nofile: int = field(default_factory=_nofile_limit)
     flower_port: int = 5555
     analysis_port: int = 8001
     analysis_processes: int = 2
@@ -92,7 +116,25 @@ def derived_values(settings: Settings) -> dict[str, str]:
         "WORKER_STOP_TIMEOUT": f"{settings.task_time_limit + 60}s",
         # Must exceed the ping interval, or the proxy cuts idle-looking streams.
         "PROXY_READ_TIMEOUT": f"{max(60, math.ceil(settings.sse_ping_seconds * 4))}s",
+        # What nginx answers to a Content-Length past CLIENT_MAX_BODY_SIZE: the API's own 413.
+        "FILE_TOO_LARGE_BODY": nginx_string(file_too_large_body(settings)),
     }
+
+
+def file_too_large_body(settings: Settings) -> str:
+    """The body of the API's 413 for a file over MAX_UPLOAD_MB, byte for byte: made by the
+    function the upload handler raises and the response the API answers it with, so the proxy's
+    answer and the API's cannot drift apart."""
+    rejection = too_large(settings.max_upload_bytes)
+    return bytes(error_response(rejection.status, rejection.code, rejection.detail).body).decode()
+
+
+def nginx_string(text: str) -> str:
+    """`text` as one single-quoted nginx argument. `$` is refused: nginx would read it as a
+    variable in `return`, and its config syntax has no escape for it."""
+    if "$" in text:
+        raise RenderError(f"nginx cannot quote a literal $: {text!r}")
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def render_text(text: str, values: Mapping[str, str], *, source: str = "<template>") -> str:

@@ -82,3 +82,17 @@ def server_of(client_port: int, pids: list[int], port: int) -> int | None:
                     if link.startswith("socket:[") and int(link[8:-1]) in inodes:
                         return pid
     return None
+
+
+def peer_ports(port: int, peer_host: str) -> set[int]:
+    """Ports on `peer_host` (IPv4) of TCP connections to local port `port`, in any state,
+    TIME_WAIT included: every connection a peer opened lately, not only those still open."""
+    wanted = "".join(f"{int(octet):02X}" for octet in reversed(peer_host.split(".")))
+    ports: set[int] = set()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            local, remote = line.split()[1:3]
+            remote_host, remote_port = remote.split(":")
+            if int(local.rsplit(":", 1)[1], 16) == port and remote_host == wanted:
+                ports.add(int(remote_port, 16))
+    return ports

@@ -128,6 +128,7 @@ def topology(run_dir: Path, ports: Ports, processes: int) -> Topology:
         # tell the proxy apart from any other local client.
         proxy_addr="127.0.0.2",
         proxy_listen=f"127.0.0.1:{ports.proxy}",
+        nginx_log_dir=run_dir / "nginx",
         flower_port=ports.flower,
         analysis_port=ports.analysis,
         redis_port=ports.redis,

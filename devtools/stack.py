@@ -160,8 +160,15 @@ def redis_server_binary() -> str:
     return found
 
 
-def redis_proc(workdir: Path, port: int | None = None, *, persistent: bool = False) -> Proc:
-    """`persistent` keeps an append-only file, so a restart (kill + start) keeps the data."""
+def redis_proc(
+    workdir: Path,
+    port: int | None = None,
+    *,
+    persistent: bool = False,
+    extra_args: Sequence[str] = (),
+) -> Proc:
+    """`persistent` keeps an append-only file, so a restart (kill + start) keeps the data;
+    `extra_args` are more redis-server options (`--maxmemory-policy allkeys-lru`)."""
     port = port or free_port()
     import redis
 
@@ -186,6 +193,7 @@ def redis_proc(workdir: Path, port: int | None = None, *, persistent: bool = Fal
             f"aof-{port}",
             "--dir",
             str(workdir),
+            *extra_args,
         ],
         env=dict(os.environ),
         cwd=workdir,
@@ -293,13 +301,21 @@ def api_proc(
     port: int | None = None,
     *,
     processes: int = 1,
+    forwarded_allow_ips: str | None = None,
     metrics_dir: Path | None = None,
 ) -> Proc:
     """The API; with `processes` > 1, uvicorn's supervisor and that many processes sharing one
-    listening socket, as a production host runs it. With `metrics_dir`, prometheus-client's
-    multiprocess mode in that directory, emptied before every start as systemd's
-    `RuntimeDirectory=` empties the unit's (yousync/observability/multiprocess.py)."""
+    listening socket, as a production host runs it. With `forwarded_allow_ips` (the proxy's
+    address), behind a reverse proxy as in production: X-Forwarded-For and X-Forwarded-Proto
+    are believed from that address only. With `metrics_dir`, prometheus-client's multiprocess
+    mode in that directory, emptied before every start as systemd's `RuntimeDirectory=`
+    empties the unit's (yousync/observability/multiprocess.py)."""
     workers = ("--workers", str(processes)) if processes > 1 else ()
+    proxied = (
+        ("--proxy-headers", f"--forwarded-allow-ips={forwarded_allow_ips}")
+        if forwarded_allow_ips
+        else ()
+    )
     extra_env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)} if metrics_dir else {}
     proc = uvicorn_proc(
         "api",
@@ -308,7 +324,7 @@ def api_proc(
         workdir,
         BACK_END,
         port,
-        (*API_UVICORN_ARGS, *workers),
+        (*API_UVICORN_ARGS, *workers, *proxied),
     )
     if metrics_dir is not None:
         proc.before_start = lambda: prepare_dir(metrics_dir)
@@ -321,7 +337,10 @@ def worker_proc(
     name: str = "w1",
     concurrency: int = 2,
     queues: str = "audio_queue,maintenance",
+    extra_args: Sequence[str] = (),
 ) -> Proc:
+    """A Celery worker, ready once it consumes (its ready file); `extra_args` are more worker
+    options, e.g. production's `--prefetch-multiplier=1 --max-memory-per-child=300000`."""
     hostname = f"{name}@%h"
     ready_marker = workdir / f"worker-{name}.ready"
 
@@ -345,6 +364,7 @@ def worker_proc(
             "--without-mingle",
             "--without-gossip",
             "-E",
+            *extra_args,
         ],
         env=service_env(env, YOUSYNC_WORKER_READY_FILE=str(ready_marker)),
         cwd=BACK_END,
@@ -355,10 +375,17 @@ def worker_proc(
 
 
 def flower_proc(
-    env: Mapping[str, str], workdir: Path, *, basic_auth: str, port: int | None = None
+    env: Mapping[str, str],
+    workdir: Path,
+    *,
+    basic_auth: str,
+    port: int | None = None,
+    url_prefix: str | None = None,
 ) -> Proc:
-    """Flower against the stack's broker (`celery -A celery_app flower`, as in Procfile.dev)."""
+    """Flower against the stack's broker (`celery -A celery_app flower`, as in Procfile.dev);
+    with `url_prefix`, every route of it under /`url_prefix`/, as it runs behind the proxy."""
     port = port or free_port()
+    prefix = f"/{url_prefix}" if url_prefix else ""
     return Proc(
         name=f"flower:{port}",
         argv=[
@@ -369,34 +396,111 @@ def flower_proc(
             "--address=127.0.0.1",
             f"--port={port}",
             f"--basic-auth={basic_auth}",
+            *([f"--url_prefix={url_prefix}"] if url_prefix else []),
         ],
         env=service_env(env),
         cwd=BACK_END,
         log_path=workdir / f"flower-{port}.log",
-        ready=lambda: http_ok(f"http://127.0.0.1:{port}/healthcheck"),
+        ready=lambda: http_ok(f"http://127.0.0.1:{port}{prefix}/healthcheck"),
         ready_timeout=30.0,
     )
 
 
-def beat_proc(env: Mapping[str, str], workdir: Path) -> Proc:
+def nginx_binary() -> str:
+    """Debian's nginx is in /usr/sbin, which a normal user's PATH may lack."""
+    found = shutil.which("nginx", path=f"{os.environ.get('PATH', '')}:/usr/sbin")
+    if not found:
+        raise RuntimeError(
+            "nginx is not installed: run `bash scripts/ensure_system_deps.sh deploy`"
+        )
+    return found
+
+
+def http_answers(url: str) -> bool:
+    """Any HTTP answer at all: the proxy is up even when what is behind it is not."""
+    httpx.get(url, timeout=1.0)
+    return True
+
+
+def nginx_proc(prefix: Path, conf: Path, url: str) -> Proc:
+    """nginx run unprivileged from `prefix` with a main config such as deploy/nginx's
+    nginx-local.conf (its pid, logs and temp directories inside `prefix`), in the foreground
+    so the Proc owns it; ready once `url` gets any HTTP answer."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    return Proc(
+        name=f"nginx:{httpx.URL(url).port}",
+        argv=[nginx_binary(), "-p", str(prefix), "-c", str(conf), "-g", "daemon off;"],
+        env=dict(os.environ),
+        cwd=prefix,
+        log_path=prefix / "nginx-stderr.log",
+        ready=lambda: http_answers(url),
+        ready_timeout=10.0,
+    )
+
+
+# Beat's scheduler everywhere (Procfile.dev, production): it sends only while it holds the Beat
+# lock, so a second Beat is a standby (yousync/worker/beat_scheduler.py).
+BEAT_SCHEDULER = "yousync.worker.beat_scheduler:SingleBeatScheduler"
+
+
+def beat_proc(env: Mapping[str, str], workdir: Path, name: str = "beat") -> Proc:
     """Celery Beat (as in Procfile.dev), its schedule file in `workdir`; ready once it logs
-    that it started, since Beat serves nothing to poll."""
-    log_path = workdir / "beat.log"
+    that it started, since Beat serves nothing to poll. Beats with different `name`s keep
+    their own log and schedule file, as Beats on different hosts would."""
+    log_path = workdir / f"{name}.log"
     with contextlib.suppress(FileNotFoundError):
         log_path.unlink()
+    schedule = "celerybeat-schedule" if name == "beat" else f"{name}-celerybeat-schedule"
     return Proc(
-        name="beat",
+        name=name,
         argv=[
             str(BIN / "celery"),
             "-A",
             "celery_app",
             "beat",
             "--loglevel=info",
-            f"--schedule={workdir / 'celerybeat-schedule'}",
+            f"--scheduler={BEAT_SCHEDULER}",
+            f"--schedule={workdir / schedule}",
         ],
         env=service_env(env),
         cwd=BACK_END,
         log_path=log_path,
         ready=lambda: "beat: Starting" in log_path.read_text(errors="replace"),
         ready_timeout=30.0,
+    )
+
+
+def proxy_proc(
+    workdir: Path,
+    env: Mapping[str, str],
+    *,
+    api_port: int,
+    flower_port: int,
+    proxy_addr: str = "127.0.0.1",
+    port: int | None = None,
+    **values: str,
+) -> Proc:
+    """deploy/nginx's site in front of an API (and Flower) on loopback, as `make prod-local`
+    runs it: the templates rendered for the settings in `env` (the API's environment) with
+    RUN_DIR = `workdir`/proxy-PORT, so configs land in its conf/, and pid, logs and temp
+    directories in its nginx/ (the Proc's cwd). `values` override placeholders
+    (CLIENT_HEADER_TIMEOUT="2s")."""
+    from deploy.render import DEPLOY_DIR, Topology, render_tree
+    from yousync.core.config import Settings
+
+    port = port or free_port()
+    run_dir = workdir / f"proxy-{port}"
+    topology = Topology(
+        run_dir=run_dir,
+        nginx_log_dir=run_dir / "nginx",
+        api_port=api_port,
+        flower_port=flower_port,
+        proxy_addr=proxy_addr,
+        proxy_listen=f"127.0.0.1:{port}",
+        extra=values,
+    )
+    settings = Settings(**{name.lower(): value for name, value in env.items()})
+    render_tree(run_dir / "conf", topology.values(settings), DEPLOY_DIR / "nginx")
+    return nginx_proc(
+        run_dir / "nginx", run_dir / "conf" / "nginx-local.conf", f"http://127.0.0.1:{port}/"
     )

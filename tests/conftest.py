@@ -281,3 +281,74 @@ def celery_client(backend_env: dict[str, str], worker_service: stack.Proc) -> It
     app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
     yield app
     app.close()
+
+
+# The address nginx connects to the API from in the proxy tests (Linux routes all of 127/8 to
+# lo): the only one the proxied API believes X-Forwarded-For from, while the tests themselves
+# connect from 127.0.0.1, so a forged header sent straight to the API comes from elsewhere.
+PROXY_ADDR = "127.0.0.2"
+# Short, so a test can watch nginx drop a client that never finishes its headers.
+PROXY_HEADER_TIMEOUT_SECONDS = 2
+
+
+@dataclass
+class NginxProxy:
+    """nginx (deploy/nginx, rendered) in front of `api` and Flower; `run_dir` holds its pid,
+    logs and temp directories."""
+
+    url: str
+    proc: stack.Proc
+    api: stack.Proc
+
+    @property
+    def run_dir(self) -> Path:
+        return self.proc.cwd
+
+    @property
+    def access_log(self) -> Path:
+        return self.run_dir / "yousync-access.log"
+
+    @property
+    def api_port(self) -> int:
+        return int(self.api.name.split(":")[1])
+
+
+@pytest.fixture(scope="session")
+def proxied_api(backend_env: dict[str, str], workdir: Path) -> Iterator[stack.Proc]:
+    """The API as production runs it behind the proxy: two processes under uvicorn's
+    supervisor, believing forwarded headers from PROXY_ADDR only."""
+    proc = stack.api_proc(backend_env, workdir, processes=2, forwarded_allow_ips=PROXY_ADDR).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def proxied_flower(
+    backend_env: dict[str, str], workdir: Path, flower_auth: tuple[str, str]
+) -> Iterator[stack.Proc]:
+    """Flower as it runs behind the proxy: under /flower/, with basic auth `flower_auth`."""
+    proc = stack.flower_proc(
+        backend_env, workdir, basic_auth=":".join(flower_auth), url_prefix="flower"
+    ).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def nginx_proxy(
+    backend_env: dict[str, str],
+    workdir: Path,
+    proxied_api: stack.Proc,
+    proxied_flower: stack.Proc,
+) -> Iterator[NginxProxy]:
+    """Real nginx with the rendered site in front of `proxied_api` and `proxied_flower`."""
+    proc = stack.proxy_proc(
+        workdir,
+        backend_env,
+        api_port=int(proxied_api.name.split(":")[1]),
+        flower_port=int(proxied_flower.name.split(":")[1]),
+        proxy_addr=PROXY_ADDR,
+        CLIENT_HEADER_TIMEOUT=f"{PROXY_HEADER_TIMEOUT_SECONDS}s",
+    ).start()
+    yield NginxProxy(f"http://127.0.0.1:{proc.name.split(':')[1]}", proc, proxied_api)
+    proc.stop()

@@ -44,6 +44,7 @@ import pytest
 from celery import Celery
 
 from devtools import stack
+from devtools.prod_local import read_env_file
 from tests.helpers import sse
 from tests.helpers.audio import wav_bytes
 
@@ -259,7 +260,9 @@ EVENTSOURCE = (
 REDIS_PING = "redis-cli ping"
 ANALYSIS_SERVER = "../.venv/bin/uvicorn analysis_server.app:app --port 8001"
 BEAT = (
-    "../.venv/bin/celery -A celery_app beat --loglevel=info --schedule=../var/celerybeat-schedule"
+    "../.venv/bin/celery -A celery_app beat --loglevel=info "
+    "--scheduler=yousync.worker.beat_scheduler:SingleBeatScheduler "
+    "--schedule=../var/celerybeat-schedule"
 )
 SCALE_OUT_WORKER = (
     "celery -A celery_app worker --queues=audio_queue --concurrency=2 --hostname=w2@%h -E"
@@ -713,6 +716,52 @@ def refuses(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
+def fresh_shell_env(**extra: str) -> dict[str, str]:
+    """A fresh shell's environment: this one without what `.env` sets, so the make target
+    reads `.env`'s defaults as on a developer's machine; `extra` on top."""
+    dotenv = {
+        line.split("=", 1)[0]
+        for line in (ROOT / ".env").read_text().splitlines()
+        if "=" in line and not line.startswith("#")
+    }
+    return {key: value for key, value in os.environ.items() if key not in dotenv} | extra
+
+
+def start_session(item: DocItem, env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """The documented command through bash, in a process group of its own (as a terminal
+    runs it, so Ctrl-C reaches all of it), its output in `log_path`."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            ["bash", "-c", item.text],
+            cwd=ROOT / item.cwd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def wait_for_banner(
+    proc: subprocess.Popen[bytes], log_path: Path, banner: str, *, timeout: float
+) -> None:
+    def ready() -> bool:
+        if proc.poll() is not None:
+            raise RuntimeError(f"exited with {proc.returncode}:\n{log_path.read_text()}")
+        return banner in log_path.read_text(errors="replace")
+
+    stack.wait_until(ready, timeout=timeout, what=repr(banner))
+
+
+def ctrl_c(proc: subprocess.Popen[bytes]) -> None:
+    """What Ctrl-C in its terminal sends; SIGKILL if that did not stop it in 30 s."""
+    os.killpg(proc.pid, signal.SIGINT)
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+
+
 @pytest.mark.integration  # no stack fixture: conftest would not mark it
 @pytest.mark.timeout(240)  # above the sum of its own bounded waits, which fail more clearly
 @runs(MAKE_DEV)
@@ -727,12 +776,7 @@ def test_readme_make_dev_when_run_then_whole_stack_serves_a_job_and_ctrl_c_stops
     # A fresh shell's environment: .env's defaults, moved to free ports as the README shows
     # (`API_PORT=18000 make dev`); a Redis of its own, which dev.sh starts. Its Beat keeps its
     # schedule in the checkout's var/ (gitignored), as `make dev` always does.
-    dotenv = {
-        line.split("=", 1)[0]
-        for line in (ROOT / ".env").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    }
-    env = {key: value for key, value in os.environ.items() if key not in dotenv}
+    env = fresh_shell_env()
     env |= {f"{name}_PORT": str(port) for name, port in ports.items() if name != "REDIS"}
     env |= {
         "REDIS_URL": f"redis://127.0.0.1:{ports['REDIS']}/0",
@@ -740,33 +784,14 @@ def test_readme_make_dev_when_run_then_whole_stack_serves_a_job_and_ctrl_c_stops
     }
     log_path = tmp_path / "make-dev.log"
     api = f"http://127.0.0.1:{ports['API']}"
-    with log_path.open("wb") as log:
-        dev = subprocess.Popen(
-            ["bash", "-c", item.text],
-            cwd=ROOT / item.cwd,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: Ctrl-C goes to all of it
-        )
-
-    def ready() -> bool:
-        if dev.poll() is not None:
-            raise RuntimeError(f"make dev exited with {dev.returncode}:\n{log_path.read_text()}")
-        return "YouSync local stack is ready" in log_path.read_text(errors="replace")
-
+    dev = start_session(item, env, log_path)
     try:
-        stack.wait_until(ready, timeout=90, what="make dev's ready banner")  # ~8 s here
+        wait_for_banner(dev, log_path, "YouSync local stack is ready", timeout=90)  # ~8 s here
         readyz = httpx.get(f"{api}/readyz", timeout=10)
         job = upload_take(api, freq=698.0)
         done = httpx.get(f"{api}{job['result_url']}?wait=30", timeout=40).json()
     finally:
-        os.killpg(dev.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
-        try:
-            dev.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(dev.pid, signal.SIGKILL)
-            dev.wait(10)
+        ctrl_c(dev)
 
     out = log_path.read_text(errors="replace")
     assert readyz.status_code == 200, readyz.text
@@ -774,11 +799,6 @@ def test_readme_make_dev_when_run_then_whole_stack_serves_a_job_and_ctrl_c_stops
     for process in ("redis", "s3", "analysis", "worker", "beat", "flower", "api", "ready"):
         assert f"{process}.1 stopped" in out, out[-3000:]
     assert all(refuses(port) for port in ports.values()), out[-3000:]
-
-
-def read_env_file(path: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
-    return {key: value for key, value in pairs if not key.startswith("#")}
 
 
 @pytest.mark.integration  # no stack fixture: conftest would not mark it
@@ -798,34 +818,12 @@ def test_readme_make_prod_local_when_run_then_serves_a_keyed_job_through_nginx_a
     ports = {name: stack.free_port() for name in names}
     run_dir = tmp_path / "prod"
     args = " ".join(f"--{name}-port {port}" for name, port in ports.items())
-    dotenv = {
-        line.split("=", 1)[0]
-        for line in (ROOT / ".env").read_text().splitlines()
-        if "=" in line and not line.startswith("#")
-    }
-    env = {key: value for key, value in os.environ.items() if key not in dotenv}
-    env["PROD_LOCAL_ARGS"] = f"{args} --dir {run_dir}"
+    env = fresh_shell_env(PROD_LOCAL_ARGS=f"{args} --dir {run_dir}")
     log_path = tmp_path / "prod-local.log"
     base = f"http://127.0.0.1:{ports['proxy']}"
-    with log_path.open("wb") as log:
-        prod = subprocess.Popen(
-            ["bash", "-c", item.text],
-            cwd=ROOT / item.cwd,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def ready() -> bool:
-        if prod.poll() is not None:
-            raise RuntimeError(
-                f"make prod-local exited with {prod.returncode}:\n{log_path.read_text()}"
-            )
-        return "production topology (local) is ready" in log_path.read_text(errors="replace")
-
+    prod = start_session(item, env, log_path)
     try:
-        stack.wait_until(ready, timeout=120, what="make prod-local's ready banner")
+        wait_for_banner(prod, log_path, "production topology (local) is ready", timeout=120)
         secrets = read_env_file(run_dir / "secrets.env")
         key = secrets["API_KEYS"]
         auth = {"Authorization": f"Bearer {key}"}
@@ -845,12 +843,7 @@ def test_readme_make_prod_local_when_run_then_serves_a_keyed_job_through_nginx_a
         flower = httpx.get(f"{base}/flower/", auth=(user, password), timeout=10)
         direct_api = refuses(ports["api"])
     finally:
-        os.killpg(prod.pid, signal.SIGINT)  # what Ctrl-C in its terminal sends
-        try:
-            prod.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(prod.pid, signal.SIGKILL)
-            prod.wait(10)
+        ctrl_c(prod)
 
     out = log_path.read_text(errors="replace")
     assert unkeyed.status_code == 401 and readyz.status_code == 200, (unkeyed.text, readyz.text)
@@ -858,6 +851,8 @@ def test_readme_make_prod_local_when_run_then_serves_a_keyed_job_through_nginx_a
     assert events and events[-1].json["status"] == "completed", [e.data for e in events]
     assert flower_open.status_code == 401 and flower.status_code == 200
     assert not direct_api  # the API listens too, on loopback, for nginx
+    access_log = (run_dir / "nginx" / "yousync-access.log").read_text()
+    assert job["progress_url"] in access_log and job["stream_token"] not in access_log
     settings = read_env_file(run_dir / "yousync.env")
     assert settings["ENVIRONMENT"] == "prod" and settings["API_KEYS"] == key
     for process in ("redis", "s3", "analysis", "api", "worker", "beat", "flower", "nginx", "ready"):

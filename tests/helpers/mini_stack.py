@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,15 +23,28 @@ class MiniStack:
 
 @contextlib.contextmanager
 def mini_stacks(stack_env: dict[str, str], workdir: Path) -> Iterator[Callable[..., MiniStack]]:
-    """A factory of mini stacks (`make(**overrides)`); every one is killed on exit."""
+    """A factory of mini stacks (`make(**overrides)`, the worker's concurrency and extra
+    options too); every one is killed on exit."""
     started: list[stack.Proc] = []
 
-    def make(*, persistent_redis: bool = False, **overrides: str) -> MiniStack:
+    def make(
+        *,
+        persistent_redis: bool = False,
+        concurrency: int = 2,
+        worker_args: Sequence[str] = (),
+        **overrides: str,
+    ) -> MiniStack:
         own_redis = stack.redis_proc(workdir, persistent=persistent_redis).start()
         started.append(own_redis)
         url = f"redis://127.0.0.1:{own_redis.name.split(':')[1]}/0"
         env = {**stack_env, "REDIS_URL": url, **overrides}
-        worker = stack.worker_proc(env, workdir, name=f"mini{uuid.uuid4().hex[:6]}").start()
+        worker = stack.worker_proc(
+            env,
+            workdir,
+            name=f"mini{uuid.uuid4().hex[:6]}",
+            concurrency=concurrency,
+            extra_args=worker_args,
+        ).start()
         started.append(worker)
         api = stack.api_proc(env, workdir).start()
         started.append(api)

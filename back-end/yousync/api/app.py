@@ -30,6 +30,7 @@ from yousync.api.router.security import require_auth
 from yousync.api.stall_watch import watch_stalls
 from yousync.api.streaming.events import EventHub
 from yousync.api.streaming.read_batcher import StreamReadBatcher
+from yousync.core import redis_policy
 from yousync.core.config import Settings, get_settings
 from yousync.core.jobs import AsyncJobStore
 from yousync.core.models import ANALYZE_TASK
@@ -104,6 +105,9 @@ def _broker_ping() -> None:
 @contextlib.asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
+    # Warn when Redis would evict jobs or persists nothing; in prod an evicting Redis stops the
+    # start here, before the process serves anything (yousync/core/redis_policy.py).
+    await anyio.to_thread.run_sync(redis_policy.check, settings, log)
     async with contextlib.AsyncExitStack() as stack:
         # First in, so last out: once everything else has stopped, this process's live
         # gauges leave the host's sums (observability/multiprocess.py).
@@ -161,6 +165,17 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async def s3_ready() -> Any:
             return await s3.head_bucket(Bucket=settings.s3_bucket)
 
+        async def redis_policy_ready() -> Any:
+            """Optional (never fails readiness): down while Redis would evict jobs, or, in
+            prod, persists nothing; the error says which."""
+            policy = await redis_policy.read_policy_async(client)
+            found = redis_policy.problems(
+                policy, where="REDIS_URL", environment=settings.environment
+            )
+            warnings = [problem.message for problem in found if problem.level >= logging.WARNING]
+            if warnings:
+                raise redis_policy.RedisPolicyProblem("; ".join(warnings))
+
         async def analysis_ready() -> Any:
             response = await http.get(
                 f"{settings.analysis_server_url}/readyz",
@@ -173,7 +188,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             "broker": broker_ready,
             "s3": s3_ready,
             "analysis_server": analysis_ready,
+            "redis_policy": redis_policy_ready,
         }
+        app.state.readiness_optional = frozenset({"redis_policy"})
         app.state.services = AppServices(
             settings=settings,
             jobs=store,

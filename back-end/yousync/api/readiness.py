@@ -2,7 +2,7 @@
 slow dependency shows as itself instead of making /readyz hang.
 
 Each check reports `status` (`up`/`down`), `ok`, `latency_ms`, `required` and, when down, the
-`error`. /readyz is 503 when any *required* check is down; optional checks (none today) are
+`error`. /readyz is 503 when any *required* check is down; optional checks (`redis_policy`) are
 reported without failing readiness.
 """
 

@@ -159,6 +159,10 @@ class Settings(BaseSettings):
 
     # Celery Beat maintenance (yousync/worker/tasks/maintenance.py).
     maintenance_interval_seconds: float = Field(300.0, gt=0)
+    # Exactly one Beat sends (yousync/worker/beat_scheduler.py): the sender holds a lock in
+    # REDIS_URL for this long and renews it every third of it; a standby takes over within it
+    # after the holder dies (at once after a clean shutdown, which releases the lock).
+    beat_lock_ttl_seconds: float = Field(30.0, ge=1)
     # A spool file with no job record is an upload still arriving until it is this old.
     spool_orphan_grace_seconds: float = 600.0
     # A failed/cancelled job keeps its spool file this long after it ended, for a retry.

@@ -57,3 +57,8 @@ def queue_workers(queue: str) -> str:
     """Sorted set in the *broker's* Redis: hostnames of the workers consuming `queue`, scored by
     the time their heartbeat entry expires (yousync/observability/broker_queues.py)."""
     return f"{PREFIX}:workers:{queue}"
+
+
+# String: the token of the one Beat allowed to send (host:pid:uuid), with a TTL it renews
+# (yousync/worker/beat_scheduler.py).
+BEAT_LOCK = f"{PREFIX}:beat:lock"

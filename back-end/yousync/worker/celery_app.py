@@ -7,13 +7,15 @@ the heartbeat that says which queues the worker consumes.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import click
 from celery import bootsteps
-from celery.signals import beat_init, worker_ready
+from celery.signals import beat_init, celeryd_after_setup, worker_ready
 
+from yousync.core import redis_policy
 from yousync.core.broker import AUDIO_QUEUE, MAINTENANCE_QUEUE, celery_app, settings
 from yousync.core.config import HOME_DIR
 from yousync.worker import telemetry as worker_telemetry
@@ -68,3 +70,16 @@ def _mark_ready(**_: Any) -> None:
 @beat_init.connect
 def _schedule_dir(**_: Any) -> None:
     Path(celery_app.conf.beat_schedule_filename).parent.mkdir(parents=True, exist_ok=True)
+
+
+@celeryd_after_setup.connect
+@beat_init.connect
+def _check_redis_policy(**_: Any) -> None:
+    """Warn when Redis would evict jobs or persists nothing; in prod refuse to start on an
+    evicting Redis (yousync/core/redis_policy.py). A worker runs this once logging is set up
+    and before it consumes; Beat before its first tick. Celery logs and swallows exceptions
+    of signal handlers, so refusing is a SystemExit, which it lets through."""
+    try:
+        redis_policy.check(settings, logging.getLogger("yousync.worker"))
+    except redis_policy.RedisPolicyError:
+        raise SystemExit(1) from None

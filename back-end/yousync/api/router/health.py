@@ -26,7 +26,10 @@ async def healthz() -> dict[str, str]:
     responses={503: {"description": "A required dependency is down (named in `checks`)"}},
 )
 async def readyz(request: Request) -> JSONResponse:
-    checks = await check_all(request.app.state.readiness_checks)
+    checks = await check_all(
+        request.app.state.readiness_checks,
+        optional=request.app.state.readiness_optional,
+    )
     ready = is_ready(checks)
     return JSONResponse(
         {"status": "ready" if ready else "unavailable", "checks": checks},

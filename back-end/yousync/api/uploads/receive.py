@@ -58,7 +58,10 @@ class SpooledUpload:
     filename: str
 
 
-def _too_large(max_bytes: int) -> UploadRejected:
+def too_large(max_bytes: int) -> UploadRejected:
+    """The 413 for a file over `max_bytes`. Public because deploy/render.py builds the reverse
+    proxy's own 413 answer from it, so a body nginx refuses reads exactly like one the API
+    refuses."""
     return UploadRejected(
         413, "file_too_large", f"The file is larger than the {max_bytes // (1024 * 1024)} MB limit"
     )
@@ -85,7 +88,7 @@ class _FilePart:
     def feed(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.max_bytes:
-            raise _too_large(self.max_bytes)
+            raise too_large(self.max_bytes)
         if len(self.head) < HEAD_BYTES:
             self.head += data[: HEAD_BYTES - len(self.head)]
         # Behind an ID3 tag the verdict waits for the tag's end (or the whole sniffing window).
@@ -312,7 +315,7 @@ async def receive_upload(
         except ValueError:
             raise UploadRejected(400, "invalid_content_length", "Bad Content-Length") from None
         if declared > max_bytes + MULTIPART_OVERHEAD:
-            raise _too_large(max_bytes)
+            raise too_large(max_bytes)
     collector = _PartCollector(spool_path, max_bytes, max_seconds)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     try:
