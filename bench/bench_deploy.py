@@ -91,7 +91,13 @@ def topology(workdir: Path, processes: int) -> Iterator[dict[str, Any]]:
         redis_url = f"redis://{HOST}:{redis_port}/0"
         spool = workdir / "spool"
         spool.mkdir()
-        env = {**api_env(redis_url, spool), "MAX_UPLOAD_MB": str(MAX_UPLOAD_MB)}
+        env = {
+            **api_env(redis_url, spool),
+            "MAX_UPLOAD_MB": str(MAX_UPLOAD_MB),
+            # 100 MB of the benchmarks' mono 44.1 kHz WAV is ~20 min of audio: admit it, so
+            # the whole body travels through nginx instead of an early audio_too_long.
+            "MAX_AUDIO_DURATION_SECONDS": "3600",
+        }
         api_port = stack.free_port()
         api = stack.api_proc(
             env, workdir, api_port, processes=processes, forwarded_allow_ips=PROXY_ADDR
@@ -440,11 +446,15 @@ def table(figures: dict[str, Any]) -> list[Row]:
     if "nginx_rss_growth_kb" in big:
         rows.append(
             Row(
-                f"{big['upload_mb']} MB upload through nginx: its RSS growth; client_body_temp",
+                f"{big['upload_mb']} MB upload through nginx: answer, seconds; nginx RSS growth; "
+                "client_body_temp",
+                f"{big['status']} in {big['seconds']} s; "
                 f"{big['nginx_rss_growth_kb'] / 1024:.1f} MB; "
                 f"{big['client_body_temp_max_bytes']} B",
-                "not buffered whole (flat)",
-                big["nginx_rss_growth_kb"] < 16 * 1024 and big["client_body_temp_max_bytes"] == 0,
+                "202, not buffered whole (flat)",
+                big["status"] == 202
+                and big["nginx_rss_growth_kb"] < 16 * 1024
+                and big["client_body_temp_max_bytes"] == 0,
                 cmd,
             )
         )
