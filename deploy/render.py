@@ -12,6 +12,7 @@ a blank path would only fail on the host, at start.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import os
 import pwd
@@ -21,6 +22,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from yousync.api.errors import error_response
 from yousync.api.uploads.receive import too_large
@@ -35,8 +37,16 @@ class RenderError(ValueError):
     """A template names a value the topology does not define."""
 
 
-def _current_user() -> str:
+def current_user() -> str:
+    """Who runs this: the default user of everything rendered for this machine's own runs."""
     return pwd.getpwuid(os.geteuid()).pw_name
+
+
+def settings_from(env: Mapping[str, str]) -> Settings:
+    """The settings the processes started with `env` will read (then `.env`), so what the
+    templates derive from them (body limit, 413 body, read timeout) matches those processes."""
+    values: dict[str, Any] = {name.lower(): value for name, value in env.items()}
+    return Settings(**values)
 
 
 def _nofile_limit() -> int:
@@ -56,7 +66,8 @@ class Topology:
     """
 
     home: Path = HOME_DIR
-    venv_bin: Path = HOME_DIR / ".venv" / "bin"
+    # The executables' directory; None: `home`'s .venv/bin.
+    venv_bin: Path | None = None
     # Where the running topology keeps its state: nginx's logs and temp dirs, Redis' data.
     run_dir: Path = Path("/var/lib/yousync")
     # The settings file every unit reads (systemd EnvironmentFile=).
@@ -79,7 +90,7 @@ class Topology:
     client_header_timeout: str = "10s"
     # nginx-local.conf only (tests, benchmarks, `make prod-local`): its workers' user and
     # descriptor limit, those of whoever renders it on the machine that runs it.
-    local_user: str = field(default_factory=_current_user)
+    local_user: str = field(default_factory=current_user)
     nginx_nofile: int = field(default_factory=_nofile_limit)
     flower_port: int = 5555
     analysis_port: int = 8001
@@ -98,6 +109,9 @@ class Topology:
         values = {
             name.upper(): str(value) for name, value in asdict(self).items() if name != "extra"
         }
+        values["VENV_BIN"] = str(self.venv_bin or self.home / ".venv" / "bin")
+        values["BACK_END"] = str(self.home / "back-end")
+        values["ANALYSIS_DIR"] = str(self.home / "analysis-server")
         values.update(derived_values(settings))
         values.update({name.upper(): text for name, text in self.extra.items()})
         return values
@@ -106,8 +120,6 @@ class Topology:
 def derived_values(settings: Settings) -> dict[str, str]:
     """Values that follow from the settings, so the proxy and the API cannot disagree."""
     return {
-        "BACK_END": str(HOME_DIR / "back-end"),
-        "ANALYSIS_DIR": str(HOME_DIR / "analysis-server"),
         # A multipart body carries the file plus its part headers: the proxy admits a little
         # more than MAX_UPLOAD_MB and lets the API answer its own 413 for the file itself.
         "CLIENT_MAX_BODY_SIZE": f"{math.ceil(settings.max_upload_mb) + 1}m",
@@ -171,12 +183,18 @@ def main(argv: list[str] | None = None) -> int:
         help="override a value (e.g. --set API_PROCESSES=4 --set RUN_DIR=/srv/yousync)",
     )
     args = parser.parse_args(argv)
-    overrides = dict(item.split("=", 1) for item in args.set)
-    known = {name.upper() for name in Topology.__dataclass_fields__}
-    fields = {k.lower(): v for k, v in overrides.items() if k in known and k != "EXTRA"}
-    extra = {k: v for k, v in overrides.items() if k not in known}
-    topology = Topology(**fields, extra=extra)
-    for path in render_tree(args.out_dir, topology.values()):
+    # A field's override feeds what is derived from it (HOME → BACK_END); any other name
+    # replaces the value whatever made it (a derived limit).
+    fields = {item.name: item for item in dataclasses.fields(Topology) if item.name != "extra"}
+    chosen: dict[str, Any] = {}
+    extra = {}
+    for name, value in (item.split("=", 1) for item in args.set):
+        known = fields.get(name.lower())
+        if known is None:
+            extra[name] = value
+        else:
+            chosen[known.name] = Path(value) if "Path" in str(known.type) else value
+    for path in render_tree(args.out_dir, Topology(**chosen, extra=extra).values()):
         print(path)
     return 0
 

@@ -28,8 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from deploy.render import Topology, render_tree
-from yousync.core.config import HOME_DIR, Settings
+from deploy.render import Topology, current_user, render_tree, settings_from
+from yousync.core.config import HOME_DIR
 from yousync.observability.multiprocess import prepare_dir
 
 SECRET_NAMES = (
@@ -120,7 +120,7 @@ def topology(run_dir: Path, ports: Ports, processes: int) -> Topology:
     return Topology(
         run_dir=run_dir,
         env_file=run_dir / "yousync.env",
-        user=_current_user(),
+        user=current_user(),
         api_port=ports.api,
         api_processes=processes,
         api_metrics_dir=api_metrics_dir(run_dir),
@@ -140,12 +140,6 @@ def api_metrics_dir(run_dir: Path) -> Path:
     return run_dir / "api-metrics"
 
 
-def _current_user() -> str:
-    import pwd
-
-    return pwd.getpwuid(os.getuid()).pw_name
-
-
 def prepare(run_dir: Path, ports: Ports, processes: int) -> tuple[Path, dict[str, str]]:
     """Write the settings file and render the templates; returns the Procfile and the
     environment to run it with."""
@@ -158,12 +152,9 @@ def prepare(run_dir: Path, ports: Ports, processes: int) -> tuple[Path, dict[str
     env = settings_env(run_dir, ports, ensure_secrets(run_dir))
     write_env_file(run_dir / "yousync.env", env, "written by `make prod-local` on every run")
     # The settings the templates derive limits from are the ones the processes will read.
-    settings = Settings(
-        **{k.lower(): v for k, v in env.items() if k.lower() in Settings.model_fields}
-    )
     rendered = run_dir / "deploy"
     shutil.rmtree(rendered, ignore_errors=True)
-    render_tree(rendered, topology(run_dir, ports, processes).values(settings))
+    render_tree(rendered, topology(run_dir, ports, processes).values(settings_from(env)))
     process_env = {
         **os.environ,
         **env,

@@ -485,8 +485,7 @@ def proxy_proc(
     RUN_DIR = `workdir`/proxy-PORT, so configs land in its conf/, and pid, logs and temp
     directories in its nginx/ (the Proc's cwd). `values` override placeholders
     (CLIENT_HEADER_TIMEOUT="2s")."""
-    from deploy.render import DEPLOY_DIR, Topology, render_tree
-    from yousync.core.config import Settings
+    from deploy.render import DEPLOY_DIR, Topology, render_tree, settings_from
 
     port = port or free_port()
     run_dir = workdir / f"proxy-{port}"
@@ -499,8 +498,7 @@ def proxy_proc(
         proxy_listen=f"127.0.0.1:{port}",
         extra=values,
     )
-    settings = Settings(**{name.lower(): value for name, value in env.items()})
-    render_tree(run_dir / "conf", topology.values(settings), DEPLOY_DIR / "nginx")
+    render_tree(run_dir / "conf", topology.values(settings_from(env)), DEPLOY_DIR / "nginx")
     return nginx_proc(
         run_dir / "nginx", run_dir / "conf" / "nginx-local.conf", f"http://127.0.0.1:{port}/"
     )

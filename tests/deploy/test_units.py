@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from deploy.render import Topology, render_tree
+from deploy.render import main as render_main
 
 SERVICES = ("api", "worker", "beat", "flower", "analysis")
 
@@ -158,3 +159,15 @@ def test_api_unit_when_rendered_then_its_metrics_directory_is_the_one_systemd_em
             unit = unit_launch(rendered / "systemd" / f"yousync-{service}.service")
             assert "PROMETHEUS_MULTIPROC_DIR" not in unit.env, service
     assert "PROMETHEUS_MULTIPROC_DIR" not in (rendered / "yousync.env").read_text()
+
+
+def test_render_cli_when_home_is_set_then_every_unit_runs_from_that_checkout(
+    tmp_path: Path,
+) -> None:
+    """A host renders for its own checkout: HOME moves the executables and the working
+    directories with it, none left pointing at the checkout that rendered them."""
+    assert render_main([str(tmp_path), "--set", "HOME=/opt/yousync"]) == 0
+    for service in SERVICES:
+        launch = unit_launch(tmp_path / "systemd" / f"yousync-{service}.service")
+        assert launch.argv[0].startswith("/opt/yousync/.venv/bin/"), launch.argv
+        assert launch.cwd.startswith("/opt/yousync/"), launch.cwd

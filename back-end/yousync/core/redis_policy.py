@@ -197,7 +197,7 @@ def urls_to_check(settings: Settings) -> list[str]:
     tasks are evicted just the same)."""
     urls = [settings.redis_url]
     broker = settings.broker_url
-    if broker.startswith(("redis://", "rediss://", "unix://")):
+    if settings.broker_is_redis:
         server = _where(broker).rsplit("/", 1)[0]
         if server != _where(settings.redis_url).rsplit("/", 1)[0]:
             urls.append(broker)
