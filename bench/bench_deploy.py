@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import socket
 import statistics
 import tempfile
@@ -52,6 +51,7 @@ from bench._stack import (
     ForeignLoad,
     Row,
     command_for,
+    open_fds,
     percentile,
     raise_fd_limit,
     rss_kb,
@@ -146,7 +146,7 @@ def run_sse(topo: dict[str, Any], args: argparse.Namespace, fd_limit: int) -> di
             connected = fleet.connect(port, paths, batch=500, limit=args.connect_timeout)
             held[label] = connected["held"]
             print(f"[sse] {label}: held {connected['held']} of {clients}", flush=True)
-        nginx_fds = sum(_fds(pid) for pid in children(topo["proxy"].pid))
+        nginx_fds = sum(open_fds(pid) for pid in children(topo["proxy"].pid))
         for index in range(args.rounds):
             started = time.time()
             for fleet in (direct, proxied):
@@ -187,13 +187,6 @@ def run_sse(topo: dict[str, Any], args: argparse.Namespace, fd_limit: int) -> di
         },
         "rounds": rounds,
     }
-
-
-def _fds(pid: int) -> int:
-    try:
-        return len(os.listdir(f"/proc/{pid}/fd"))
-    except OSError:
-        return 0
 
 
 def medians(rounds: list[dict[str, Any]], key: str) -> dict[str, Any]:
