@@ -30,11 +30,12 @@ from yousync.api.router.security import require_auth
 from yousync.api.stall_watch import watch_stalls
 from yousync.api.streaming.events import EventHub
 from yousync.api.streaming.read_batcher import StreamReadBatcher
+from yousync.api.uploads.staging import PART_SENDERS, UploadStaging
 from yousync.core import redis_policy
 from yousync.core.config import Settings, get_settings
 from yousync.core.jobs import AsyncJobStore
 from yousync.core.models import ANALYZE_TASK
-from yousync.core.storage import s3_client_kwargs
+from yousync.core.storage import Storage, s3_client_kwargs
 from yousync.observability import logging_setup
 from yousync.observability import metrics as api_metrics
 from yousync.observability.broker_queues import BrokerReader
@@ -155,6 +156,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             aioboto3.Session().client("s3", **s3_client_kwargs(settings))
         )
         http = await stack.enter_async_context(httpx.AsyncClient(timeout=2.0))
+        # Building a boto3 client reads its service models from disk: not on the event loop.
+        staging_store = await anyio.to_thread.run_sync(
+            lambda: Storage(settings, max_pool_connections=PART_SENDERS)
+        )
+        staging = UploadStaging(settings, staging_store)
+        stack.callback(staging.close)
 
         async def redis_ready() -> Any:
             return await client.ping()
@@ -199,6 +206,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             enqueue=_enqueue,
             revoke=_revoke,
             upload_slots=UploadSlots(settings.upload_max_concurrent_per_client),
+            staging=staging,
         )
         broker_reader = _broker_reader(settings)
         if broker_reader is not None:

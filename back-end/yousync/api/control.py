@@ -11,13 +11,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import anyio
 
 from yousync.api.streaming.progress_stream import JobNotFound
+from yousync.api.uploads.staging import UploadStaging
 from yousync.api.uploads.submission import Enqueue, ServiceUnavailable
 from yousync.core.config import Settings
+from yousync.core.errors import TransientError
 from yousync.core.jobs import AsyncJobStore, Refused
 from yousync.core.models import JobSnapshot, JobStatus
 from yousync.core.record import JobRecord
@@ -49,7 +50,7 @@ async def _job(store: AsyncJobStore, job_id: str) -> JobRecord:
 
 
 async def cancel_job(
-    *, store: AsyncJobStore, settings: Settings, job_id: str, revoke: Revoke
+    *, store: AsyncJobStore, staging: UploadStaging, job_id: str, revoke: Revoke
 ) -> JobSnapshot:
     job = await _job(store, job_id)
     was_queued = job.status == JobStatus.QUEUED
@@ -66,18 +67,18 @@ async def cancel_job(
     if job.task_id:
         await anyio.to_thread.run_sync(revoke, job.task_id, abandon_on_cancel=True)
     if was_queued:
-        # No worker holds the file yet; a running job's worker deletes its own.
-        await anyio.to_thread.run_sync(_discard_spool, settings.spool_dir, job_id)
+        # No worker holds the upload yet; a running job's worker deletes it itself.
+        await anyio.to_thread.run_sync(staging.discard_upload, job)
     return (await _job(store, job_id)).snapshot
 
 
-def _discard_spool(spool_dir: Path, job_id: str) -> None:
-    for path in spool_dir.glob(f"{job_id}*"):
-        path.unlink(missing_ok=True)
-
-
 async def retry_job(
-    *, store: AsyncJobStore, settings: Settings, job_id: str, enqueue: Enqueue
+    *,
+    store: AsyncJobStore,
+    settings: Settings,
+    staging: UploadStaging,
+    job_id: str,
+    enqueue: Enqueue,
 ) -> Retried:
     """Run a failed or cancelled job again from its first unfinished stage; progress goes on
     from where it stopped (the script refuses to lower it)."""
@@ -87,9 +88,7 @@ async def retry_job(
             "not_retryable",
             f"Only failed or cancelled jobs can be retried, not {job.status.value}",
         )
-    spool = job.spool_path or settings.spool_dir / job_id
-    spool_exists = await anyio.to_thread.run_sync(spool.exists)
-    if not spool_exists and not job.s3_key:
+    if not job.s3_key and not await _upload_exists(staging, job):
         raise JobConflict("upload_gone", "The uploaded audio is no longer available; upload again")
     task_id = str(uuid.uuid4())
     try:
@@ -117,3 +116,10 @@ async def retry_job(
         await store.update(job_id, job.token_id, status=JobStatus.FAILED, error=error)
         raise ServiceUnavailable("broker_unavailable", "Task queue is unavailable") from exc
     return Retried(snapshot=(await _job(store, job_id)).snapshot, task_id=task_id)
+
+
+async def _upload_exists(staging: UploadStaging, job: JobRecord) -> bool:
+    try:
+        return await anyio.to_thread.run_sync(staging.upload_exists, job)
+    except TransientError as exc:
+        raise ServiceUnavailable("storage_unavailable", "Upload storage is unavailable") from exc

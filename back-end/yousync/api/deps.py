@@ -11,6 +11,7 @@ from fastapi import Depends, Request
 from yousync.api.limits import UploadSlots
 from yousync.api.streaming.events import EventHub
 from yousync.api.streaming.read_batcher import StreamReadBatcher
+from yousync.api.uploads.staging import UploadStaging
 from yousync.api.uploads.submission import Enqueue
 from yousync.core.config import Settings
 from yousync.core.jobs import AsyncJobStore
@@ -25,6 +26,7 @@ class AppServices:
     enqueue: Enqueue
     revoke: Callable[[str], None]
     upload_slots: UploadSlots
+    staging: UploadStaging
 
 
 def services_of(request: Request) -> AppServices:
@@ -61,9 +63,14 @@ async def get_upload_slots(request: Request) -> UploadSlots:
     return services_of(request).upload_slots
 
 
+async def get_staging(request: Request) -> UploadStaging:
+    return services_of(request).staging
+
+
 ServicesDep = Annotated[AppServices, Depends(get_services)]
 UploadSlotsDep = Annotated[UploadSlots, Depends(get_upload_slots)]
 RevokeDep = Annotated[Callable[[str], None], Depends(get_revoke)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 JobsDep = Annotated[AsyncJobStore, Depends(get_jobs)]
 EnqueueDep = Annotated[Enqueue, Depends(get_enqueue)]
+StagingDep = Annotated[UploadStaging, Depends(get_staging)]

@@ -68,7 +68,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceUnavailable)
     async def _unavailable(_: Request, exc: ServiceUnavailable) -> JSONResponse:
         metrics.upload_rejected(exc.code)
-        return error_response(503, exc.code, exc.detail, {"Retry-After": "5"})
+        headers = {"Retry-After": "5"}
+        if exc.body_unread:
+            headers["Connection"] = "close"
+        return error_response(503, exc.code, exc.detail, headers)
 
     @app.exception_handler(JobConflict)
     async def _conflict(_: Request, exc: JobConflict) -> JSONResponse:

@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     aws_region: str = "us-east-1"
     aws_access_key_id: str = ""
     aws_secret_access_key: str = ""
-    s3_multipart_threshold_mb: int = 8
+    # Part size of multipart uploads, the worker's and staging's (S3's minimum part is 5 MiB).
+    s3_multipart_threshold_mb: int = Field(8, ge=5)
 
     analysis_server_url: str = "http://127.0.0.1:8001"
     analysis_timeout_seconds: float = 300.0
@@ -76,6 +77,11 @@ class Settings(BaseSettings):
     analysis_shared_secret: str = ""
 
     spool_dir: Path = Path("var/spool")
+    # Where an accepted upload waits for its worker (yousync/api/uploads/staging.py). `spool`:
+    # a file in SPOOL_DIR, which every worker must be able to read (one host). `s3`: the
+    # object `incoming/<job_id>` in S3_BUCKET, sent while it arrives; workers on any host fetch
+    # it. An API setting: a job records where its upload is, and any worker follows the record.
+    upload_staging: Literal["spool", "s3"] = "spool"
     max_upload_mb: float = 100.0
     audio_store_format: AudioStoreFormat = "flac"
     # Preparation (worker/audio.py). Ceilings, not targets (0 = keep the source's): a take is

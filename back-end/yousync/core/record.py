@@ -6,8 +6,9 @@ string keys; nothing here writes, and the field names below are exactly those of
 
 Markers and who writes them:
 
-    task_id, spool_path, sha256, size_bytes,      the API, when it accepts an upload
-    source_format, filename, deduplicated_from    (deduplicated_from: identical-upload answer)
+    task_id, sha256, size_bytes, source_format,   the API, when it accepts an upload
+    filename, deduplicated_from                   (deduplicated_from: identical-upload answer)
+    spool_path, spool_host | staged_key           the API: where the upload waits (spool | S3)
     task_id, deliveries (reset)                   the API, when a job is retried
     worker_pid, deliveries                        the worker, at each delivery of the task
     prepared_{path,extension,content_type,size},  the worker, after preparing the audio
@@ -29,6 +30,8 @@ PREPARED_FIELDS = ("prepared_path", "prepared_extension", "prepared_content_type
 MARKER_FIELDS: tuple[str, ...] = (
     "task_id",
     "spool_path",
+    "spool_host",
+    "staged_key",
     "source_format",
     "filename",
     "sha256",
@@ -73,7 +76,10 @@ class JobRecord:
 
     snapshot: JobSnapshot
     task_id: str | None = None
+    # Where the upload waits for the worker: a spool file on `spool_host`, or an S3 object.
     spool_path: Path | None = None
+    spool_host: str | None = None
+    staged_key: str | None = None
     source_format: str | None = None
     filename: str | None = None
     sha256: str | None = None
@@ -117,6 +123,8 @@ class JobRecord:
             snapshot=JobSnapshot.from_fields(fields),
             task_id=text("task_id"),
             spool_path=Path(spool_path) if spool_path else None,
+            spool_host=text("spool_host"),
+            staged_key=text("staged_key"),
             source_format=text("source_format"),
             filename=text("filename"),
             sha256=text("sha256"),

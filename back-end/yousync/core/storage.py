@@ -1,9 +1,14 @@
-"""S3 for the worker: boto3's managed transfer (multipart above a threshold) with byte progress.
+"""S3 for the worker and for the API's upload staging: blocking boto3, byte progress.
 
-The worker is synchronous Celery code, so blocking boto3 is right here; the API takes only
-`s3_client_kwargs` from this module (for its own aioboto3 client). The object key is derived
-from the job, so a retried upload overwrites instead of duplicating, and s3transfer aborts its
-multipart upload itself when a part fails.
+The worker is synchronous Celery code, so blocking boto3 is right there. The API calls this
+module only from threads (yousync/api/uploads/staging.py sends an upload's parts from a thread
+pool; cancel and retry run their one call with `anyio.to_thread`): sending a part streams it
+from a scratch file, where aioboto3 would hash and sign it on the event loop. The API's
+readiness check keeps its own aioboto3 client, built from `s3_client_kwargs`.
+
+Keys derive from the job (`audio/<token>/<job>.<ext>` for the prepared audio, `incoming/<job>`
+for a staged upload), so a retried upload overwrites instead of duplicating, and s3transfer
+aborts its multipart upload itself when a part fails.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 import boto3
 from boto3.s3.transfer import TransferConfig
@@ -22,7 +27,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from yousync.core.config import Settings
-from yousync.core.errors import TransientError
+from yousync.core.errors import PermanentError, TransientError
 
 MB = 1024 * 1024
 log = logging.getLogger(__name__)
@@ -35,8 +40,17 @@ def _unavailable(operation: str, exc: Exception) -> TransientError:
     return TransientError("storage_unavailable", f"S3 {operation} failed ({type(exc).__name__})")
 
 
+OBJECT_PREFIX = "audio/"
+STAGING_PREFIX = "incoming/"
+
+
 def object_key(token_id: str, job_id: str, extension: str) -> str:
-    return f"audio/{token_id}/{job_id}.{extension}"
+    return f"{OBJECT_PREFIX}{token_id}/{job_id}.{extension}"
+
+
+def staged_key(job_id: str) -> str:
+    """Where UPLOAD_STAGING=s3 keeps an upload until its job no longer needs it."""
+    return f"{STAGING_PREFIX}{job_id}"
 
 
 def s3_client_kwargs(settings: Settings) -> dict[str, object]:
@@ -53,7 +67,7 @@ def s3_client_kwargs(settings: Settings) -> dict[str, object]:
 
 class ObjectStore(Protocol):
     """What the worker's pipeline needs of an object store (`Storage` is S3's). A stand-in
-    (tests, benchmarks) implements these five."""
+    (tests, benchmarks) implements these six."""
 
     def url(self, key: str) -> str:
         """The object's address as the job reports it (`s3_url`)."""
@@ -68,6 +82,11 @@ class ObjectStore(Protocol):
     ) -> int:
         """Store `path` under `key`, reporting the fraction sent (0–1, never decreasing);
         returns the bytes stored. Raises TransientError when the store is unavailable."""
+        ...
+
+    def download(self, key: str, path: Path) -> int:
+        """Fetch `key` into `path`; returns its size. Raises PermanentError `upload_gone` when
+        there is no such object, TransientError when the store is unavailable."""
         ...
 
     def delete(self, key: str) -> None: ...
@@ -116,13 +135,24 @@ class MultipartUpload:
     initiated: datetime
 
 
+@dataclass(frozen=True)
+class StoredObject:
+    key: str
+    last_modified: datetime
+
+
 class Storage:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, max_pool_connections: int = 10) -> None:
+        """`max_pool_connections`: boto3's default of 10 suits the worker; the API sends the
+        parts of many staged uploads at once and asks for as many connections as threads."""
         self.bucket = settings.s3_bucket
         self._client = boto3.client(
             "s3",
             config=Config(
-                connect_timeout=5, read_timeout=60, retries={"max_attempts": 2, "mode": "standard"}
+                connect_timeout=5,
+                read_timeout=60,
+                retries={"max_attempts": 2, "mode": "standard"},
+                max_pool_connections=max_pool_connections,
             ),
             **s3_client_kwargs(settings),
         )
@@ -167,11 +197,85 @@ class Storage:
             raise _unavailable("upload", exc) from exc
         return size
 
+    def download(self, key: str, path: Path) -> int:
+        """Fetch `key` into `path` (ranged GETs in parallel above the multipart threshold);
+        returns its size. PermanentError `upload_gone` when there is no such object."""
+        try:
+            self._client.download_file(self.bucket, key, str(path), Config=self._transfer)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                raise PermanentError(
+                    "upload_gone", "The uploaded file is no longer available"
+                ) from exc
+            raise _unavailable("download", exc) from exc
+        except BotoCoreError as exc:
+            raise _unavailable("download", exc) from exc
+        return path.stat().st_size
+
     def delete(self, key: str) -> None:
         try:
             self._client.delete_object(Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as exc:
             raise _unavailable("delete", exc) from exc
+
+    # Staging (yousync/api/uploads/staging.py): an upload sent part by part as it arrives.
+
+    def put_file(self, body: IO[bytes], key: str) -> None:
+        """One PUT of a whole (small) file, from its start."""
+        body.seek(0)
+        try:
+            self._client.put_object(Bucket=self.bucket, Key=key, Body=body)
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable("upload", exc) from exc
+
+    def start_multipart(self, key: str) -> str:
+        try:
+            started = self._client.create_multipart_upload(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable("upload", exc) from exc
+        return str(started["UploadId"])
+
+    def upload_part(self, key: str, upload_id: str, number: int, body: IO[bytes]) -> str:
+        """Send one part from the start of `body` (read from the file, never held whole in
+        memory); returns its ETag for `complete_multipart`."""
+        body.seek(0)
+        try:
+            answer = self._client.upload_part(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable("upload", exc) from exc
+        return str(answer["ETag"])
+
+    def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
+        parts = [{"PartNumber": number, "ETag": etag} for number, etag in enumerate(etags, 1)]
+        try:
+            self._client.complete_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable("upload", exc) from exc
+
+    def objects(self, prefix: str) -> Iterator[StoredObject]:
+        """Every object under `prefix`, all pages (errors untranslated, as `multipart_uploads`)."""
+        pages = self._client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=prefix
+        )
+        for page in pages:
+            for found in page.get("Contents", []):
+                yield StoredObject(found["Key"], found["LastModified"])
+
+    def last_part_at(self, upload: MultipartUpload) -> datetime:
+        """When the upload last received a part (its start when none): a staged upload still
+        arriving keeps sending parts, an abandoned one stopped."""
+        newest = upload.initiated
+        pages = self._client.get_paginator("list_parts").paginate(
+            Bucket=self.bucket, Key=upload.key, UploadId=upload.upload_id
+        )
+        for page in pages:
+            for part in page.get("Parts", []):
+                newest = max(newest, part["LastModified"])
+        return newest
 
     def abort_multipart_uploads(self, key: str, *, attempts: int = 3) -> int:
         """Abort every unfinished multipart upload of `key` (leftovers are billed). Listing

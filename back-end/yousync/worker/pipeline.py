@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -34,6 +36,10 @@ from yousync.worker.progress import ProgressReporter
 
 log = logging.getLogger(__name__)
 
+# A staged upload fetched to this host: `<job_id>.fetched` (s3transfer's temporary name while
+# it downloads and the prepared file made from it extend the name).
+FETCHED_SUFFIX = ".fetched"
+
 # The analysis server's own refusal of an oversized object counts too.
 REFUSED_AUDIO = REFUSALS | {"audio_too_large"}
 
@@ -51,6 +57,7 @@ class Pipeline:
         """Run what is left of the job; returns the final status."""
         job = self.store.get(job_id)
         if job is None:
+            # A staged object of the job is the staging sweep's (no record says where it is).
             log.warning("job %s: no record (expired or deleted); nothing to do", job_id)
             self.discard_spool(job_id)
             return "missing"
@@ -77,7 +84,7 @@ class Pipeline:
             reporter.report(
                 preparing.start, preparing, "Decoding and preparing the audio", force=True
             )
-            prepared = self._prepare(job_id, job)
+            prepared = self._prepare(job_id, job, reporter)
             reporter.report(preparing.end, preparing, "Audio prepared", force=True)
             key = object_key(token_id, job_id, prepared.extension)
             s3_url = self.storage.url(key)
@@ -122,7 +129,9 @@ class Pipeline:
         reporter.finish()
         if job.sha256:
             self.store.remember_result(token_id, job.sha256, job_id)
-        self.discard_spool(job_id)
+        # The prepared object replaces the upload: neither the spool file nor the staged
+        # object is needed any more.
+        self.discard_upload(job_id, job.staged_key)
         return JobStatus.COMPLETED.value
 
     def _already_uploaded(self, job: JobRecord) -> tuple[PreparedFile, str] | None:
@@ -132,13 +141,11 @@ class Pipeline:
             return prepared, key
         return None
 
-    def _prepare(self, job_id: str, job: JobRecord) -> PreparedFile:
+    def _prepare(self, job_id: str, job: JobRecord, reporter: ProgressReporter) -> PreparedFile:
         """Decode and convert, unless a previous delivery left the prepared file behind."""
         if job.prepared is not None and job.prepared.path.exists():
             return job.prepared
-        if job.spool_path is None or not job.spool_path.exists():
-            raise PermanentError("spool_missing", "The uploaded file is no longer available")
-        spool = job.spool_path
+        spool = self._local_upload(job_id, job, reporter)
         prepared = audio.prepare(
             spool,
             source_format=job.source_format or "",
@@ -161,22 +168,52 @@ class Pipeline:
         self.store.set_markers(job_id, **stored.markers(), duration_ms=prepared.duration_ms)
         return stored
 
+    def _local_upload(self, job_id: str, job: JobRecord, reporter: ProgressReporter) -> Path:
+        """The upload as a file on this host: fetched from S3 staging (kept for this delivery
+        only: a retry may run on another host, and fetches it again), or the spool file in this
+        worker's own SPOOL_DIR."""
+        spool_dir = self.settings.spool_dir
+        if job.staged_key:
+            fetched = spool_dir / f"{job_id}{FETCHED_SUFFIX}"
+            if not fetched.exists():
+                preparing = Stage.PREPARING
+                reporter.report(preparing.start, preparing, "Fetching the upload", force=True)
+                spool_dir.mkdir(parents=True, exist_ok=True)
+                self.storage.download(job.staged_key, fetched)
+            return fetched
+        own = spool_dir / job_id
+        if own.exists():
+            return own
+        elsewhere = job.spool_path is not None and job.spool_path != own
+        other_host = job.spool_host is not None and job.spool_host != socket.gethostname()
+        if elsewhere or other_host:
+            # Host paths go to the log; the job's error, which users read, says what to change.
+            log.warning(
+                "job %s: spooled at %s on %s; this worker reads %s on %s",
+                job_id,
+                job.spool_path,
+                job.spool_host,
+                own,
+                socket.gethostname(),
+            )
+            raise PermanentError(
+                "spool_unreachable",
+                "The upload was spooled on another host or SPOOL_DIR than this worker's; "
+                "workers apart from the API need UPLOAD_STAGING=s3",
+            )
+        raise PermanentError("spool_missing", "The uploaded file is no longer available")
+
     def fail(self, job_id: str, error: StageError, *, retryable: bool) -> None:
+        job = self.store.get(job_id) if error.code in REFUSED_AUDIO or not retryable else None
         # The object goes first: whoever sees `failed` finds nothing of refused audio left.
-        if error.code in REFUSED_AUDIO:
-            self._delete_stored_object(job_id)
+        if error.code in REFUSED_AUDIO and job is not None and job.s3_key:
+            # Audio refused as such (too long, lying about its length, undecodable) is not
+            # kept: when the analysis server is the one refusing, it is in S3 already.
+            with contextlib.suppress(TransientError):
+                self.storage.delete(job.s3_key)
         self.store.fail(job_id, error, retryable=retryable)
         if not retryable:
-            self.discard_spool(job_id)
-
-    def _delete_stored_object(self, job_id: str) -> None:
-        """Audio refused as such (too long, lying about its length, undecodable) is not kept:
-        when the analysis server is the one refusing, the object is already in S3."""
-        job = self.store.get(job_id)
-        key = job.s3_key if job is not None else None
-        if key:
-            with contextlib.suppress(TransientError):
-                self.storage.delete(key)
+            self.discard_upload(job_id, job.staged_key if job is not None else None)
 
     def note_retry(self, job_id: str, error: StageError, *, attempt: int, delay: float) -> None:
         job = self.store.get(job_id)
@@ -221,20 +258,39 @@ class Pipeline:
         self.store.count_delivery(job_id, -1)
 
     def clean_up_if_cancelled(self, job_id: str) -> None:
-        """After a cancellation: delete the spool and abort an unfinished multipart upload. A
-        completely stored object stays, so a retry can resume at the analysis."""
+        """After a cancellation: delete the upload (spool file, staged object) and abort an
+        unfinished multipart upload. A completely stored object stays, so a retry can resume
+        at the analysis."""
         job = self.store.get(job_id)
         if job is None or job.status != JobStatus.CANCELLED:
             return
-        self.discard_spool(job_id)
+        self.discard_upload(job_id, job.staged_key)
         if job.prepared is not None:
             key = object_key(job.token_id, job_id, job.prepared.extension)
             self.storage.abort_multipart_uploads(key)
 
+    def discard_upload(self, job_id: str, staged_key: str | None) -> None:
+        """Delete the upload wherever it waits, once no retry can need it. An S3 outage leaves
+        the staged object to the staging sweep (the job's state says it is not needed)."""
+        self.discard_spool(job_id)
+        if staged_key:
+            try:
+                self.storage.delete(staged_key)
+            except TransientError as exc:
+                log.warning("job %s: staged upload left for the sweep: %s", job_id, exc)
+
     def discard_spool(self, job_id: str) -> None:
-        """Delete the upload and its prepared copy once no retry can need them. Paths derive
-        from the job id, so this works even when the job record is gone."""
+        """Delete the local files of the job (the spool file, a fetched copy, the prepared
+        file). Paths derive from the job id, so this works even when the record is gone."""
         for path in self.settings.spool_dir.glob(f"{job_id}*"):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def drop_fetched(self, job_id: str) -> None:
+        """At the end of every delivery: a copy fetched from S3 staging (and what was prepared
+        from it) is this delivery's only, so no worker host keeps copies of jobs that went on
+        elsewhere."""
+        for path in self.settings.spool_dir.glob(f"{job_id}{FETCHED_SUFFIX}*"):
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
 

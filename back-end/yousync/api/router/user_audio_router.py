@@ -17,6 +17,7 @@ from yousync.api.deps import (
     RevokeDep,
     ServicesDep,
     SettingsDep,
+    StagingDep,
     UploadSlotsDep,
 )
 from yousync.api.limits import TooManyStreams
@@ -32,6 +33,7 @@ from yousync.api.streaming.progress_stream import (
     jittered_ping,
 )
 from yousync.api.streaming.results import wait_for_snapshot
+from yousync.api.uploads.staging import UploadStaging
 from yousync.api.uploads.submission import Enqueue, submit_upload
 from yousync.core.config import Settings
 from yousync.core.jobs import AsyncJobStore
@@ -79,13 +81,14 @@ async def upload_audio(
     jobs: JobsDep,
     enqueue: EnqueueDep,
     slots: UploadSlotsDep,
+    staging: StagingDep,
     idempotency_key: Annotated[
         str | None, Header(description="Same key within 24 h: the same job, not a new one")
     ] = None,
 ) -> JSONResponse:
     client = request.headers.get("authorization") or (request.client.host if request.client else "")
     with slots.hold(client):
-        return await _upload(token_id, request, settings, jobs, enqueue, idempotency_key)
+        return await _upload(token_id, request, settings, jobs, staging, enqueue, idempotency_key)
 
 
 async def _upload(
@@ -93,6 +96,7 @@ async def _upload(
     request: Request,
     settings: Settings,
     jobs: AsyncJobStore,
+    staging: UploadStaging,
     enqueue: Enqueue,
     idempotency_key: str | None,
 ) -> JSONResponse:
@@ -104,6 +108,7 @@ async def _upload(
         idempotency_key=idempotency_key,
         settings=settings,
         store=jobs,
+        staging=staging,
         enqueue=enqueue,
     )
     body = UploadAccepted(
@@ -223,9 +228,9 @@ async def token_progress(
     summary="Cancel a queued or running job (409 when it already finished)",
 )
 async def cancel_analysis(
-    job_id: JobId, jobs: JobsDep, settings: SettingsDep, revoke: RevokeDep
+    job_id: JobId, jobs: JobsDep, staging: StagingDep, revoke: RevokeDep
 ) -> JobSnapshot:
-    return await cancel_job(store=jobs, settings=settings, job_id=job_id, revoke=revoke)
+    return await cancel_job(store=jobs, staging=staging, job_id=job_id, revoke=revoke)
 
 
 @router.post(
@@ -235,9 +240,15 @@ async def cancel_analysis(
     summary="Run a failed or cancelled job again from its first unfinished stage",
 )
 async def retry_analysis(
-    job_id: JobId, jobs: JobsDep, settings: SettingsDep, enqueue: EnqueueDep
+    job_id: JobId,
+    jobs: JobsDep,
+    settings: SettingsDep,
+    staging: StagingDep,
+    enqueue: EnqueueDep,
 ) -> JSONResponse:
-    retried = await retry_job(store=jobs, settings=settings, job_id=job_id, enqueue=enqueue)
+    retried = await retry_job(
+        store=jobs, settings=settings, staging=staging, job_id=job_id, enqueue=enqueue
+    )
     return JSONResponse(
         retried.snapshot.model_dump(mode="json"),
         status_code=202,

@@ -1,10 +1,12 @@
-"""Receive a multipart upload straight into the spool, stopping at the size limit.
+"""Receive a multipart upload straight into its sink, stopping at the size limit.
 
 Why not `UploadFile`: Starlette spools the whole body before the handler runs and has no size
 limit, so a 2 GB body would be read in full before we could say 413. Here
 python-multipart's push parser sees each chunk as it arrives; the file part is hashed, sniffed
-and written in batches off the event loop, and the first byte past `MAX_UPLOAD_MB` ends the
-request. Whatever is rejected leaves no file behind.
+and handed to the sink (the spool file or S3 staging, yousync/api/uploads/staging.py) in
+batches off the event loop, and the first byte past `MAX_UPLOAD_MB` ends the request. The sink
+is committed only once the whole file passed every check, and whatever is rejected leaves
+nothing behind.
 """
 
 from __future__ import annotations
@@ -12,11 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO
 
 import anyio
 from python_multipart.exceptions import MultipartParseError
@@ -29,7 +28,7 @@ from yousync.api.uploads.sniff import (
     sniff_audio_format,
     wav_problem,
 )
-from yousync.api.uploads.writeback import start_writeback
+from yousync.api.uploads.staging import UploadSink
 
 FILE_FIELD = "file"
 # Room for boundaries, part headers and small extra fields beyond the file itself.
@@ -50,8 +49,10 @@ class UploadRejected(Exception):
 
 
 @dataclass(frozen=True)
-class SpooledUpload:
-    path: Path
+class ReceivedUpload:
+    """A whole, valid, committed upload; `sink` says where it is (and removes it)."""
+
+    sink: UploadSink
     size: int
     sha256: str
     audio_format: str
@@ -68,21 +69,22 @@ def too_large(max_bytes: int) -> UploadRejected:
 
 
 class _FilePart:
-    """State of the `file` part: spool file, hash, size and the first bytes for sniffing."""
+    """State of the `file` part: its sink, hash, size, and the first and last bytes for
+    sniffing and for the declared duration."""
 
     def __init__(
-        self, path: Path, filename: str, max_bytes: int, max_seconds: float | None = None
+        self, sink: UploadSink, filename: str, max_bytes: int, max_seconds: float | None = None
     ) -> None:
-        self.path = path
+        self.sink = sink
         self.filename = filename
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
         self.hasher = hashlib.sha256()
         self.size = 0
         self.head = bytearray()
+        self.tail = b""
         self.pending = bytearray()
         self.audio_format: str | None = None
-        self.handle: IO[bytes] | None = None
         self._in_flight: asyncio.Future[None] | None = None
 
     def feed(self, data: bytes) -> None:
@@ -108,15 +110,9 @@ class _FilePart:
             )
 
     def _write_pending(self, chunk: bytearray) -> None:
-        if self.handle is None:
-            self.handle = self.path.open("xb")
-        offset = self.handle.tell()
-        self.handle.write(chunk)
-        # In the page cache first, then the disk starts on it while this thread hashes and
-        # the next batch arrives: the fsync before the 202 is left only the tail.
-        self.handle.flush()
-        start_writeback(self.handle.fileno(), offset, len(chunk))
+        self.sink.write(chunk)
         self.hasher.update(chunk)
+        self.tail = (self.tail + chunk[-TAIL_BYTES:])[-TAIL_BYTES:]
 
     async def flush(self, force: bool = False) -> None:
         """A batch is written and hashed in a thread while the next one arrives (file writes
@@ -138,7 +134,7 @@ class _FilePart:
             await asyncio.shield(self._in_flight)
             self._in_flight = None
 
-    async def finish(self) -> SpooledUpload:
+    async def finish(self) -> ReceivedUpload:
         if self.size == 0:
             raise UploadRejected(422, "empty_file", "The file is empty")
         if self.audio_format is None:
@@ -149,24 +145,22 @@ class _FilePart:
             if problem:
                 raise UploadRejected(422, problem, f"The WAV file is not playable ({problem})")
         await self.flush(force=True)
-        await anyio.to_thread.run_sync(self._close)
-        await self._refuse_declared_too_long()
-        return SpooledUpload(
-            path=self.path,
+        self._refuse_declared_too_long()
+        await anyio.to_thread.run_sync(self.sink.commit)
+        return ReceivedUpload(
+            sink=self.sink,
             size=self.size,
             sha256=self.hasher.hexdigest(),
             audio_format=self.audio_format,
             filename=self.filename,
         )
 
-    async def _refuse_declared_too_long(self) -> None:
+    def _refuse_declared_too_long(self) -> None:
         """A file whose header states more than MAX_AUDIO_DURATION_SECONDS gets 422 now, not a
         job that waits in the queue to be refused (six 6-hour files once held up everyone)."""
         if self.max_seconds is None or self.audio_format not in ("wav", "flac", "ogg"):
             return
-        tail = b""
-        if self.audio_format == "ogg":
-            tail = await anyio.to_thread.run_sync(self._read_tail)
+        tail = self.tail if self.audio_format == "ogg" else b""
         declared = declared_seconds(self.audio_format, bytes(self.head), tail, self.size)
         if declared is not None and declared > self.max_seconds:
             raise UploadRejected(
@@ -175,27 +169,13 @@ class _FilePart:
                 f"The audio lasts {declared:.0f} s; the limit is {self.max_seconds:g} s",
             )
 
-    def _read_tail(self) -> bytes:
-        with self.path.open("rb") as handle:
-            handle.seek(max(self.size - TAIL_BYTES, 0))
-            return handle.read(TAIL_BYTES)
-
-    def _close(self) -> None:
-        if self.handle is not None:
-            self.handle.flush()
-            os.fsync(self.handle.fileno())
-            self.handle.close()
-            self.handle = None
-
     async def discard(self) -> None:
-        """Waits out a write still in flight first: it could create the file after the unlink."""
-        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-            await self._drain()
-        with contextlib.suppress(OSError):
-            if self.handle is not None:
-                self.handle.close()
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+        """Waits out a write still in flight first: it could create the file after the unlink.
+        Shielded: a client that hangs up must not cut the cleanup short."""
+        with anyio.CancelScope(shield=True):
+            with contextlib.suppress(Exception):
+                await self._drain()
+            await anyio.to_thread.run_sync(self.sink.discard)
 
 
 def _checked_filename(raw: bytes) -> str:
@@ -233,8 +213,8 @@ def _boundary(content_type: str | None) -> bytes:
 class _PartCollector:
     """Callbacks for python-multipart: routes part data to the file part, bounds the rest."""
 
-    def __init__(self, spool_path: Path, max_bytes: int, max_seconds: float | None) -> None:
-        self.spool_path = spool_path
+    def __init__(self, sink: UploadSink, max_bytes: int, max_seconds: float | None) -> None:
+        self.sink = sink
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
         self.file: _FilePart | None = None
@@ -279,9 +259,7 @@ class _PartCollector:
         if self.file is not None:
             raise UploadRejected(422, "multiple_files", "Send exactly one `file` field")
         filename = _checked_filename(params.get(b"filename", b""))
-        self.file = self._current = _FilePart(
-            self.spool_path, filename, self.max_bytes, self.max_seconds
-        )
+        self.file = self._current = _FilePart(self.sink, filename, self.max_bytes, self.max_seconds)
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._current is not None:
@@ -302,12 +280,13 @@ async def receive_upload(
     *,
     content_type: str | None,
     content_length: str | None,
-    spool_path: Path,
+    sink: UploadSink,
     max_bytes: int,
     max_seconds: float | None = None,
-) -> SpooledUpload:
-    """Stream the request body into `spool_path`; raises `UploadRejected` on any client error
-    (a header stating more than `max_seconds` of audio included)."""
+) -> ReceivedUpload:
+    """Stream the request body into `sink`; raises `UploadRejected` on any client error
+    (a header stating more than `max_seconds` of audio included), and what the sink raises
+    (S3 staging unavailable: `TransientError`)."""
     boundary = _boundary(content_type)
     if content_length is not None:
         try:
@@ -316,7 +295,7 @@ async def receive_upload(
             raise UploadRejected(400, "invalid_content_length", "Bad Content-Length") from None
         if declared > max_bytes + MULTIPART_OVERHEAD:
             raise too_large(max_bytes)
-    collector = _PartCollector(spool_path, max_bytes, max_seconds)
+    collector = _PartCollector(sink, max_bytes, max_seconds)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     try:
         async for chunk in chunks:

@@ -1,8 +1,9 @@
-"""Accepting an upload: spool it, record the job and its first event, enqueue the task by id.
+"""Accepting an upload: stage it, record the job and its first event, enqueue the task by id.
 
 Order matters for "nothing left behind": the body is fully validated before anything reaches
-Redis; if the broker then refuses the task, the job record and spool file are removed again
-and the client gets 503, so a job that exists is always a job that was enqueued.
+Redis; if the broker then refuses the task, the job record and the staged upload (spool file or
+S3 object) are removed again and the client gets 503, so a job that exists is always a job that
+was enqueued.
 """
 
 from __future__ import annotations
@@ -17,8 +18,10 @@ from dataclasses import dataclass
 import anyio
 from redis.exceptions import RedisError
 
-from yousync.api.uploads.receive import UploadRejected, receive_upload
+from yousync.api.uploads.receive import ReceivedUpload, UploadRejected, receive_upload
+from yousync.api.uploads.staging import UploadStaging
 from yousync.core.config import Settings
+from yousync.core.errors import TransientError
 from yousync.core.jobs import AsyncJobStore
 from yousync.core.models import JobStatus
 from yousync.core.record import JobRecord
@@ -31,10 +34,14 @@ Enqueue = Callable[[str, str], None]
 
 
 class ServiceUnavailable(Exception):
-    def __init__(self, code: str, detail: str) -> None:
+    """503 with Retry-After. `body_unread`: the request's body may be only partly read, so the
+    connection is closed rather than drained."""
+
+    def __init__(self, code: str, detail: str, *, body_unread: bool = False) -> None:
         super().__init__(detail)
         self.code = code
         self.detail = detail
+        self.body_unread = body_unread
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,7 @@ async def submit_upload(
     idempotency_key: str | None = None,
     settings: Settings,
     store: AsyncJobStore,
+    staging: UploadStaging,
     enqueue: Enqueue,
 ) -> Accepted:
     job_id = str(uuid.uuid4())
@@ -90,6 +98,7 @@ async def submit_upload(
             content_length=content_length,
             settings=settings,
             store=store,
+            staging=staging,
             enqueue=enqueue,
         )
     except BaseException:
@@ -132,18 +141,25 @@ async def _submit(
     content_length: str | None,
     settings: Settings,
     store: AsyncJobStore,
+    staging: UploadStaging,
     enqueue: Enqueue,
 ) -> Accepted:
     task_id = str(uuid.uuid4())
-    await anyio.to_thread.run_sync(lambda: settings.spool_dir.mkdir(parents=True, exist_ok=True))
-    upload = await receive_upload(
-        chunks,
-        content_type=content_type,
-        content_length=content_length,
-        spool_path=settings.spool_dir / job_id,
-        max_bytes=settings.max_upload_bytes,
-        max_seconds=settings.max_audio_duration_seconds,
-    )
+    sink = await anyio.to_thread.run_sync(staging.sink, job_id)
+    try:
+        upload = await receive_upload(
+            chunks,
+            content_type=content_type,
+            content_length=content_length,
+            sink=sink,
+            max_bytes=settings.max_upload_bytes,
+            max_seconds=settings.max_audio_duration_seconds,
+        )
+    except TransientError as exc:
+        log.warning("job %s: staging the upload failed: %s", job_id, exc.message)
+        raise ServiceUnavailable(
+            "storage_unavailable", "Upload storage is unavailable", body_unread=True
+        ) from exc
     try:
         earlier = await store.deduplicate(token_id, upload.sha256)
         if earlier is not None:
@@ -163,7 +179,7 @@ async def _submit(
                 size_bytes=upload.size,
                 deduplicated_from=earlier.job_id,
             )
-            await anyio.to_thread.run_sync(upload.path.unlink)
+            await _remove(upload)
             metrics.upload_accepted(upload.size)
             return Accepted(
                 job_id=job_id,
@@ -176,14 +192,14 @@ async def _submit(
             job_id,
             token_id,
             task_id=task_id,
-            spool_path=str(upload.path),
+            **upload.sink.markers(),
             sha256=upload.sha256,
             size_bytes=upload.size,
             source_format=upload.audio_format,
             filename=upload.filename,
         )
     except RedisError as exc:
-        upload.path.unlink(missing_ok=True)
+        await _remove(upload)
         raise ServiceUnavailable("redis_unavailable", "Job state store is unavailable") from exc
     try:
         with anyio.fail_after(settings.enqueue_timeout_seconds * 3):
@@ -192,7 +208,13 @@ async def _submit(
         log.warning("job %s: enqueue failed (%r); rolling back", job_id, exc)
         with contextlib.suppress(RedisError):
             await store.delete(job_id, token_id)
-        upload.path.unlink(missing_ok=True)
+        await _remove(upload)
         raise ServiceUnavailable("broker_unavailable", "Task queue is unavailable") from exc
     metrics.upload_accepted(upload.size)
     return Accepted(job_id=job_id, task_id=task_id, token_id=token_id, status=JobStatus.QUEUED)
+
+
+async def _remove(upload: ReceivedUpload) -> None:
+    """Shielded: once the upload is refused or answered otherwise, nothing of it may stay."""
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(upload.sink.discard)

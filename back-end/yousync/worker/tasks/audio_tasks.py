@@ -89,6 +89,7 @@ def analyze_audio(self: Task, job_id: str) -> str:
     try:
         return _run_through_redis_outages(self, runner, job_id)
     finally:
+        runner.drop_fetched(job_id)
         with contextlib.suppress(RedisConnectionError):
             runner.end_delivery(job_id)
 

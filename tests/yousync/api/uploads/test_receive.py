@@ -1,5 +1,6 @@
-"""receive_upload on real files: batches written and hashed in a thread while the next ones
-arrive must still give the exact bytes and hash, and every way of stopping must leave nothing."""
+"""receive_upload on real files (the spool sink): batches written and hashed in a thread while
+the next ones arrive must still give the exact bytes and hash, and every way of stopping must
+leave nothing. The S3 staging sink has its own tests (test_staging.py)."""
 
 from __future__ import annotations
 
@@ -16,8 +17,14 @@ import pytest
 from tests.helpers import hostile_media
 from tests.helpers.audio import pcm_wav
 from tests.helpers.multipart import CONTENT_TYPE, multipart
-from yousync.api.uploads import receive as uploads
-from yousync.api.uploads.receive import WRITE_BATCH, SpooledUpload, UploadRejected, receive_upload
+from yousync.api.uploads import staging
+from yousync.api.uploads.receive import (
+    WRITE_BATCH,
+    ReceivedUpload,
+    UploadRejected,
+    receive_upload,
+)
+from yousync.api.uploads.staging import SpoolSink
 
 MB = 1024 * 1024
 
@@ -32,22 +39,27 @@ async def chunked(body: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
         await asyncio.sleep(0)  # not a wait: yields to the loop between chunks, as a socket does
 
 
-def receive(body: bytes, path: Path, max_mb: int = 16) -> SpooledUpload:
+def receive(body: bytes, path: Path, max_mb: int = 16) -> ReceivedUpload:
     return asyncio.run(
         receive_upload(
             chunked(body),
             content_type=CONTENT_TYPE,
             content_length=None,
-            spool_path=path,
+            sink=SpoolSink(path),
             max_bytes=max_mb * MB,
         )
     )
 
 
+def spooled_path(upload: ReceivedUpload) -> Path:
+    assert isinstance(upload.sink, SpoolSink)
+    return upload.sink.path
+
+
 def test_receive_upload_when_many_batches_then_file_and_hash_are_exact(tmp_path: Path) -> None:
     wav = pcm_wav(os.urandom(7 * WRITE_BATCH + 12345), rate=44100)
     spooled = receive(form(wav), tmp_path / "job")
-    assert spooled.path.read_bytes() == wav
+    assert spooled_path(spooled).read_bytes() == wav
     assert spooled.size == len(wav)
     assert spooled.sha256 == hashlib.sha256(wav).hexdigest()
     assert spooled.audio_format == "wav"
@@ -63,7 +75,7 @@ def test_receive_upload_when_batches_are_written_then_writeback_covers_the_file_
         asked.append((offset, length))
         return True
 
-    monkeypatch.setattr(uploads, "start_writeback", record)
+    monkeypatch.setattr(staging, "start_writeback", record)
     wav = pcm_wav(os.urandom(5 * WRITE_BATCH + 777), rate=44100)
     spooled = receive(form(wav), tmp_path / "job")
     assert len(asked) >= 4  # batch by batch as they are written, not once at the end
@@ -102,7 +114,7 @@ def test_receive_upload_when_cancelled_with_a_write_in_flight_then_no_file_left(
                 stalls_after_batches(),
                 content_type=CONTENT_TYPE,
                 content_length=None,
-                spool_path=tmp_path / "job",
+                sink=SpoolSink(tmp_path / "job"),
                 max_bytes=16 * MB,
             )
         )
@@ -115,14 +127,14 @@ def test_receive_upload_when_cancelled_with_a_write_in_flight_then_no_file_left(
     assert list(tmp_path.iterdir()) == []
 
 
-def receive_in_pieces(content: bytes, path: Path, *, piece: int) -> SpooledUpload:
+def receive_in_pieces(content: bytes, path: Path, *, piece: int) -> ReceivedUpload:
     body = multipart(("file", "take.mp3", content))[0]
     return asyncio.run(
         receive_upload(
             chunked(body, size=piece),
             content_type=CONTENT_TYPE,
             content_length=None,
-            spool_path=path,
+            sink=SpoolSink(path),
             max_bytes=16 * MB,
         )
     )
@@ -151,7 +163,7 @@ def test_receive_upload_when_id3_tag_is_larger_than_the_window_then_accepted_for
     spooled = receive_in_pieces(content, tmp_path / "job", piece=1024)
 
     assert spooled.audio_format == "mp3"
-    assert spooled.path.read_bytes() == content
+    assert spooled_path(spooled).read_bytes() == content
 
 
 @pytest.mark.parametrize(
@@ -168,18 +180,18 @@ def test_receive_upload_when_header_states_a_length_over_the_limit_then_422_and_
     subprocess.run(["ffmpeg", "-v", "error", *sine, *codec, str(source)], check=True)
     body = multipart(("file", name, source.read_bytes()))[0]
 
-    async def run() -> SpooledUpload:
+    async def run() -> ReceivedUpload:
         return await receive_upload(
             chunked(body),
             content_type=CONTENT_TYPE,
             content_length=None,
-            spool_path=tmp_path / "job",
+            sink=SpoolSink(tmp_path / "job"),
             max_bytes=16 * MB,
             max_seconds=limit,
         )
 
     if not refused:
-        assert asyncio.run(run()).path.exists()
+        assert spooled_path(asyncio.run(run())).exists()
         return
     with pytest.raises(UploadRejected) as rejected:
         asyncio.run(run())
