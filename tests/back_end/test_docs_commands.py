@@ -47,6 +47,7 @@ from devtools import stack
 from devtools.prod_local import read_env_file
 from tests.helpers import sse
 from tests.helpers.audio import wav_bytes
+from yousync.worker.celery_app import MAINTENANCE_TASKS
 
 ROOT = stack.REPO_ROOT
 DOCS = ("README.md", "CELERY_GUIDE.md")
@@ -616,7 +617,7 @@ def test_celery_guide_beat_command_when_run_then_sends_the_three_sweeps_until_st
         "beat",
         ready=lambda: "beat: Starting" in log.read_text(errors="replace"),
     )
-    sweeps = ("sweep_spool", "mark_stuck_jobs", "abort_stale_multipart_uploads")
+    sweeps = MAINTENANCE_TASKS
     try:
         beat.start()
         stack.wait_until(

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from yousync.core.errors import PermanentError
 from yousync.worker.audio import PreparedAudio
 
 ANALYSIS_RESULT: dict[str, Any] = {"duration_ms": 1000, "loudness_dbfs": -20.0, "sync_score": None}
@@ -35,6 +36,8 @@ class FakeObjectStore:
         # Called with each fraction before it is reported (a test cancels or fails from here).
         self.during_upload = during_upload
         self.objects: dict[str, int] = {}
+        # Staged uploads (`incoming/<job>`), with their bytes: what `download` fetches.
+        self.staged: dict[str, bytes] = {}
         self.multipart: set[str] = set()
         self.calls: list[tuple[str, str]] = []
 
@@ -60,9 +63,17 @@ class FakeObjectStore:
         self.objects[key] = size
         return size
 
+    def download(self, key: str, path: Path) -> int:
+        self.calls.append(("download", key))
+        if key not in self.staged:
+            raise PermanentError("upload_gone", "The uploaded file is no longer available")
+        path.write_bytes(self.staged[key])
+        return len(self.staged[key])
+
     def delete(self, key: str) -> None:
         self.calls.append(("delete", key))
         self.objects.pop(key, None)
+        self.staged.pop(key, None)
 
     def abort_multipart_uploads(self, key: str) -> int:
         self.calls.append(("abort_multipart_uploads", key))

@@ -25,12 +25,19 @@ __all__ = ["AUDIO_QUEUE", "MAINTENANCE_QUEUE", "app", "celery_app", "settings"]
 
 celery_app.conf.include = ["yousync.worker.tasks.audio_tasks", "yousync.worker.tasks.maintenance"]
 
-# Celery Beat (`celery -A celery_app beat`) sends the maintenance sweeps; `expires` drops a
-# sweep nobody ran before the next one was due instead of stacking them up.
+# Beat's sweeps (yousync/worker/tasks/maintenance.py).
+MAINTENANCE_TASKS = (
+    "sweep_spool",
+    "sweep_staged_uploads",
+    "mark_stuck_jobs",
+    "abort_stale_multipart_uploads",
+)
+# Celery Beat (`celery -A celery_app beat`) sends each sweep every MAINTENANCE_INTERVAL_SECONDS;
+# `expires` drops a sweep nobody ran before the next one was due instead of stacking them up.
 _every = settings.maintenance_interval_seconds
 celery_app.conf.beat_schedule = {
     name: {"task": f"tasks.maintenance.{name}", "schedule": _every, "options": {"expires": _every}}
-    for name in ("sweep_spool", "mark_stuck_jobs", "abort_stale_multipart_uploads")
+    for name in MAINTENANCE_TASKS
 }
 celery_app.conf.beat_schedule_filename = str(HOME_DIR / "var" / "celerybeat-schedule")
 

@@ -27,7 +27,7 @@ from yousync.core.jobs import JobStore, Refused
 from yousync.core.models import SNAPSHOT_FIELDS, JobStatus
 from yousync.core.record import MARKER_FIELDS, PreparedFile
 from yousync.core.stages import WORKED_STAGES, Stage
-from yousync.core.storage import object_key
+from yousync.core.storage import object_key, staged_key
 from yousync.worker import audio, context
 from yousync.worker.pipeline import Pipeline
 
@@ -583,3 +583,90 @@ def test_fail_when_retryable_then_object_and_spool_kept(rig: Rig) -> None:
     rig.runner.fail(rig.job.id, StageError("analysis_unavailable", "down"), retryable=True)
 
     assert rig.objects.objects == {rig.job.key: 4} and rig.job.files() == [rig.job.spool]
+
+
+# --- (f) where the upload waits: S3 staging, or a spool this worker may not see ---------------
+
+
+@pytest.fixture
+def staged(rig: Rig, redis_client: redis.Redis) -> Rig:
+    """The rig's job as UPLOAD_STAGING=s3 leaves it: the upload in the object store, nothing in
+    this worker's spool."""
+    rig.job.spool.unlink()
+    redis_client.hdel(keys.job(rig.job.id), "spool_path")
+    rig.store.set_markers(rig.job.id, staged_key=staged_key(rig.job.id))
+    rig.objects.staged[staged_key(rig.job.id)] = UPLOAD
+    return rig
+
+
+def test_run_when_staged_in_s3_then_fetched_prepared_and_the_staged_object_deleted(
+    staged: Rig,
+) -> None:
+    fetched = staged.job.spool.with_name(f"{staged.job.id}.fetched")
+
+    assert staged.runner.run(staged.job.id) == "completed"
+
+    assert staged.preparer.sources == [fetched]
+    assert staged.objects.operations() == [
+        "download",
+        "upload",
+        "delete",  # the prepared object replaced the upload
+    ]
+    assert staged.objects.staged == {} and staged.objects.objects == {staged.job.key: 4}
+    assert staged.job.files() == []
+
+
+def test_run_when_staged_job_fails_then_delivery_end_drops_the_fetched_copy_and_keeps_the_object(
+    staged: Rig,
+) -> None:
+    def outage(_: float) -> None:
+        raise TransientError("analysis_unavailable", "down")
+
+    staged.analyzer.during_analysis = outage
+    with pytest.raises(TransientError):
+        staged.runner.run(staged.job.id)
+    assert staged.job.files() != []  # the fetched copy and what was prepared from it
+
+    staged.runner.drop_fetched(staged.job.id)
+
+    assert staged.job.files() == []  # a retry, on whichever host, fetches again
+    assert staged.objects.staged == {staged_key(staged.job.id): UPLOAD}
+
+
+def test_run_when_staged_object_gone_then_fails_permanently_as_upload_gone(staged: Rig) -> None:
+    staged.objects.staged.clear()
+    with pytest.raises(PermanentError) as failed:
+        staged.runner.run(staged.job.id)
+    assert failed.value.code == "upload_gone"
+
+
+@pytest.mark.parametrize(
+    ("where", "code"),
+    [
+        ({"spool_path": "/elsewhere/spool/JOB"}, "spool_unreachable"),
+        ({"spool_host": "api-host-that-is-not-this-one"}, "spool_unreachable"),
+        ({}, "spool_missing"),
+    ],
+    ids=["other-spool-dir", "other-host", "same-place-but-gone"],
+)
+def test_run_when_spool_file_not_in_this_workers_spool_then_the_error_says_why(
+    rig: Rig, where: dict[str, str], code: str
+) -> None:
+    rig.job.spool.unlink()
+    markers = {name: value.replace("JOB", rig.job.id) for name, value in where.items()}
+    if markers:
+        rig.store.set_markers(rig.job.id, **markers)
+
+    with pytest.raises(PermanentError) as failed:
+        rig.runner.run(rig.job.id)
+
+    assert failed.value.code == code
+    if code == "spool_unreachable":
+        assert "UPLOAD_STAGING=s3" in failed.value.message
+        assert "/elsewhere" not in failed.value.message  # host paths go to the log only
+
+
+def test_clean_up_if_cancelled_when_staged_then_the_staged_object_is_deleted(staged: Rig) -> None:
+    cancel(staged.store, staged.job)
+    staged.runner.clean_up_if_cancelled(staged.job.id)
+    assert staged.objects.staged == {}

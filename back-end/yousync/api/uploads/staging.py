@@ -149,11 +149,14 @@ class S3StagingSink:
     def _send_part(self) -> None:
         part, self._part, self._part_size = self._part, None, 0
         assert part is not None
-        part.flush()
-        # One part in flight at most: a slow S3 slows the reader down, not the disk filling.
-        self._wait_for_part()
-        if self._upload_id is None:
-            self._upload_id = self._store.start_multipart(self.key)
+        try:
+            # One part in flight at most: a slow S3 slows the reader down, not the disk filling.
+            self._wait_for_part()
+            if self._upload_id is None:
+                self._upload_id = self._store.start_multipart(self.key)
+        except BaseException:
+            part.close()
+            raise
         self._in_flight = self._senders.submit(
             self._send, self._upload_id, len(self._etags) + 1, part
         )

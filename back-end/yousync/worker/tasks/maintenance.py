@@ -11,6 +11,11 @@
   host gone): it ends `failed` with code `stuck` (retryable). A `queued` job untouched for
   STUCK_QUEUED_SECONDS lost its message. The set of active jobs scored by their last write
   (`keys.ACTIVE_JOBS`, kept by the job-state script) makes this one range query.
+* `sweep_staged_uploads` — the same rules for uploads staged in S3 (`incoming/<job_id>`,
+  UPLOAD_STAGING=s3), by the object's age; and aborts staging multipart uploads whose last part
+  is older than SPOOL_ORPHAN_GRACE_SECONDS — an upload still arriving keeps sending parts, one
+  whose API process died stopped. Needed when a worker or an API could not delete an object
+  itself (S3 unavailable just then, a process killed).
 * `abort_stale_multipart_uploads` — S3 bills the parts of unfinished multipart uploads; abort
   ours (`audio/` prefix) that started more than MULTIPART_MAX_AGE_SECONDS (a day) ago.
 
@@ -22,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
@@ -29,15 +35,14 @@ from typing import Any, cast
 import redis
 
 from yousync.core import keys
-from yousync.core.jobs import Refused, UnreadableRecord
+from yousync.core.jobs import JobStore, Refused, UnreadableRecord
 from yousync.core.models import JobStatus
+from yousync.core.storage import OBJECT_PREFIX, STAGING_PREFIX
 from yousync.observability.logging_setup import JOB_ID_PATTERN
 from yousync.worker import context
 from yousync.worker.celery_app import MAINTENANCE_QUEUE, celery_app, settings
 
 log = logging.getLogger("yousync.maintenance")
-
-OBJECT_PREFIX = "audio/"
 
 
 def _redis_now(client: redis.Redis) -> float:
@@ -61,18 +66,45 @@ def stuck_processing_seconds() -> float:
     return settings.task_time_limit + longest_backoff
 
 
+@dataclass(frozen=True)
+class UploadAges:
+    """How long a job's upload is kept (seconds): without a record, after the newest write
+    (an upload still arriving has no record yet); after a failed/cancelled job ended."""
+
+    orphan_grace: float
+    retention: float
+
+    @classmethod
+    def of(cls, orphan_grace: float | None, retention: float | None) -> UploadAges:
+        return cls(
+            orphan_grace=settings.spool_orphan_grace_seconds
+            if orphan_grace is None
+            else float(orphan_grace),
+            retention=settings.spool_retention_seconds if retention is None else float(retention),
+        )
+
+
+def _not_needed(
+    store: JobStore, job_id: str, *, written_at: float, now: float, ages: UploadAges
+) -> str | None:
+    """Why nothing can need the upload of `job_id` any more (the log's `reason`), or None.
+    Raises UnreadableRecord: a record we cannot read might still need it."""
+    job = store.get(job_id)
+    if job is None:
+        return "expired" if now - written_at >= ages.orphan_grace else None
+    if job.status == JobStatus.COMPLETED:
+        return "completed"
+    if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
+        age = _iso_age(job.snapshot.updated_at, now)
+        return job.status.value if age is not None and age >= ages.retention else None
+    return None
+
+
 @celery_app.task(name="tasks.maintenance.sweep_spool", queue=MAINTENANCE_QUEUE)
 def sweep_spool(
     orphan_grace_seconds: float | None = None, retention_seconds: float | None = None
 ) -> dict[str, Any]:
-    grace = (
-        settings.spool_orphan_grace_seconds
-        if orphan_grace_seconds is None
-        else float(orphan_grace_seconds)
-    )
-    retention = (
-        settings.spool_retention_seconds if retention_seconds is None else float(retention_seconds)
-    )
+    ages = UploadAges.of(orphan_grace_seconds, retention_seconds)
     spool_dir = Path(settings.spool_dir)
     if not spool_dir.is_dir():
         return {"deleted": [], "kept": 0}
@@ -86,21 +118,11 @@ def sweep_spool(
     deleted: list[str] = []
     kept = 0
     for job_id, paths in by_job.items():
+        newest = max((_mtime(path) for path in paths), default=now)
         try:
-            job = store.get(job_id)
+            why = _not_needed(store, job_id, written_at=newest, now=now, ages=ages)
         except UnreadableRecord as exc:
             log.warning("job %s: record unreadable, spool files kept: %s", job_id, exc)
-            kept += len(paths)
-            continue
-        if job is None:
-            newest = max((_mtime(path) for path in paths), default=now)
-            why = "expired" if now - newest >= grace else None
-        elif job.status == JobStatus.COMPLETED:
-            why = "completed"
-        elif job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-            age = _iso_age(job.snapshot.updated_at, now)
-            why = job.status.value if age is not None and age >= retention else None
-        else:
             why = None
         if why is None:
             kept += len(paths)
@@ -113,6 +135,48 @@ def sweep_spool(
             "spool files deleted", extra={"job_id": job_id, "reason": why, "files": len(paths)}
         )
     return {"deleted": sorted(deleted), "kept": kept}
+
+
+@celery_app.task(name="tasks.maintenance.sweep_staged_uploads", queue=MAINTENANCE_QUEUE)
+def sweep_staged_uploads(
+    orphan_grace_seconds: float | None = None, retention_seconds: float | None = None
+) -> dict[str, Any]:
+    ages = UploadAges.of(orphan_grace_seconds, retention_seconds)
+    ctx = context.get()
+    storage, store = ctx.storage, ctx.store
+    now = time.time()
+    deleted: list[str] = []
+    kept = 0
+    for staged in storage.objects(STAGING_PREFIX):
+        job_id = staged.key.removeprefix(STAGING_PREFIX)
+        if not JOB_ID_PATTERN.fullmatch(job_id):
+            kept += 1  # not ours: never delete what this service did not name
+            continue
+        written_at = staged.last_modified.timestamp()
+        try:
+            why = _not_needed(store, job_id, written_at=written_at, now=now, ages=ages)
+        except UnreadableRecord as exc:
+            log.warning("job %s: record unreadable, staged upload kept: %s", job_id, exc)
+            why = None
+        if why is None:
+            kept += 1
+            continue
+        storage.delete(staged.key)
+        deleted.append(staged.key)
+        log.info("staged upload deleted", extra={"job_id": job_id, "reason": why})
+    aborted: list[str] = []
+    for upload in storage.multipart_uploads(STAGING_PREFIX):
+        last_part_at = storage.last_part_at(upload)
+        if now - last_part_at.timestamp() < ages.orphan_grace:
+            kept += 1
+            continue
+        storage.abort_multipart_upload(upload.key, upload.upload_id)
+        aborted.append(upload.key)
+        log.info(
+            "staging multipart upload aborted",
+            extra={"key": upload.key, "last_part_at": last_part_at.isoformat()},
+        )
+    return {"deleted": sorted(deleted), "aborted": aborted, "kept": kept}
 
 
 def _mtime(path: Path) -> float:

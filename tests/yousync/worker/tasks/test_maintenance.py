@@ -21,6 +21,7 @@ from tests.helpers.wait import wait_until
 from yousync.core import keys
 from yousync.core.config import Settings
 from yousync.core.jobs import JobStore
+from yousync.worker.celery_app import MAINTENANCE_TASKS
 
 
 @pytest.fixture
@@ -101,6 +102,74 @@ def test_sweep_spool_when_jobs_finished_or_expired_then_only_their_files_are_del
     finally:
         for path in kept:
             path.unlink(missing_ok=True)
+
+
+def test_sweep_staged_uploads_when_jobs_finished_or_expired_then_only_their_objects_go(
+    celery_client: Celery,
+    store: JobStore,
+    redis_url: str,
+    redis_client: redis.Redis,
+    s3_client: Any,
+    s3_bucket: str,
+    token_id: str,
+) -> None:
+    completed = create_job(redis_url, token_id)
+    store.update(completed, token_id, status="completed", progress=100, stage="done")
+    error = {"code": "analysis_unavailable", "message": "down", "retryable": True}
+    failed_recently = create_job(redis_url, token_id)
+    store.update(failed_recently, token_id, status="failed", error=error)
+    cancelled_long_ago = create_job(redis_url, token_id)
+    store.update(cancelled_long_ago, token_id, status="cancelled")
+    redis_client.hset(keys.job(cancelled_long_ago), "updated_at", hours_ago(2))
+    running = create_job(redis_url, token_id)
+    store.update(running, token_id, status="processing", progress=20, stage="uploading")
+    no_record = str(uuid.uuid4())  # expired, or its API is creating the record right now
+
+    def stage(name: str) -> str:
+        key = f"incoming/{name}"
+        s3_client.put_object(Bucket=s3_bucket, Key=key, Body=b"RIFF....WAVE")
+        return key
+
+    def staged() -> set[str]:
+        listed = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix="incoming/")
+        return {found["Key"] for found in listed.get("Contents", [])}
+
+    doomed = {stage(completed), stage(cancelled_long_ago)}
+    kept = {stage(failed_recently), stage(running), stage(no_record), stage("not-a-job")}
+    try:
+        result = run(celery_client, "sweep_staged_uploads")
+        assert doomed <= set(result["deleted"]) and not doomed & staged()
+        assert kept <= staged()
+
+        # With no grace, the object without a record goes; the running job's and a name that
+        # is not a job id stay.
+        result = run(celery_client, "sweep_staged_uploads", orphan_grace_seconds=0)
+        assert f"incoming/{no_record}" in result["deleted"]
+        assert {f"incoming/{running}", "incoming/not-a-job"} <= staged()
+    finally:
+        for key in kept:
+            s3_client.delete_object(Bucket=s3_bucket, Key=key)
+
+
+def test_sweep_staged_uploads_when_a_staging_multipart_upload_stopped_then_aborted(
+    celery_client: Celery, s3_client: Any, s3_bucket: str
+) -> None:
+    key = f"incoming/{uuid.uuid4()}"
+    upload = s3_client.create_multipart_upload(Bucket=s3_bucket, Key=key)
+    s3_client.upload_part(
+        Bucket=s3_bucket, Key=key, UploadId=upload["UploadId"], PartNumber=1, Body=b"x" * 1024
+    )
+
+    def open_uploads() -> list[str]:
+        listed = s3_client.list_multipart_uploads(Bucket=s3_bucket, Prefix=key)
+        return [found["UploadId"] for found in listed.get("Uploads", [])]
+
+    # A part just arrived: an upload still streaming in, whatever the upload's start says.
+    result = run(celery_client, "sweep_staged_uploads")
+    assert key not in result["aborted"] and open_uploads() == [upload["UploadId"]]
+
+    result = run(celery_client, "sweep_staged_uploads", orphan_grace_seconds=0)
+    assert key in result["aborted"] and open_uploads() == []
 
 
 def test_mark_stuck_jobs_when_silent_past_the_limit_then_failed_stuck_with_an_event(
@@ -197,5 +266,5 @@ def test_beat_when_running_then_sends_the_sweeps_on_schedule(
     finally:
         beat.stop()
     log = beat.log_tail(200)
-    for task in ("sweep_spool", "mark_stuck_jobs", "abort_stale_multipart_uploads"):
+    for task in MAINTENANCE_TASKS:
         assert f"Sending due task {task}" in log, log
