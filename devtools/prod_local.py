@@ -110,6 +110,8 @@ def settings_env(run_dir: Path, ports: Ports, secret_values: Mapping[str, str]) 
         "AWS_REGION": "us-east-1",
         "ANALYSIS_SERVER_URL": f"http://127.0.0.1:{ports.analysis}",
         "SPOOL_DIR": str(run_dir / "spool"),
+        # As on several hosts: uploads wait in S3, so no worker needs the API's disk.
+        "UPLOAD_STAGING": "s3",
         "LOG_FORMAT": "json",
         "CORS_ORIGINS": proxy,
         **secret_values,

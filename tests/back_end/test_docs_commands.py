@@ -856,6 +856,7 @@ def test_readme_make_prod_local_when_run_then_serves_a_keyed_job_through_nginx_a
     assert job["progress_url"] in access_log and job["stream_token"] not in access_log
     settings = read_env_file(run_dir / "yousync.env")
     assert settings["ENVIRONMENT"] == "prod" and settings["API_KEYS"] == key
+    assert settings["UPLOAD_STAGING"] == "s3"  # the job above went through S3 staging
     for process in ("redis", "s3", "analysis", "api", "worker", "beat", "flower", "nginx", "ready"):
         assert f"{process}.1 stopped" in out, out[-3000:]
     assert all(refuses(port) for port in ports.values()), out[-3000:]
