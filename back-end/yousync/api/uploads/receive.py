@@ -124,7 +124,7 @@ class _FilePart:
             chunk, self.pending = self.pending, bytearray()
             await self._drain()
             loop = asyncio.get_running_loop()
-            self._in_flight = loop.run_in_executor(None, self._write_pending, chunk)
+            self._in_flight = loop.run_in_executor(self.sink.executor, self._write_pending, chunk)
         if force:
             await self._drain()
 

@@ -24,7 +24,7 @@ import logging
 import os
 import socket
 import tempfile
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import IO, Protocol
 
@@ -41,6 +41,9 @@ PART_SENDERS = 32
 
 
 class UploadSink(Protocol):
+    # Where `write` runs (None: the event loop's default executor).
+    executor: Executor | None
+
     def write(self, chunk: bytearray) -> None:
         """Append the next bytes of the file."""
         ...
@@ -79,6 +82,8 @@ class StagingStore(Protocol):
 class SpoolSink:
     """The upload as a file in SPOOL_DIR, written back to disk as it arrives and fsynced at
     commit (yousync/api/uploads/writeback.py says why)."""
+
+    executor: Executor | None = None  # a page-cache copy: the loop's default pool keeps up
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -124,8 +129,10 @@ class S3StagingSink:
         part_bytes: int,
         scratch_dir: Path,
         senders: ThreadPoolExecutor,
+        writers: Executor | None = None,
     ) -> None:
         self.key = key
+        self.executor = writers
         self._store = store
         self._part_bytes = part_bytes
         self._scratch_dir = scratch_dir
@@ -215,6 +222,11 @@ class UploadStaging:
         self.settings = settings
         self.store = store
         self._senders = ThreadPoolExecutor(senders, thread_name_prefix="s3-staging")
+        # A write blocks while its upload's previous part is still being sent. In the loop's
+        # default pool (min(32, cores + 4) threads: 6 here) a few slow uploads would hold
+        # every thread and stall the writes of all others; a pool of their own, one thread per
+        # sender, never runs short while parts move.
+        self._writers = ThreadPoolExecutor(senders, thread_name_prefix="s3-staging-write")
 
     def sink(self, job_id: str) -> UploadSink:
         spool_dir = self.settings.spool_dir
@@ -227,6 +239,7 @@ class UploadStaging:
             part_bytes=self.settings.s3_multipart_threshold_mb * MB,
             scratch_dir=spool_dir,
             senders=self._senders,
+            writers=self._writers,
         )
 
     def upload_exists(self, job: JobRecord) -> bool:
@@ -249,4 +262,5 @@ class UploadStaging:
                 log.warning("job %s: staged upload left for the sweep: %s", job.job_id, exc)
 
     def close(self) -> None:
+        self._writers.shutdown(wait=False, cancel_futures=True)
         self._senders.shutdown(wait=False, cancel_futures=True)
