@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +38,7 @@ import redis
 from yousync.core import keys
 from yousync.core.jobs import JobStore, Refused, UnreadableRecord
 from yousync.core.models import JobStatus
-from yousync.core.storage import OBJECT_PREFIX, STAGING_PREFIX
+from yousync.core.storage import OBJECT_PREFIX, STAGING_PREFIX, MultipartUpload, Storage
 from yousync.observability.logging_setup import JOB_ID_PATTERN
 from yousync.worker import context
 from yousync.worker.celery_app import MAINTENANCE_QUEUE, celery_app, settings
@@ -85,11 +86,15 @@ class UploadAges:
 
 
 def _not_needed(
-    store: JobStore, job_id: str, *, written_at: float, now: float, ages: UploadAges
+    store: JobStore, job_id: str, *, written_at: float, now: float, ages: UploadAges, what: str
 ) -> str | None:
-    """Why nothing can need the upload of `job_id` any more (the log's `reason`), or None.
-    Raises UnreadableRecord: a record we cannot read might still need it."""
-    job = store.get(job_id)
+    """Why nothing can need the upload of `job_id` any more (the log's `reason`), or None. A
+    record we cannot read (a newer release's) might still need it: kept, and `what` logged."""
+    try:
+        job = store.get(job_id)
+    except UnreadableRecord as exc:
+        log.warning("job %s: record unreadable, %s kept: %s", job_id, what, exc)
+        return None
     if job is None:
         return "expired" if now - written_at >= ages.orphan_grace else None
     if job.status == JobStatus.COMPLETED:
@@ -119,11 +124,7 @@ def sweep_spool(
     kept = 0
     for job_id, paths in by_job.items():
         newest = max((_mtime(path) for path in paths), default=now)
-        try:
-            why = _not_needed(store, job_id, written_at=newest, now=now, ages=ages)
-        except UnreadableRecord as exc:
-            log.warning("job %s: record unreadable, spool files kept: %s", job_id, exc)
-            why = None
+        why = _not_needed(store, job_id, written_at=newest, now=now, ages=ages, what="spool files")
         if why is None:
             kept += len(paths)
             continue
@@ -153,30 +154,45 @@ def sweep_staged_uploads(
             kept += 1  # not ours: never delete what this service did not name
             continue
         written_at = staged.last_modified.timestamp()
-        try:
-            why = _not_needed(store, job_id, written_at=written_at, now=now, ages=ages)
-        except UnreadableRecord as exc:
-            log.warning("job %s: record unreadable, staged upload kept: %s", job_id, exc)
-            why = None
+        why = _not_needed(
+            store, job_id, written_at=written_at, now=now, ages=ages, what="staged upload"
+        )
         if why is None:
             kept += 1
             continue
         storage.delete(staged.key)
         deleted.append(staged.key)
         log.info("staged upload deleted", extra={"job_id": job_id, "reason": why})
+    # By their last part: an upload still arriving keeps sending parts.
+    aborted, still_arriving = _abort_multipart_uploads(
+        storage,
+        STAGING_PREFIX,
+        since=storage.last_part_at,
+        cutoff=datetime.fromtimestamp(now - ages.orphan_grace, UTC),
+    )
+    return {"deleted": sorted(deleted), "aborted": aborted, "kept": kept + still_arriving}
+
+
+def _abort_multipart_uploads(
+    storage: Storage,
+    prefix: str,
+    *,
+    since: Callable[[MultipartUpload], datetime],
+    cutoff: datetime,
+) -> tuple[list[str], int]:
+    """Abort the multipart uploads under `prefix` whose `since` (their start, their last part)
+    is before `cutoff`; returns the keys aborted and how many were kept."""
     aborted: list[str] = []
-    for upload in storage.multipart_uploads(STAGING_PREFIX):
-        last_part_at = storage.last_part_at(upload)
-        if now - last_part_at.timestamp() < ages.orphan_grace:
+    kept = 0
+    for upload in storage.multipart_uploads(prefix):
+        at = since(upload)
+        if at > cutoff:
             kept += 1
             continue
         storage.abort_multipart_upload(upload.key, upload.upload_id)
         aborted.append(upload.key)
-        log.info(
-            "staging multipart upload aborted",
-            extra={"key": upload.key, "last_part_at": last_part_at.isoformat()},
-        )
-    return {"deleted": sorted(deleted), "aborted": aborted, "kept": kept}
+        log.info("multipart upload aborted", extra={"key": upload.key, "since": at.isoformat()})
+    return aborted, kept
 
 
 def _mtime(path: Path) -> float:
@@ -250,17 +266,7 @@ def abort_stale_multipart_uploads(older_than_seconds: float | None = None) -> di
         settings.multipart_max_age_seconds if older_than_seconds is None else older_than_seconds
     )
     cutoff = datetime.now(UTC) - timedelta(seconds=float(max_age))
-    storage = context.get().storage
-    aborted: list[str] = []
-    kept = 0
-    for upload in storage.multipart_uploads(OBJECT_PREFIX):
-        if upload.initiated > cutoff:
-            kept += 1
-            continue
-        storage.abort_multipart_upload(upload.key, upload.upload_id)
-        aborted.append(upload.key)
-        log.info(
-            "multipart upload aborted",
-            extra={"key": upload.key, "initiated": upload.initiated.isoformat()},
-        )
+    aborted, kept = _abort_multipart_uploads(
+        context.get().storage, OBJECT_PREFIX, since=lambda upload: upload.initiated, cutoff=cutoff
+    )
     return {"aborted": aborted, "kept": kept}
