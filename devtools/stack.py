@@ -338,9 +338,12 @@ def worker_proc(
     concurrency: int = 2,
     queues: str = "audio_queue,maintenance",
     extra_args: Sequence[str] = (),
+    cwd: Path | None = None,
 ) -> Proc:
     """A Celery worker, ready once it consumes (its ready file); `extra_args` are more worker
-    options, e.g. production's `--prefetch-multiplier=1 --max-memory-per-child=300000`."""
+    options, e.g. production's `--prefetch-multiplier=1 --max-memory-per-child=300000`. With
+    `cwd`, it runs there as a worker host runs the installed package, `celery -A
+    yousync.worker.celery_app` (back-end/celery_app.py is found from back-end/ only)."""
     hostname = f"{name}@%h"
     ready_marker = workdir / f"worker-{name}.ready"
 
@@ -354,7 +357,7 @@ def worker_proc(
         argv=[
             str(BIN / "celery"),
             "-A",
-            "celery_app",
+            "celery_app" if cwd is None else "yousync.worker.celery_app",
             "worker",
             "--loglevel=info",
             f"--queues={queues}",
@@ -367,7 +370,7 @@ def worker_proc(
             *extra_args,
         ],
         env=service_env(env, YOUSYNC_WORKER_READY_FILE=str(ready_marker)),
-        cwd=BACK_END,
+        cwd=BACK_END if cwd is None else cwd,
         log_path=workdir / f"worker-{name}.log",
         ready=ready,
         ready_timeout=60.0,

@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -18,6 +19,7 @@ import redis
 
 from devtools import stack
 from tests.helpers.mini_stack import MiniStack, mini_stacks
+from yousync.core.storage import staged_key
 
 BUCKET = "yousync-test"
 ANALYSIS_SECRET = "test-analysis-secret"
@@ -180,6 +182,46 @@ def api_url(api_service: stack.Proc, redis_client: redis.Redis) -> str:
 def pipeline(api_url: str, worker_service: stack.Proc, analysis_service: stack.Proc) -> str:
     """The whole stack running: returns the API's base URL."""
     return api_url
+
+
+@pytest.fixture(scope="session")
+def s3_staging_api(backend_env: dict[str, str], workdir: Path) -> Iterator[stack.Proc]:
+    """An API with UPLOAD_STAGING=s3 beside the session's spool one, on the same Redis and
+    broker: the worker follows each job's record (`staged_key` or `spool_path`), so the
+    session's worker serves both."""
+    proc = stack.api_proc({**backend_env, "UPLOAD_STAGING": "s3"}, workdir).start()
+    yield proc
+    proc.stop()
+
+
+@dataclass(frozen=True)
+class StagingPipeline:
+    """The whole stack behind an API with one UPLOAD_STAGING (`staging`) at `url`."""
+
+    url: str
+    staging: str
+    spool_dir: Path
+    s3_client: Any
+    bucket: str
+
+    def upload_left(self, job_id: str) -> bool:
+        """Whether the job's upload is still where the API put it (file or staged object)."""
+        if self.staging == "s3":
+            listed = self.s3_client.list_objects_v2(Bucket=self.bucket, Prefix=staged_key(job_id))
+            return bool(listed.get("KeyCount"))
+        return any(self.spool_dir.glob(f"{job_id}*"))
+
+
+@pytest.fixture(params=["spool", "s3"])
+def staging_pipeline(
+    request: pytest.FixtureRequest, pipeline: str, spool_dir: Path, s3_client: Any, s3_bucket: str
+) -> StagingPipeline:
+    """`pipeline` once for each UPLOAD_STAGING: the session's API (spool) or `s3_staging_api`."""
+    url = pipeline
+    if request.param == "s3":
+        api: stack.Proc = request.getfixturevalue("s3_staging_api")
+        url = f"http://127.0.0.1:{api.name.split(':')[1]}"
+    return StagingPipeline(url, request.param, spool_dir, s3_client, s3_bucket)
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ import pytest
 import redis
 
 from devtools import stack
+from tests.conftest import StagingPipeline
 from tests.helpers import sse
 from tests.helpers.api import upload_accepted
 from tests.helpers.audio import pcm_wav, white_noise_wav
@@ -121,6 +122,21 @@ def job_fields(r: redis.Redis, job_id: str) -> dict[str, str]:
     return dict(r.hgetall(f"yousync:job:{job_id}"))
 
 
+def scenario(name: str, staged: StagingPipeline) -> str:
+    """The fault table's row name: the spool rows keep their names, s3 ones say so."""
+    return name if staged.staging == "spool" else f"{name} (UPLOAD_STAGING=s3)"
+
+
+def uploads_gone(staged: StagingPipeline, jobs: list[str]) -> None:
+    """Every completed job's upload (spool file or staged object) is deleted, once, after the
+    `completed` write: a redelivered job must not leave its upload behind."""
+    wait_until(
+        lambda: not any(staged.upload_left(job_id) for job_id in jobs),
+        timeout=10,
+        what="the completed jobs' uploads deleted",
+    )
+
+
 class StageKiller(threading.Thread):
     """SIGKILLs the worker child running a job the first time the job is seen in its target
     stage. Jobs are watched from the moment they are submitted: a job that finishes before
@@ -159,12 +175,13 @@ class StageKiller(threading.Thread):
 
 
 def test_worker_child_sigkilled_mid_upload_or_analysis_then_every_job_completes_exactly_once(
-    pipeline: str,
+    staging_pipeline: StagingPipeline,
     token_id: str,
     redis_client: redis.Redis,
     s3_client,
     s3_bucket: str,  # type: ignore[no-untyped-def]
 ) -> None:
+    pipeline = staging_pipeline.url
     clips = [noisy_wav(3.0, seed) for seed in range(20)]
     killer = StageKiller(redis_client)
     killer.start()
@@ -189,7 +206,9 @@ def test_worker_child_sigkilled_mid_upload_or_analysis_then_every_job_completes_
     kills = {stage: list(killed.values()).count(stage) for stage in ("uploading", "analyzing")}
     record(
         {
-            "scenario": "worker child SIGKILL mid-upload / mid-analysis",
+            "scenario": scenario(
+                "worker child SIGKILL mid-upload / mid-analysis", staging_pipeline
+            ),
             "jobs": len(jobs),
             "kills": kills,
             "completed": sum(c.completed for c in checks),
@@ -202,16 +221,18 @@ def test_worker_child_sigkilled_mid_upload_or_analysis_then_every_job_completes_
     assert all(c.monotonic for c in checks)
     assert sum(c.duplicates for c in checks) == 0
     assert sum(c.events_lost for c in checks) == 0
+    uploads_gone(staging_pipeline, jobs)
 
 
 def test_worker_process_sigkilled_then_task_returns_after_visibility_timeout_and_completes(
-    pipeline: str,
+    staging_pipeline: StagingPipeline,
     token_id: str,
     redis_client: redis.Redis,
     worker_service: stack.Proc,
     s3_client,
     s3_bucket: str,  # type: ignore[no-untyped-def]
 ) -> None:
+    pipeline = staging_pipeline.url
     jobs = [
         upload_accepted(pipeline, token_id, noisy_wav(2.0, 100 + i))["job_id"] for i in range(2)
     ]
@@ -235,7 +256,7 @@ def test_worker_process_sigkilled_then_task_returns_after_visibility_timeout_and
     ]
     record(
         {
-            "scenario": "whole worker SIGKILL mid-analysis, restarted",
+            "scenario": scenario("whole worker SIGKILL mid-analysis, restarted", staging_pipeline),
             "jobs": len(jobs),
             "completed": sum(c.completed for c in checks),
             "duplicates": sum(c.duplicates for c in checks),
@@ -246,6 +267,7 @@ def test_worker_process_sigkilled_then_task_returns_after_visibility_timeout_and
     assert all(c.completed and c.monotonic for c in checks), checks
     assert sum(c.duplicates for c in checks) == 0
     assert sum(c.events_lost for c in checks) == 0
+    uploads_gone(staging_pipeline, jobs)
 
 
 def test_job_that_keeps_killing_its_worker_then_fails_as_poison(

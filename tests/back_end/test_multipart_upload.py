@@ -20,6 +20,7 @@ from tests.helpers.api import upload_accepted
 from tests.helpers.audio import white_noise_wav
 from tests.helpers.mini_stack import MiniStack, mini_stacks
 from tests.helpers.proxy import CuttableProxy
+from tests.helpers.s3 import cancel_mid_upload, open_uploads
 from tests.helpers.wait import wait_until
 from tests.helpers.worker_log import task_ended
 
@@ -56,30 +57,6 @@ def slow_s3_stack(
         proxy.close()
 
 
-def open_uploads(s3_client: Any, bucket: str, key: str) -> list[str]:
-    """Ids of the unfinished multipart uploads of exactly `key`."""
-    listed = s3_client.list_multipart_uploads(Bucket=bucket, Prefix=key)
-    return [u["UploadId"] for u in listed.get("Uploads", []) if u["Key"] == key]
-
-
-def cancel_mid_upload(
-    api: str, token_id: str, s3_client: Any, bucket: str
-) -> tuple[dict[str, str], str]:
-    """Upload, follow the job's SSE stream until its upload to S3 is under way (its parts going
-    up), cancel it there; returns the upload's answer and the object key."""
-    body = upload_accepted(api, token_id, white_noise_wav(UPLOAD_MB))
-    key = f"audio/{token_id}/{body['job_id']}.flac"  # AUDIO_STORE_FORMAT=flac in the test stack
-    for event in sse.stream(f"{api}{body['progress_url']}", timeout=60):
-        snapshot = event.json
-        if snapshot["stage"] == "uploading" and 10 < snapshot["progress"] < 40:
-            assert open_uploads(s3_client, bucket, key), "a multipart upload is under way"
-            response = httpx.post(f"{api}/tokens/analysis-cancel/{body['job_id']}")
-            assert response.status_code == 200, response.text
-            assert response.json()["status"] == "cancelled"
-            return body, key
-    raise AssertionError("the job ended without being seen uploading")
-
-
 def test_upload_when_multipart_then_sse_shows_byte_progress_strictly_rising_between_10_and_40(
     slow_s3_stack: MiniStack, token_id: str, s3_client: Any, s3_bucket: str
 ) -> None:
@@ -109,7 +86,7 @@ def test_cancel_when_multipart_upload_in_flight_then_no_multipart_upload_and_no_
     slow_s3_stack: MiniStack, token_id: str, s3_client: Any, s3_bucket: str
 ) -> None:
     api = slow_s3_stack.api_url
-    body, key = cancel_mid_upload(api, token_id, s3_client, s3_bucket)
+    body, key = cancel_mid_upload(api, token_id, s3_client, s3_bucket, white_noise_wav(UPLOAD_MB))
 
     def status() -> str:
         return str(httpx.get(f"{api}{body['result_url']}").json()["status"])
@@ -130,7 +107,9 @@ def test_cancel_when_multipart_upload_in_flight_then_no_multipart_upload_and_no_
 def test_cancel_when_multipart_upload_in_flight_then_the_worker_deletes_the_spool_files(
     slow_s3_stack: MiniStack, token_id: str, s3_client: Any, s3_bucket: str, spool_dir: Path
 ) -> None:
-    body, _ = cancel_mid_upload(slow_s3_stack.api_url, token_id, s3_client, s3_bucket)
+    body, _ = cancel_mid_upload(
+        slow_s3_stack.api_url, token_id, s3_client, s3_bucket, white_noise_wav(UPLOAD_MB)
+    )
     worker = slow_s3_stack.procs[1]
     wait_until(
         lambda: task_ended(worker, body["task_id"]),
