@@ -23,6 +23,7 @@ from yousync.api.uploads.receive import (
     ReceivedUpload,
     UploadRejected,
     receive_upload,
+    tail_after,
 )
 from yousync.api.uploads.staging import SpoolSink
 
@@ -197,3 +198,20 @@ def test_receive_upload_when_header_states_a_length_over_the_limit_then_422_and_
         asyncio.run(run())
     assert (rejected.value.status, rejected.value.code) == (422, "audio_too_long")
     assert not (tmp_path / "job").exists()
+
+
+@pytest.mark.parametrize(
+    ("previous", "pieces"),
+    [
+        (b"", [b"abcdef"]),
+        (b"0123", [b"ab", b"cd"]),
+        (b"0123456789", [b"a", b"bc", b""]),
+        (b"01", [b"abcdefgh", b"ij"]),
+        (b"0123", [b"abc", b"defgh"]),
+    ],
+    ids=["first-batch", "reaches-into-previous", "short-pieces", "long-piece", "exact"],
+)
+def test_tail_after_when_a_batch_arrives_in_pieces_then_the_last_bytes_of_all_joined(
+    previous: bytes, pieces: list[bytes]
+) -> None:
+    assert tail_after(previous, pieces, size=8) == (previous + b"".join(pieces))[-8:]

@@ -11,6 +11,7 @@ import os
 import subprocess
 import threading
 import uuid
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -38,21 +39,26 @@ class RecordingStore:
         self.calls: list[str] = []
         self.parts: dict[int, bytes] = {}
         self.objects: dict[str, bytes] = {}
+        # The checksum each call was given: of the part's number, or of the object's key.
+        self.crc32s: dict[int | str, int] = {}
         self.fail_part = fail_part
         self.in_flight = 0
         self.most_in_flight = 0
         self._lock = threading.Lock()
 
-    def put_file(self, body: IO[bytes], key: str) -> None:
+    def put_file(self, body: IO[bytes], key: str, *, crc32: int) -> None:
         body.seek(0)
         self.calls.append("put")
         self.objects[key] = body.read()
+        self.crc32s[key] = crc32
 
     def start_multipart(self, key: str) -> str:
         self.calls.append("start")
         return "upload-1"
 
-    def upload_part(self, key: str, upload_id: str, number: int, body: IO[bytes]) -> str:
+    def upload_part(
+        self, key: str, upload_id: str, number: int, body: IO[bytes], *, crc32: int
+    ) -> str:
         with self._lock:
             self.in_flight += 1
             self.most_in_flight = max(self.most_in_flight, self.in_flight)
@@ -62,6 +68,7 @@ class RecordingStore:
             if number == self.fail_part:
                 raise TransientError("storage_unavailable", "S3 upload failed (EndpointError)")
             self.parts[number] = body.read()
+            self.crc32s[number] = crc32
             return f"etag-{number}"
         finally:
             with self._lock:
@@ -97,9 +104,13 @@ def sink_on(store: RecordingStore, tmp_path: Path, senders: ThreadPoolExecutor) 
     )
 
 
-def write_in_batches(sink: S3StagingSink, data: bytes, batch: int = 10_000) -> None:
+def write_in_batches(
+    sink: S3StagingSink, data: bytes, batch: int = 10_000, piece: int = 3_000
+) -> None:
+    """As the receiver writes: batches, each in the pieces the body arrived in."""
     for start in range(0, len(data), batch):
-        sink.write(bytearray(data[start : start + batch]))
+        chunk = data[start : start + batch]
+        sink.write([chunk[at : at + piece] for at in range(0, len(chunk), piece)])
 
 
 def test_s3_sink_when_smaller_than_a_part_then_one_put_of_the_exact_bytes(
@@ -133,6 +144,20 @@ def test_s3_sink_when_several_parts_then_sent_in_order_one_at_a_time_and_complet
     assert all(part >= PART for part in sizes[:-1]) and sizes[-1] > 0
     assert store.most_in_flight == 1  # the next part waits: two parts on disk at most
     assert list(tmp_path.iterdir()) == []  # the scratch files had no names
+
+
+@pytest.mark.parametrize("size", [PART - 1, 3 * PART + 123], ids=["one-put", "parts"])
+def test_s3_sink_when_sending_then_each_put_or_part_carries_the_crc32_of_its_bytes(
+    tmp_path: Path, senders: ThreadPoolExecutor, size: int
+) -> None:
+    # Computed from the batches as they pass: botocore, given none, reads every part again.
+    store = RecordingStore()
+    sink = sink_on(store, tmp_path, senders)
+    write_in_batches(sink, os.urandom(size))
+    sink.commit()
+    sent = store.objects if store.calls == ["put"] else store.parts
+    assert sent
+    assert {name: zlib.crc32(body) for name, body in sent.items()} == store.crc32s
 
 
 def test_s3_sink_when_discarded_then_aborts_before_commit_and_deletes_after(
