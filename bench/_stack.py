@@ -11,22 +11,42 @@ import platform
 import resource
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
+
+import boto3
 
 from devtools import stack
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BUCKET = "yousync-bench"
+# UPLOAD_STAGING's values, in the order benchmarks report them.
+STAGING_MODES = ("spool", "s3")
 
 
 @dataclass
 class Stack:
-    api_url: str
+    api_url: str  # the API of the first staging mode asked for
     redis_url: str
     workdir: Path
     procs: dict[str, stack.Proc]
+    s3_endpoint: str
+    # One API per staging mode (UPLOAD_STAGING), all sharing Redis, S3, the spool and workers.
+    apis: dict[str, stack.Proc]
+
+    def url(self, staging: str) -> str:
+        return f"http://127.0.0.1:{self.apis[staging].name.split(':')[1]}"
+
+
+def staging_modes(text: str) -> tuple[str, ...]:
+    """`--staging spool,s3` → ("spool", "s3"): the benchmarks' staging dimension."""
+    modes = tuple(mode.strip() for mode in text.split(",") if mode.strip())
+    unknown = [mode for mode in modes if mode not in STAGING_MODES]
+    if unknown or not modes:
+        raise ValueError(f"--staging takes a comma-separated subset of {STAGING_MODES}: {text!r}")
+    return modes
 
 
 @contextlib.contextmanager
@@ -36,7 +56,13 @@ def running_stack(
     analysis_min_seconds: float = 0.0,
     max_upload_mb: int = 200,
     extra_env: dict[str, str] | None = None,
+    staging: Sequence[str] = ("spool",),
 ) -> Iterator[Stack]:
+    """Redis, moto's S3, the analysis server, `workers` workers and one API per `staging`
+    mode. Several APIs let a benchmark alternate between the modes round by round in one run,
+    so the machine's drifting load lands on both alike. The first API's proc is `procs["api"]`,
+    the others' `procs["api_<mode>"]`. Workers follow each job's own record (spool file or
+    staged object), so they serve every API."""
     with tempfile.TemporaryDirectory(prefix="yousync-bench-") as tmp:
         workdir = Path(tmp)
         procs: dict[str, stack.Proc] = {}
@@ -66,16 +92,50 @@ def running_stack(
                 procs[f"worker{index}"] = stack.worker_proc(
                     env, workdir, name=f"w{index}", concurrency=1
                 ).start()
-            procs["api"] = stack.api_proc(env, workdir).start()
+            apis: dict[str, stack.Proc] = {}
+            for index, mode in enumerate(staging):
+                name = "api" if index == 0 else f"api_{mode}"
+                procs[name] = apis[mode] = stack.api_proc(
+                    {**env, "UPLOAD_STAGING": mode}, workdir
+                ).start()
             yield Stack(
-                api_url=f"http://127.0.0.1:{procs['api'].name.split(':')[1]}",
+                api_url=f"http://127.0.0.1:{apis[staging[0]].name.split(':')[1]}",
                 redis_url=env["REDIS_URL"],
                 workdir=workdir,
                 procs=procs,
+                s3_endpoint=env["S3_ENDPOINT_URL"],
+                apis=apis,
             )
         finally:
             for proc in reversed(procs.values()):
                 proc.stop()
+
+
+def bench_s3(bench: Stack) -> Any:
+    """A boto3 client of the stack's moto S3 (the benchmark's own, to look and clean up)."""
+    return boto3.client(
+        "s3",
+        endpoint_url=bench.s3_endpoint,
+        region_name="us-east-1",
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench",
+    )
+
+
+def clear_staged(client: Any) -> int:
+    """Delete every staged upload (`incoming/`) and abort unfinished multipart uploads: moto
+    keeps objects in its own memory and temp files, and thousands of MB of finished uploads
+    would slow it down for the next phase. Returns how many objects were deleted."""
+    deleted = 0
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix="incoming/"):
+        keys = [{"Key": found["Key"]} for found in page.get("Contents", [])]
+        if keys:
+            client.delete_objects(Bucket=BUCKET, Delete={"Objects": keys})
+            deleted += len(keys)
+    listed = client.list_multipart_uploads(Bucket=BUCKET, Prefix="incoming/")
+    for upload in listed.get("Uploads", []):
+        client.abort_multipart_upload(Bucket=BUCKET, Key=upload["Key"], UploadId=upload["UploadId"])
+    return deleted
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -129,6 +189,14 @@ def rss_kb(pid: int) -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def thread_count(pid: int) -> int:
+    """Threads of a process (a thread pool's stacks are part of its memory)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no Threads for pid {pid}")
 
 
 def cpu_split(pid: int) -> tuple[float, float]:
