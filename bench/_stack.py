@@ -4,6 +4,7 @@ helpers every benchmark shares: percentiles, /proc readings, and result files wi
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -46,6 +47,19 @@ def staging_modes(text: str) -> tuple[str, ...]:
     unknown = [mode for mode in modes if mode not in STAGING_MODES]
     if unknown or not modes:
         raise ValueError(f"--staging takes a comma-separated subset of {STAGING_MODES}: {text!r}")
+    return modes
+
+
+def parse_staging(description: str | None) -> tuple[str, ...]:
+    """The command line of an upload benchmark: `--staging`, default every mode."""
+    parser = argparse.ArgumentParser(description=(description or "").split("\n\n")[0])
+    parser.add_argument(
+        "--staging",
+        type=staging_modes,
+        default=STAGING_MODES,
+        help="UPLOAD_STAGING modes to measure, comma-separated (default: spool,s3)",
+    )
+    modes: tuple[str, ...] = parser.parse_args().staging
     return modes
 
 

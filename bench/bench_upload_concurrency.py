@@ -31,7 +31,6 @@ bench.bench_upload_concurrency [--staging spool,s3] (about 2 minutes with both m
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import random
 import statistics
@@ -44,17 +43,16 @@ from typing import Any
 import httpx
 
 from bench._stack import (
-    STAGING_MODES,
     ForeignLoad,
     Row,
     bench_s3,
     clear_staged,
     command_for,
     cpu_split,
+    parse_staging,
     percentile,
     rss_kb,
     running_stack,
-    staging_modes,
     thread_count,
     wait_for_quiet,
     write_result,
@@ -337,56 +335,62 @@ def memory_under_large_uploads(
     }
 
 
+def latency_rows(
+    figures: dict[str, Any],
+    modes: list[str],
+    name: str,
+    describe: Callable[[dict[str, Any]], str],
+    raw_label: str,
+    cmd: str,
+) -> list[Row]:
+    """A load's 202 latency: one row per staging mode (against p99 ≤ 50 ms), then the raw
+    receiver's under the same load (`<name>_raw`)."""
+
+    def p50_p99(figure: dict[str, Any]) -> str:
+        return f"{figure['p50_ms']:.0f} / {figure['p99_ms']:.0f} ms"
+
+    rows = []
+    for mode in modes:
+        figure = figures[key(mode, name)]
+        rows.append(
+            Row(
+                f"{describe(figure)}, UPLOAD_STAGING={mode}",
+                p50_p99(figure),
+                "p99 ≤ 50 ms",
+                figure["p99_ms"] <= 50,
+                cmd,
+            )
+        )
+    rows.append(Row(raw_label, p50_p99(figures[f"{name}_raw"]), "", None, cmd))
+    return rows
+
+
 def table(figures: dict[str, Any]) -> list[Row]:
     cmd = command_for(SCRIPT)
     modes = figures["staging"]
-    rows = []
-    for mode in modes:
-        opened = figures[key(mode, "1MB_x20_open")]
-        rows.append(
-            Row(
-                f"202 latency p50 / p99, 1 MB, {opened['clients']} users each uploading once a "
-                f"second (open loop, {opened['uploads']} uploads, from scheduled send), "
-                f"UPLOAD_STAGING={mode}",
-                f"{opened['p50_ms']:.0f} / {opened['p99_ms']:.0f} ms",
-                "p99 ≤ 50 ms",
-                opened["p99_ms"] <= 50,
-                cmd,
-            )
-        )
-    raw_opened = figures["1MB_x20_open_raw"]
-    rows.append(
-        Row(
-            "… the same open-loop load against the raw receiver",
-            f"{raw_opened['p50_ms']:.0f} / {raw_opened['p99_ms']:.0f} ms",
-            "",
-            None,
-            cmd,
-        )
+    rows = latency_rows(
+        figures,
+        modes,
+        "1MB_x20_open",
+        lambda opened: (
+            f"202 latency p50 / p99, 1 MB, {opened['clients']} users each uploading once a "
+            f"second (open loop, {opened['uploads']} uploads, from scheduled send)"
+        ),
+        "… the same open-loop load against the raw receiver",
+        cmd,
     )
-    for mode in modes:
-        small = figures[key(mode, "1MB_x20")]
-        rows.append(
-            Row(
-                f"202 latency p50 / p99, 1 MB, {small['concurrency']} concurrent closed-loop "
-                f"clients, back to back ({small['uploads']} uploads, no worker), "
-                f"UPLOAD_STAGING={mode}",
-                f"{small['p50_ms']:.0f} / {small['p99_ms']:.0f} ms",
-                "p99 ≤ 50 ms",
-                small["p99_ms"] <= 50,
-                cmd,
-            )
-        )
+    rows += latency_rows(
+        figures,
+        modes,
+        "1MB_x20",
+        lambda small: (
+            f"202 latency p50 / p99, 1 MB, {small['concurrency']} concurrent closed-loop "
+            f"clients, back to back ({small['uploads']} uploads, no worker)"
+        ),
+        "… the same load against a server that only receives + writes (raw ASGI)",
+        cmd,
+    )
     raw_small = figures["1MB_x20_raw"]
-    rows.append(
-        Row(
-            "… the same load against a server that only receives + writes (raw ASGI)",
-            f"{raw_small['p50_ms']:.0f} / {raw_small['p99_ms']:.0f} ms",
-            "",
-            None,
-            cmd,
-        )
-    )
     for mode in modes:
         small = figures[key(mode, "1MB_x20")]
         rows.append(
@@ -457,14 +461,7 @@ def table(figures: dict[str, Any]) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--staging",
-        type=staging_modes,
-        default=STAGING_MODES,
-        help="UPLOAD_STAGING modes to measure, comma-separated (default: spool,s3)",
-    )
-    modes = parser.parse_args().staging
+    modes = parse_staging(__doc__)
     figures: dict[str, Any] = {
         "workers": 0,
         "staging": list(modes),

@@ -15,7 +15,6 @@ bench.bench_upload_latency [--staging spool,s3]  (BENCH_RUNS=20 1 MB rounds, BEN
 
 from __future__ import annotations
 
-import argparse
 import io
 import os
 import statistics
@@ -27,13 +26,12 @@ from typing import Any
 import httpx
 
 from bench._stack import (
-    STAGING_MODES,
     ForeignLoad,
     Row,
     command_for,
+    parse_staging,
     percentile,
     running_stack,
-    staging_modes,
     wait_for_quiet,
     write_result,
 )
@@ -158,14 +156,7 @@ def table(figures: dict[str, Any]) -> list[Row]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--staging",
-        type=staging_modes,
-        default=STAGING_MODES,
-        help="UPLOAD_STAGING modes to measure, comma-separated (default: spool,s3)",
-    )
-    modes = parser.parse_args().staging
+    modes = parse_staging(__doc__)
     runs_small = int(os.environ.get("BENCH_RUNS", "20"))
     # 8 by default: the s3/spool ratio is a median of per-round ratios, 4 rounds made it jumpy.
     runs_large = int(os.environ.get("BENCH_RUNS_LARGE", str(max(3, runs_small * 2 // 5))))
