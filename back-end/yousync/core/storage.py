@@ -41,6 +41,11 @@ def _unavailable(operation: str, exc: Exception) -> TransientError:
     return TransientError("storage_unavailable", f"S3 {operation} failed ({type(exc).__name__})")
 
 
+def _is_missing(exc: ClientError) -> bool:
+    """S3's "no such object", which each of HEAD and GET spells its own way."""
+    return exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound")
+
+
 def _crc32_header(crc32: int) -> str:
     """A CRC32 as S3's `x-amz-checksum-crc32` carries it: base64 of its 4 big-endian bytes.
     Given by the caller, botocore sends it as it is instead of reading the body to compute it."""
@@ -58,6 +63,30 @@ def object_key(token_id: str, job_id: str, extension: str) -> str:
 def staged_key(job_id: str) -> str:
     """Where UPLOAD_STAGING=s3 keeps an upload until its job no longer needs it."""
     return f"{STAGING_PREFIX}{job_id}"
+
+
+class Deletes(Protocol):
+    def delete(self, key: str) -> None: ...
+
+
+def unlink_job_files(spool_dir: Path, pattern: str) -> None:
+    """Delete this host's files in SPOOL_DIR matching `pattern` (they are named by job id)."""
+    for path in spool_dir.glob(pattern):
+        path.unlink(missing_ok=True)
+
+
+def discard_upload(store: Deletes, spool_dir: Path, job_id: str, staged_key: str | None) -> None:
+    """Delete a job's upload wherever it waits — this host's spool files of the job (the
+    upload, a fetched copy, the prepared file) and its staged object — once nothing can need it:
+    the API for a cancelled queued job, the worker after the job ended. Paths derive from the
+    job id, so this works without the record. An S3 outage leaves the staged object to the
+    staging sweep (the job's state says it is not needed)."""
+    unlink_job_files(spool_dir, f"{job_id}*")
+    if staged_key:
+        try:
+            store.delete(staged_key)
+        except TransientError as exc:
+            log.warning("job %s: staged upload left for the sweep: %s", job_id, exc)
 
 
 def s3_client_kwargs(settings: Settings) -> dict[str, object]:
@@ -181,7 +210,7 @@ class Storage:
         try:
             head = self._client.head_object(Bucket=self.bucket, Key=key)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _is_missing(exc):
                 return None
             raise _unavailable("head_object", exc) from exc
         except BotoCoreError as exc:
@@ -216,7 +245,7 @@ class Storage:
         try:
             self._client.download_file(self.bucket, key, str(path), Config=self._transfer)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+            if _is_missing(exc):
                 raise PermanentError(
                     "upload_gone", "The uploaded file is no longer available"
                 ) from exc

@@ -28,7 +28,7 @@ from yousync.core.jobs import JobStore, Refused
 from yousync.core.models import JobStatus
 from yousync.core.record import JobRecord, PreparedFile
 from yousync.core.stages import Stage
-from yousync.core.storage import ObjectStore, object_key
+from yousync.core.storage import ObjectStore, discard_upload, object_key, unlink_job_files
 from yousync.worker import audio
 from yousync.worker.analysis_client import Analyzer
 from yousync.worker.eta import EtaEstimator
@@ -59,7 +59,7 @@ class Pipeline:
         if job is None:
             # A staged object of the job is the staging sweep's (no record says where it is).
             log.warning("job %s: no record (expired or deleted); nothing to do", job_id)
-            self.discard_spool(job_id)
+            self.discard_upload(job_id, None)
             return "missing"
         if job.status.terminal:
             log.info("job %s: already %s; redelivery ignored", job_id, job.status.value)
@@ -270,29 +270,14 @@ class Pipeline:
             self.storage.abort_multipart_uploads(key)
 
     def discard_upload(self, job_id: str, staged_key: str | None) -> None:
-        """Delete the upload wherever it waits, once no retry can need it. An S3 outage leaves
-        the staged object to the staging sweep (the job's state says it is not needed)."""
-        self.discard_spool(job_id)
-        if staged_key:
-            try:
-                self.storage.delete(staged_key)
-            except TransientError as exc:
-                log.warning("job %s: staged upload left for the sweep: %s", job_id, exc)
-
-    def discard_spool(self, job_id: str) -> None:
-        """Delete the local files of the job (the spool file, a fetched copy, the prepared
-        file). Paths derive from the job id, so this works even when the record is gone."""
-        for path in self.settings.spool_dir.glob(f"{job_id}*"):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        """Once no retry can need it (yousync.core.storage.discard_upload)."""
+        discard_upload(self.storage, self.settings.spool_dir, job_id, staged_key)
 
     def drop_fetched(self, job_id: str) -> None:
         """At the end of every delivery: a copy fetched from S3 staging (and what was prepared
         from it) is this delivery's only, so no worker host keeps copies of jobs that went on
         elsewhere."""
-        for path in self.settings.spool_dir.glob(f"{job_id}{FETCHED_SUFFIX}*"):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        unlink_job_files(self.settings.spool_dir, f"{job_id}{FETCHED_SUFFIX}*")
 
 
 def _stored_summary(job: JobRecord, prepared: PreparedFile) -> dict[str, Any]:

@@ -32,9 +32,8 @@ from typing import IO, Protocol
 
 from yousync.api.uploads.writeback import start_writeback
 from yousync.core.config import Settings
-from yousync.core.errors import TransientError
 from yousync.core.record import JobRecord
-from yousync.core.storage import MB, staged_key
+from yousync.core.storage import MB, discard_upload, staged_key
 
 log = logging.getLogger(__name__)
 
@@ -264,13 +263,7 @@ class UploadStaging:
     def discard_upload(self, job: JobRecord) -> None:
         """Remove a job's upload (a queued job cancelled: no worker holds it yet). S3 being
         unavailable leaves the object to the staging sweep rather than failing the cancel."""
-        for path in self.settings.spool_dir.glob(f"{job.job_id}*"):
-            path.unlink(missing_ok=True)
-        if job.staged_key:
-            try:
-                self.store.delete(job.staged_key)
-            except TransientError as exc:
-                log.warning("job %s: staged upload left for the sweep: %s", job.job_id, exc)
+        discard_upload(self.store, self.settings.spool_dir, job.job_id, job.staged_key)
 
     def close(self) -> None:
         self._writers.shutdown(wait=False, cancel_futures=True)
