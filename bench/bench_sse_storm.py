@@ -110,7 +110,7 @@ from bench.bench_sse_fanout import (
 )
 from bench.summary import write_summary
 from devtools import stack
-from devtools.connections import children, connections_per_pid
+from devtools.connections import connections_per_pid, serving_processes
 from yousync.core.jobs import JobStore
 
 SCRIPT = Path(__file__).name
@@ -165,18 +165,14 @@ def host_api(processes: int, env: dict[str, str], workdir: Path, port: int) -> s
         raise
 
 
-def serving_workers(supervisor: int, processes: int, redis_port: int) -> list[int]:
-    """The worker pids once all `processes` have finished their lifespan: each holds the event
-    hub's Redis subscription, opened at startup. /healthz answering means only one did."""
-
-    def ready() -> list[int]:
-        workers = children(supervisor)
-        if len(workers) != processes:
-            return []
-        redis = connections_per_pid(workers, redis_port, remote=True)
-        return workers if all(redis.values()) else []
-
-    return stack.poll(ready, timeout=READY_TIMEOUT, what=f"{processes} API workers", interval=0.5)
+def serving_workers(supervisor: int, processes: int, port: int, redis_port: int) -> list[int]:
+    """The worker pids once all `processes` have finished their startup (devtools.connections)."""
+    return stack.poll(
+        lambda: serving_processes(supervisor, processes, port, redis_port),
+        timeout=READY_TIMEOUT,
+        what=f"{processes} API workers",
+        interval=0.5,
+    )
 
 
 @contextlib.contextmanager
@@ -935,7 +931,7 @@ def main() -> None:
                     args.processes, {**env, "BENCH_GC_LOG": str(gc_log)}, workdir, port
                 )
                 try:
-                    workers = serving_workers(server.pid, args.processes, redis_port)
+                    workers = serving_workers(server.pid, args.processes, port, redis_port)
                     return run_storm(
                         label="storm-N",
                         port=port,
@@ -988,7 +984,7 @@ def main() -> None:
                     args.processes, {**env, "BENCH_GC_LOG": str(gc_log)}, workdir, port
                 )
                 try:
-                    serving_workers(server.pid, args.processes, redis_port)
+                    serving_workers(server.pid, args.processes, port, redis_port)
                     return run_restart(port=port, supervisor=server.pid, fleet=fleet, **common)
                 finally:
                     server.stop()

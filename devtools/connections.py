@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 ESTABLISHED = "01"  # the `st` column of /proc/net/tcp
+LISTEN = "0A"
 
 
 def children(pid: int) -> list[int]:
@@ -44,6 +45,43 @@ def _established_inodes(port: int, *, remote: bool = False) -> set[int]:
                 if fields[3] == ESTABLISHED and int(fields[column].rsplit(":", 1)[1], 16) == port:
                     inodes.add(int(fields[9]))
     return inodes
+
+
+def accepting(pid: int, port: int) -> bool:
+    """Whether `pid` watches the socket listening on `port` in one of its epoll sets: its
+    event loop is serving, not only started. A process still in its startup (or busy) is
+    woken by no connection, and a storm's clients all land on the processes that are."""
+    listening = {
+        int(fields[9])
+        for table in ("/proc/net/tcp", "/proc/net/tcp6")
+        if Path(table).exists()
+        for fields in (line.split() for line in Path(table).read_text().splitlines()[1:])
+        if fields[3] == LISTEN and int(fields[1].rsplit(":", 1)[1], 16) == port
+    }
+    with contextlib.suppress(OSError):
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:[eventpoll]":
+                    continue
+                for line in Path(f"/proc/{pid}/fdinfo/{fd}").read_text().splitlines():
+                    # "tfd: 7 events: 19 data: 7 pos:0 ino:1f4a sdev:8": ino is hexadecimal
+                    watched = line.startswith("tfd:") and line.split("ino:")[1].split()[0]
+                    if watched and int(watched, 16) in listening:
+                        return True
+    return False
+
+
+def serving_processes(supervisor: int, count: int, port: int, redis_port: int) -> list[int]:
+    """The supervisor's `count` API processes once every one has finished its startup: each
+    holds its event hub's Redis connection (opened in the lifespan) and its event loop watches
+    the listening socket. Otherwise []: /healthz answering means only that one process does,
+    and a storm sent then lands whole on the processes already serving."""
+    pids = children(supervisor)
+    if len(pids) != count:
+        return []
+    redis = connections_per_pid(pids, redis_port, remote=True)
+    ready = all(redis.values()) and all(accepting(pid, port) for pid in pids)
+    return pids if ready else []
 
 
 def connections_per_pid(pids: list[int], port: int, *, remote: bool = False) -> dict[int, int]:

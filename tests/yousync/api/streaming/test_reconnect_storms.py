@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from devtools import stack
-from devtools.connections import children, connections_per_pid
+from devtools.connections import connections_per_pid, serving_processes
 from tests.conftest import OwnRedisApi
 from tests.helpers import sse
 from tests.helpers.jobs import create_job, stream_ids, sync_store
@@ -87,9 +87,12 @@ def test_api_processes_when_a_storm_hits_two_then_both_serve_and_every_client_ge
     port = int(api.name.split(":")[1])
     redis_port = int(redis_url.rsplit(":", 1)[1].split("/")[0])
     try:
-        # Both processes through their startup: each holds its event hub's Redis subscription.
+        # Both processes through their startup: each holds its event hub's Redis subscription
+        # and its event loop watches the listening socket.
         workers = stack.poll(
-            lambda: ready_workers(api.pid, redis_port, 2), timeout=30, what="two API processes"
+            lambda: serving_processes(api.pid, 2, port, redis_port),
+            timeout=30,
+            what="two API processes",
         )
         job_ids = [create_job(redis_url, token_id) for _ in range(4)]
         received: list[list[sse.SseEvent]] = [[] for _ in range(60)]
@@ -119,13 +122,6 @@ def test_api_processes_when_a_storm_hits_two_then_both_serve_and_every_client_ge
             assert [event.id for event in events] == stored, f"client {n}"
     finally:
         api.stop()
-
-
-def ready_workers(supervisor: int, redis_port: int, count: int) -> list[int]:
-    """The supervisor's `count` processes, once each holds its event hub's Redis connection."""
-    pids = children(supervisor)
-    connected = connections_per_pid(pids, redis_port, remote=True)
-    return pids if len(pids) == count and all(connected.values()) else []
 
 
 def test_storm_when_many_clients_never_read_then_readers_get_every_event_and_memory_is_bounded(
