@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -50,7 +50,7 @@ AudioStoreFormat = Literal["original", "flac", "mp3", "ogg"]
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
-        env_file=HOME_DIR / ".env", env_file_encoding="utf-8", extra="ignore"
+        env_file=HOME_DIR / ".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
     )
 
     environment: Literal["dev", "test", "prod"] = "dev"
@@ -100,7 +100,16 @@ class Settings(BaseSettings):
     # crafted file cannot take the host's memory. ffmpeg maps ≈ 300 MB of libraries at start.
     ffmpeg_max_memory_mb: int = Field(1024, ge=512)
 
-    job_ttl_seconds: int = 3600
+    # How long a finished job (record, events, and a failed job's input) stays after it ended:
+    # RESULT_RETENTION_SECONDS, or its older name JOB_TTL_SECONDS. One hour by default, as the
+    # seed has it; days work, given a Redis that persists (README "Retention").
+    job_ttl_seconds: int = Field(
+        3600, gt=0, validation_alias=AliasChoices("RESULT_RETENTION_SECONDS", "JOB_TTL_SECONDS")
+    )
+    # An identical upload of the same token within this window answers the earlier job's result.
+    dedupe_window_seconds: int = Field(3600, ge=0)
+    # Prepared audio in S3 older than this many days is deleted by a Beat sweep; 0 keeps it.
+    audio_retention_days: float = Field(0, ge=0)
     # While a job runs its keys live this long, so a stuck job still has a record to inspect.
     active_job_ttl_seconds: int = 86400
     events_maxlen: int = 200
@@ -177,6 +186,24 @@ class Settings(BaseSettings):
     # the hard time limit plus the longest retry backoff.
     stuck_queued_seconds: float = 3600.0
     multipart_max_age_seconds: float = 86400.0
+
+    # Completion callbacks to the main back end (Standard Webhooks). CALLBACK_URL: the
+    # deployment's receiver of every job end, trusted as the operator set it ("" = none).
+    # CALLBACK_SECRET: `whsec_` + base64, up to two comma-separated (rotation: one signature
+    # per secret). A per-upload target (`callback_url` field, `Callback-URL` header) must name
+    # a host in CALLBACK_ALLOWED_HOSTS (comma-separated host names or host:port).
+    callback_url: str = ""
+    callback_secret: str = ""
+    callback_allowed_hosts: str = ""
+    callback_timeout_seconds: float = Field(10.0, gt=0)
+    # Attempt n waits CALLBACK_RETRY_BASE_SECONDS × 4^(n-1) (±20 %), at most
+    # CALLBACK_RETRY_MAX_SECONDS, until CALLBACK_GIVE_UP_SECONDS after the job ended; then the
+    # delivery is dead-lettered (kept, counted in metrics, replayable).
+    callback_retry_base_seconds: float = Field(5.0, gt=0)
+    callback_retry_max_seconds: float = Field(3600.0, gt=0)
+    callback_give_up_seconds: float = Field(86400.0, gt=0)
+    # Beat sends the drain of due deliveries this often.
+    callback_tick_seconds: float = Field(1.0, gt=0)
 
     @field_validator("spool_dir")
     @classmethod
@@ -255,6 +282,16 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def callback_secrets(self) -> list[str]:
+        return [secret.strip() for secret in self.callback_secret.split(",") if secret.strip()]
+
+    @property
+    def callback_allowed_host_set(self) -> frozenset[str]:
+        return frozenset(
+            host.strip().lower() for host in self.callback_allowed_hosts.split(",") if host.strip()
+        )
 
     @property
     def cors_origin_list(self) -> list[str]:

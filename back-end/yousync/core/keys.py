@@ -62,3 +62,20 @@ def queue_workers(queue: str) -> str:
 # String: the token of the one Beat allowed to send (host:pid:uuid), with a TTL it renews
 # (yousync/worker/beat_scheduler.py).
 BEAT_LOCK = f"{PREFIX}:beat:lock"
+
+
+# Completion callbacks (Standard Webhooks) to the main back end. One delivery per job end; its
+# id is the `webhook-id`. Sorted set: delivery ids scored by when their next attempt is due.
+CALLBACKS_DUE = f"{PREFIX}:callbacks:due"
+# Sorted set: dead-lettered delivery ids scored by when they gave up; never expires.
+CALLBACKS_DEAD = f"{PREFIX}:callbacks:dead"
+
+
+def callback(delivery_id: str) -> str:
+    """Hash: one delivery (job_id, url, body, attempts, timestamps, last error)."""
+    return f"{PREFIX}:callback:{delivery_id}"
+
+
+def job_callbacks(job_id: str) -> str:
+    """Set: the delivery ids of a job's ends (a retried job ends again), for deleting a job."""
+    return f"{PREFIX}:job:{job_id}:callbacks"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -18,6 +18,9 @@ class JobStatus(StrEnum):
     COMPLETED = "completed"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Only ever the last event of a job's stream, sent as its record is removed (DELETE); no
+    # record holds it.
+    DELETED = "deleted"
 
     @property
     def terminal(self) -> bool:
@@ -36,13 +39,21 @@ TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.
 
 # The hash and every stream entry store snapshot fields as strings; these are the fields whose
 # string form is JSON.
-_JSON_FIELDS = frozenset({"result", "error"})
+_JSON_FIELDS = frozenset({"result", "error", "callback"})
 
 
 class JobError(BaseModel):
     code: str
     message: str
     retryable: bool
+
+
+class CallbackState(BaseModel):
+    """The completion callback of the job's latest end: `pending` (being attempted),
+    `delivered`, or `failed` (dead-lettered after the last attempt; replayable)."""
+
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
 
 
 class JobSnapshot(BaseModel):
@@ -65,6 +76,8 @@ class JobSnapshot(BaseModel):
     attempt: int = 0
     next_retry_in: float | None = None
     deduplicated: bool = False
+    # Present when the job has a callback target (CALLBACK_URL or the upload's own).
+    callback: CallbackState | None = None
 
     @classmethod
     def from_fields(cls, fields: Mapping[str, str]) -> JobSnapshot:
