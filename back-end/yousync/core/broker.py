@@ -28,8 +28,12 @@ AUDIO_QUEUE = "audio_queue"
 # Beat's sweeps (yousync/worker/tasks/maintenance.py) have their own queue, so a backlog of
 # long analyses does not hold them up; `make dev`'s worker consumes both.
 MAINTENANCE_QUEUE = "maintenance"
+# The drain of due completion callbacks (yousync/worker/tasks/callbacks.py), sent by Beat every
+# CALLBACK_TICK_SECONDS. A queue of its own, consumed by a small thread-pool worker of its own:
+# an analysis worker whose processes are all busy for 15 minutes would hold callbacks that long.
+CALLBACKS_QUEUE = "callbacks"
 # The queues the product publishes to: the ones whose depth and workers /metrics reports.
-QUEUES = (AUDIO_QUEUE, MAINTENANCE_QUEUE)
+QUEUES = (AUDIO_QUEUE, MAINTENANCE_QUEUE, CALLBACKS_QUEUE)
 
 settings = get_settings()
 
@@ -60,6 +64,7 @@ celery_app.conf.update(
     task_routes={
         "tasks.audio_tasks.*": {"queue": AUDIO_QUEUE},
         "tasks.maintenance.*": {"queue": MAINTENANCE_QUEUE},
+        "tasks.callbacks.*": {"queue": CALLBACKS_QUEUE},
     },
     task_acks_late=True,
     task_reject_on_worker_lost=True,

@@ -1,12 +1,13 @@
 -- Every change to a job, atomically: hash, event Stream, token Stream, indexes, pub/sub.
 -- Loaded by yousync/core/jobs.py, which fills in the TERMINAL table from models.TERMINAL_STATUSES
 -- (one definition of "terminal"). KEYS: hash, stream, token jobs, token stream, active set,
--- outcome counters. ARGV: mode, TTLs, maxlen, channel, the snapshot field list (JSON), then
--- field/value pairs.
+-- outcome counters, the job's callback deliveries, the due callbacks. ARGV: mode, TTLs, maxlen,
+-- channel, the snapshot field list (JSON), the callback settings (JSON), then field/value pairs.
 local hash, stream, token_jobs, token_stream, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local mode, active_ttl, terminal_ttl, maxlen, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local TERMINAL = {--[[TERMINAL]]}
 local SNAP = cjson.decode(ARGV[6])
+local CALLBACK = cjson.decode(ARGV[7])
 
 local exists = redis.call('EXISTS', hash) == 1
 if mode == 'create' and exists then return {0, 'exists'} end
@@ -31,7 +32,7 @@ if mode ~= 'stall' then
   pairs_ = {'stalled', '', 'next_retry_in', ''}
 end
 local new_status = cur_status
-for i = 7, #ARGV, 2 do
+for i = 8, #ARGV, 2 do
   local k, v = ARGV[i], ARGV[i + 1]
   if k == 'progress' and tonumber(v) < cur_progress then return {0, 'progress_decrease'} end
   if k == 'status' then new_status = v end
@@ -39,6 +40,28 @@ for i = 7, #ARGV, 2 do
   pairs_[#pairs_ + 1] = v
 end
 redis.call('HSET', hash, unpack(pairs_))
+
+-- Completion callbacks (issue 17), part 1 of 2 ------------------------------------------------
+-- A write that ends the job (from a non-terminal status, or a `create` that is already
+-- `completed`: a deduplicated upload) owes one delivery to the job's callback target: the
+-- upload's own `callback_url` marker, else the operator's CALLBACK_URL, else none. Its id,
+-- `<job_id>.<n>` for the job's n-th end, is the `webhook-id` of every attempt. The snapshot
+-- says `pending` in this very event.
+local delivery, delivery_url, operator_set
+if TERMINAL[new_status] and not TERMINAL[cur_status] then
+  delivery_url = redis.call('HGET', hash, 'callback_url')
+  operator_set = '0'
+  if not delivery_url or delivery_url == '' then
+    delivery_url, operator_set = CALLBACK.url, '1'
+  end
+  if delivery_url ~= '' then
+    local ends = redis.call('HINCRBY', hash, 'callback_ends', 1)
+    delivery = redis.call('HGET', hash, 'job_id') .. '.' .. ends
+    redis.call('HSET', hash, 'callback', '{"status":"pending","attempts":0}',
+      'callback_delivery', delivery)
+  end
+end
+-- ---------------------------------------------------------------------------------------------
 
 local values = redis.call('HMGET', hash, unpack(SNAP))
 local entry, snapshot = {}, {}
@@ -67,6 +90,20 @@ if TERMINAL[new_status] then
 else
   local now = redis.call('TIME')
   redis.call('ZADD', active, tonumber(now[1]) + tonumber(now[2]) / 1e6, snapshot['job_id'])
+end
+-- Completion callbacks, part 2 of 2: the delivery record holds the end's snapshot itself (the
+-- body), because the job's record may expire or be deleted long before the last attempt.
+if delivery then
+  local now = redis.call('TIME')
+  local ended = string.format('%d.%06d', now[1], now[2])
+  local record = CALLBACK.prefix .. delivery
+  redis.call('HSET', record, 'job_id', snapshot['job_id'], 'url', delivery_url,
+    'operator', operator_set, 'ended', ended, 'since', ended, 'attempts', 0,
+    'snapshot', cjson.encode(snapshot))
+  redis.call('EXPIRE', record, CALLBACK.ttl)
+  redis.call('SADD', KEYS[7], delivery)
+  redis.call('EXPIRE', KEYS[7], math.max(CALLBACK.ttl, tonumber(terminal_ttl)))
+  redis.call('ZADD', KEYS[8], ended, delivery)
 end
 redis.call('PUBLISH', channel, cjson.encode({job_id = snapshot['job_id'],
   token_id = snapshot['token_id'], id = id, token_event_id = token_id, snapshot = snapshot}))

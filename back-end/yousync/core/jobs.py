@@ -9,6 +9,8 @@ the Celery worker; the async store serves the API. Both share the script and arg
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -92,6 +94,7 @@ def _write_args(
         str(settings.events_maxlen),
         keys.EVENTS_CHANNEL,
         _SNAPSHOT_FIELDS_JSON,
+        _callback_settings_json(settings),
     ]
     for name, value in fields.items():
         argv += [name, value]
@@ -102,8 +105,33 @@ def _write_args(
         keys.token_events(token_id),
         keys.ACTIVE_JOBS,
         keys.METRICS_JOBS_FINISHED,
+        keys.job_callbacks(job_id),
+        keys.CALLBACKS_DUE,
     ]
     return key_list, argv
+
+
+def callback_record_ttl(settings: Settings) -> int:
+    """How long a delivery's record lives (until it is dead-lettered, which keeps it): past
+    its last attempt (CALLBACK_GIVE_UP_SECONDS, plus one retry interval for an attempt that
+    was due just then) by the job's own retention, so a delivered callback can be looked up
+    as long as the job's record can."""
+    return math.ceil(
+        settings.callback_give_up_seconds
+        + settings.callback_retry_max_seconds
+        + settings.job_ttl_seconds
+    )
+
+
+def _callback_settings_json(settings: Settings) -> str:
+    """What the write script needs to queue a job end's callback (ARGV[7])."""
+    return json.dumps(
+        {
+            "url": settings.callback_url,
+            "prefix": keys.callback(""),
+            "ttl": callback_record_ttl(settings),
+        }
+    )
 
 
 _SNAPSHOT_FIELDS_JSON = "[" + ",".join(f'"{name}"' for name in SNAPSHOT_FIELDS) + "]"

@@ -51,6 +51,9 @@ def dedupe(token_id: str, sha256: str) -> str:
 METRICS_JOBS_FINISHED = f"{PREFIX}:metrics:jobs_finished"
 # Hash: `{stage}|count`, `{stage}|sum`, `{stage}|le|{bound}` -> a histogram of stage durations.
 METRICS_STAGE_SECONDS = f"{PREFIX}:metrics:stage_seconds"
+# Hash: callback outcome -> count (`delivered`, `attempt_failed`, `dead_lettered`), kept by the
+# delivery scripts (yousync/core/callbacks.py).
+METRICS_CALLBACKS = f"{PREFIX}:metrics:callbacks"
 
 
 def queue_workers(queue: str) -> str:

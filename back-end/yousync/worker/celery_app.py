@@ -16,14 +16,24 @@ from celery import bootsteps
 from celery.signals import beat_init, celeryd_after_setup, worker_ready
 
 from yousync.core import redis_policy
-from yousync.core.broker import AUDIO_QUEUE, MAINTENANCE_QUEUE, celery_app, settings
+from yousync.core.broker import (
+    AUDIO_QUEUE,
+    CALLBACKS_QUEUE,
+    MAINTENANCE_QUEUE,
+    celery_app,
+    settings,
+)
 from yousync.core.config import HOME_DIR
 from yousync.worker import telemetry as worker_telemetry
 from yousync.worker.heartbeat import QueueHeartbeat
 
-__all__ = ["AUDIO_QUEUE", "MAINTENANCE_QUEUE", "app", "celery_app", "settings"]
+__all__ = ["AUDIO_QUEUE", "CALLBACKS_QUEUE", "MAINTENANCE_QUEUE", "app", "celery_app", "settings"]
 
-celery_app.conf.include = ["yousync.worker.tasks.audio_tasks", "yousync.worker.tasks.maintenance"]
+celery_app.conf.include = [
+    "yousync.worker.tasks.audio_tasks",
+    "yousync.worker.tasks.maintenance",
+    "yousync.worker.tasks.callbacks",
+]
 
 # Beat's sweeps (yousync/worker/tasks/maintenance.py).
 MAINTENANCE_TASKS = (
@@ -39,6 +49,18 @@ celery_app.conf.beat_schedule = {
     name: {"task": f"tasks.maintenance.{name}", "schedule": _every, "options": {"expires": _every}}
     for name in MAINTENANCE_TASKS
 }
+# The drain of due completion callbacks, every CALLBACK_TICK_SECONDS, when a deployment can have
+# callbacks at all (CALLBACK_URL, or hosts an upload may name). `expires`: a drain nobody took
+# within a few ticks is dropped, a later one does its work (a few, not one: `expires` is an
+# absolute time, and a worker whose clock runs a second ahead of Beat's would drop them all).
+DRAIN_CALLBACKS_TASK = "tasks.callbacks.drain"
+if settings.callback_url or settings.callback_allowed_hosts:
+    _tick = settings.callback_tick_seconds
+    celery_app.conf.beat_schedule["drain_callbacks"] = {
+        "task": DRAIN_CALLBACKS_TASK,
+        "schedule": _tick,
+        "options": {"expires": max(5 * _tick, 5.0), "queue": CALLBACKS_QUEUE},
+    }
 celery_app.conf.beat_schedule_filename = str(HOME_DIR / "var" / "celerybeat-schedule")
 
 # Structured logs with job_id, task/stage lines and stage timings (yousync/worker/telemetry.py).

@@ -1,0 +1,188 @@
+"""The drain of due completion callbacks: `tasks.callbacks.drain`, sent by Beat every
+CALLBACK_TICK_SECONDS to the `callbacks` queue (a small thread-pool worker of its own consumes
+it: analyses that hold every process of a worker for minutes must not hold callbacks).
+
+One drain claims due deliveries (leased: yousync/core/callbacks.py) as fast as a bounded pool
+of threads can send them, until none is due, or its time budget ends (the next drain goes on).
+Each attempt POSTs the job end's snapshot with Standard Webhooks headers: the same `webhook-id`
+(the delivery id) on every attempt, a fresh timestamp and one signature per CALLBACK_SECRET. A
+2xx is delivered; anything else (another status, a timeout, a refused connection, a target the
+SSRF policy now refuses) is a failed attempt, retried with backoff until CALLBACK_GIVE_UP_SECONDS
+after the job ended, then dead-lettered. Redirects are not followed: the target was checked,
+the place it redirects to was not.
+
+Unsigned callbacks: with no CALLBACK_SECRET, `dev`/`test` send without `webhook-signature`
+(logged once per process, so a laptop's receiver works without a secret); `prod` does not send
+at all: every attempt fails as `CALLBACK_SECRET is not set` and the deliveries wait, retried
+and then dead-lettered (replayable), until the secret is configured. An unsigned callback in
+production would teach the receiver to accept anything that reaches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+import httpx
+
+from yousync.core import callback_target, webhooks
+from yousync.core.callbacks import Claim, Delivery, DeliveryStore
+from yousync.core.config import Settings
+from yousync.worker import context
+from yousync.worker.celery_app import CALLBACKS_QUEUE, DRAIN_CALLBACKS_TASK, celery_app, settings
+
+log = logging.getLogger("yousync.callbacks")
+
+# Attempts in flight per drain (threads, and connections to the receivers).
+CONCURRENCY = 16
+# A drain stops claiming after this long; what is left is the next drain's.
+DRAIN_BUDGET_SECONDS = 30.0
+USER_AGENT = "YouSync-Webhooks/1"
+
+NO_SECRET = "CALLBACK_SECRET is not set"
+
+
+class Sender:
+    """Makes one attempt of a delivery; thread-safe (one httpx client, its own pool)."""
+
+    def __init__(self, settings: Settings, client: httpx.Client) -> None:
+        self._settings = settings
+        self._client = client
+        self._warned = False
+
+    def secrets(self) -> list[str] | None:
+        """The signing secrets; None when this environment refuses to send unsigned."""
+        secrets = self._settings.callback_secrets
+        if secrets:
+            return secrets
+        if self._settings.environment == "prod":
+            return None
+        if not self._warned:
+            self._warned = True
+            log.warning("callbacks: CALLBACK_SECRET is not set; sending unsigned callbacks")
+        return []
+
+    def attempt(self, delivery: Delivery) -> str | None:
+        """None when the receiver answered 2xx, else what went wrong (kept on the record)."""
+        secrets = self.secrets()
+        if secrets is None:
+            return NO_SECRET
+        body = delivery.body()
+        try:
+            target = callback_target.resolve_for_send(
+                delivery.url, self._settings, operator_set=delivery.operator_set
+            )
+            headers = webhooks.headers(secrets, delivery.id, body)
+            headers["user-agent"] = USER_AGENT
+            if target.host_header:
+                headers["host"] = target.host_header
+            extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else None
+            response = self._client.post(
+                target.url, content=body, headers=headers, extensions=extensions
+            )
+        except callback_target.CallbackTargetRefused as exc:
+            return f"refused: {exc}"
+        except (httpx.HTTPError, ValueError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        if 200 <= response.status_code < 300:
+            return None
+        return f"HTTP {response.status_code}"
+
+
+def drain_once(
+    store: DeliveryStore,
+    sender: Sender,
+    *,
+    concurrency: int = CONCURRENCY,
+    budget_seconds: float = DRAIN_BUDGET_SECONDS,
+) -> int:
+    """Send what is due, `concurrency` at a time, claiming more as attempts finish; returns the
+    attempts made."""
+    deadline = time.monotonic() + budget_seconds
+    made = 0
+    in_flight: set[Future[None]] = set()
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="callback") as pool:
+        while True:
+            free = concurrency - len(in_flight)
+            if free > 0 and time.monotonic() < deadline:
+                claim = store.claim(free)
+                claimed_at = time.monotonic()
+                for delivery in claim.deliveries:
+                    in_flight.add(pool.submit(_send, store, sender, delivery, claim, claimed_at))
+                made += len(claim.deliveries)
+            if not in_flight:
+                return made
+            _done, in_flight = wait(in_flight, return_when=FIRST_COMPLETED)
+
+
+def _send(
+    store: DeliveryStore, sender: Sender, delivery: Delivery, claim: Claim, claimed_at: float
+) -> None:
+    try:
+        error = sender.attempt(delivery)
+    except Exception as exc:  # a bug must not leave the delivery leased until the lease ends
+        log.exception("callback %s: attempt failed unexpectedly", delivery.id)
+        error = f"internal: {type(exc).__name__}"
+    if error is None:
+        attempts = store.delivered(delivery)
+        log.info("callback %s: delivered (attempt %d)", delivery.id, attempts)
+        return
+    now = claim.now + (time.monotonic() - claimed_at)
+    due = store.failed(delivery, error, now=now)
+    if due is None:
+        log.warning(
+            "callback %s: dead-lettered after %d attempts: %s",
+            delivery.id,
+            delivery.attempts + 1,
+            error,
+        )
+    else:
+        log.info(
+            "callback %s: attempt %d failed (%s); next in %.1fs",
+            delivery.id,
+            delivery.attempts + 1,
+            error,
+            due - now,
+        )
+
+
+_lock = threading.Lock()
+_sender: Sender | None = None
+
+
+def _process_sender() -> Sender:
+    """One sender per process (its connection pool keeps receivers' connections open between
+    drains), built on first use, after the fork."""
+    global _sender
+    with _lock:
+        if _sender is None:
+            client = httpx.Client(
+                timeout=settings.callback_timeout_seconds,
+                follow_redirects=False,
+                limits=httpx.Limits(max_connections=CONCURRENCY * 2),
+            )
+            _sender = Sender(settings, client)
+        return _sender
+
+
+def _forget_in_child() -> None:
+    global _sender, _lock
+    _sender = None
+    _lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+@celery_app.task(
+    name=DRAIN_CALLBACKS_TASK,
+    queue=CALLBACKS_QUEUE,
+    acks_late=False,  # a drain lost with its worker is not worth redelivering: Beat sends more
+    ignore_result=True,
+)
+def drain() -> int:
+    ctx = context.get()
+    return drain_once(DeliveryStore(ctx.redis, ctx.settings), _process_sender())

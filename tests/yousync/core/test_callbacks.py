@@ -1,0 +1,256 @@
+"""Completion callbacks in Redis, against a real Redis: a job end queues one delivery in the
+same write; claims lease; outcomes, backoff, dead letters and replay."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from devtools.stack import poll
+from yousync.core import keys
+from yousync.core.callbacks import Delivery, DeliveryStore, next_due, retry_delay
+from yousync.core.config import Settings
+from yousync.core.jobs import AsyncJobStore, JobStore, Refused
+from yousync.core.models import JobSnapshot
+
+RECEIVER = "http://receiver.example/hook"
+JOB = "22222222-2222-4222-8222-222222222222"
+
+
+def settings_for(redis_url: str, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "redis_url": redis_url,
+        "job_ttl_seconds": 100,
+        "callback_url": RECEIVER,
+        "callback_retry_base_seconds": 5,
+        "callback_retry_max_seconds": 3600,
+        "callback_give_up_seconds": 86400,
+        **overrides,
+    }
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def create(redis_url: str, settings: Settings, job_id: str = JOB, **markers: object) -> None:
+    async def run() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        await AsyncJobStore(client, settings).create(job_id, "tok", **markers)
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def end_job(store: JobStore, job_id: str = JOB, status: str = "completed") -> str:
+    return store.update(job_id, "tok", status=status, progress=100, stage="done", message="m")
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return settings_for(redis_url)
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, settings: Settings, redis_url: str) -> JobStore:
+    return JobStore(redis.Redis.from_url(redis_url, decode_responses=True), settings)
+
+
+@pytest.fixture
+def deliveries(redis_client: redis.Redis, settings: Settings) -> DeliveryStore:
+    return DeliveryStore(redis_client, settings, lease_seconds=60)
+
+
+def test_job_end_when_operator_url_set_then_one_delivery_queued_in_the_same_event(
+    store: JobStore, settings: Settings, redis_client: redis.Redis, redis_url: str
+) -> None:
+    create(redis_url, settings)
+    end_job(store)
+    delivery_id = f"{JOB}.1"
+    assert redis_client.zscore(keys.CALLBACKS_DUE, delivery_id) is not None
+    assert redis_client.smembers(keys.job_callbacks(JOB)) == {delivery_id}
+    record = redis_client.hgetall(keys.callback(delivery_id))
+    assert record["url"] == RECEIVER and record["operator"] == "1" and record["attempts"] == "0"
+    assert redis_client.ttl(keys.callback(delivery_id)) > 0
+    body = JobSnapshot.from_fields(json.loads(record["snapshot"]))
+    assert body.status == "completed" and body.job_id == JOB
+    # The end's own event already says `pending`.
+    _, fields = redis_client.xrevrange(keys.job_events(JOB), count=1)[0]
+    assert json.loads(fields["callback"]) == {"status": "pending", "attempts": 0}
+    assert body.callback is not None and body.callback.status == "pending"
+
+
+def test_job_end_when_upload_named_a_target_then_it_wins_over_the_operator_url(
+    store: JobStore, settings: Settings, redis_client: redis.Redis, redis_url: str
+) -> None:
+    create(redis_url, settings, callback_url="https://own.example/cb")
+    end_job(store, status="failed")
+    record = redis_client.hgetall(keys.callback(f"{JOB}.1"))
+    assert record["url"] == "https://own.example/cb" and record["operator"] == "0"
+
+
+def test_job_end_when_no_target_then_nothing_queued_and_no_callback_field(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    settings = settings_for(redis_url, callback_url="")
+    store = JobStore(redis.Redis.from_url(redis_url), settings)
+    create(redis_url, settings)
+    end_job(store)
+    assert redis_client.zcard(keys.CALLBACKS_DUE) == 0
+    assert not redis_client.hget(keys.job(JOB), "callback")
+
+
+def test_writes_after_the_end_when_refused_then_no_second_delivery_and_a_rerun_gets_its_own(
+    store: JobStore, settings: Settings, redis_client: redis.Redis, redis_url: str
+) -> None:
+    create(redis_url, settings)
+    end_job(store, status="failed")
+    with pytest.raises(Refused):
+        end_job(store, status="completed")
+    assert redis_client.zcard(keys.CALLBACKS_DUE) == 1
+    store.reopen(JOB, "tok", status="queued", stage="queued", message="again")
+    end_job(store)
+    assert redis_client.smembers(keys.job_callbacks(JOB)) == {f"{JOB}.1", f"{JOB}.2"}
+    assert redis_client.hget(keys.job(JOB), "callback_delivery") == f"{JOB}.2"
+
+
+def test_create_when_already_completed_then_the_deduplicated_end_is_queued(
+    settings: Settings, redis_client: redis.Redis, redis_url: str
+) -> None:
+    create(redis_url, settings, status="completed", progress=100, stage="done")
+    assert redis_client.zscore(keys.CALLBACKS_DUE, f"{JOB}.1") is not None
+
+
+def test_claim_when_two_drains_then_each_due_delivery_goes_to_one_until_its_lease_ends(
+    store: JobStore, settings: Settings, redis_client: redis.Redis, redis_url: str
+) -> None:
+    create(redis_url, settings)
+    end_job(store)
+    short = DeliveryStore(redis_client, settings, lease_seconds=0.3)
+    first = short.claim(10)
+    assert [d.id for d in first.deliveries] == [f"{JOB}.1"]
+    assert short.claim(10).deliveries == []  # leased: the other drain sees nothing
+    # Its drain died without an outcome: due again once the lease ran out, same id.
+    again = poll(lambda: short.claim(10).deliveries, timeout=10, what="lease expiry")
+    assert [d.id for d in again] == [f"{JOB}.1"]
+
+
+def test_claim_when_the_record_is_gone_then_the_due_id_is_dropped(
+    deliveries: DeliveryStore, redis_client: redis.Redis
+) -> None:
+    redis_client.zadd(keys.CALLBACKS_DUE, {"gone.1": 0})
+    assert deliveries.claim(10).deliveries == []
+    assert redis_client.zcard(keys.CALLBACKS_DUE) == 0
+
+
+def _claimed(deliveries: DeliveryStore) -> tuple[Delivery, float]:
+    claim = deliveries.claim(10)
+    assert len(claim.deliveries) == 1
+    return claim.deliveries[0], claim.now
+
+
+def test_failed_attempt_when_before_give_up_then_rescheduled_with_backoff(
+    store: JobStore,
+    settings: Settings,
+    deliveries: DeliveryStore,
+    redis_client: redis.Redis,
+    redis_url: str,
+) -> None:
+    create(redis_url, settings)
+    end_job(store)
+    delivery, now = _claimed(deliveries)
+    due = deliveries.failed(delivery, "HTTP 503", now=now)
+    assert due is not None and now + 4 <= due <= now + 6
+    assert redis_client.zscore(keys.CALLBACKS_DUE, delivery.id) == pytest.approx(due)
+    record = redis_client.hgetall(keys.callback(delivery.id))
+    assert record["attempts"] == "1" and record["last_error"] == "HTTP 503"
+    state = json.loads(redis_client.hget(keys.job(JOB), "callback") or "")
+    assert state == {"status": "pending", "attempts": 1}
+    # An outcome for an attempt already counted (a drain whose lease ran out) is ignored.
+    deliveries.failed(delivery, "late", now=now)
+    assert redis_client.hget(keys.callback(delivery.id), "attempts") == "1"
+
+
+def test_failed_attempt_when_past_give_up_then_dead_letter_kept_and_replay_makes_it_due(
+    store: JobStore, redis_client: redis.Redis, redis_url: str
+) -> None:
+    settings = settings_for(redis_url, callback_give_up_seconds=0.001)
+    store = JobStore(redis.Redis.from_url(redis_url), settings)
+    deliveries = DeliveryStore(redis_client, settings)
+    create(redis_url, settings)
+    end_job(store)
+    delivery, now = _claimed(deliveries)
+    assert deliveries.failed(delivery, "ConnectError", now=now + 1) is None
+    assert redis_client.zcard(keys.CALLBACKS_DUE) == 0
+    assert deliveries.dead_letters() == [delivery.id]
+    assert redis_client.ttl(keys.callback(delivery.id)) == -1  # never expires
+    assert redis_client.hget(keys.callback(delivery.id), "snapshot")  # the body is kept
+    assert json.loads(redis_client.hget(keys.job(JOB), "callback") or "") == {
+        "status": "failed",
+        "attempts": 1,
+    }
+    assert redis_client.hget(keys.METRICS_CALLBACKS, "dead_lettered") == "1"
+
+    assert deliveries.replay([delivery.id, "unknown.1"]) == [delivery.id]
+    assert deliveries.dead_letters() == []
+    assert redis_client.hget(keys.callback(delivery.id), "attempts") == "0"
+    assert redis_client.ttl(keys.callback(delivery.id)) > 0
+    again, _ = _claimed(deliveries)
+    assert again.id == delivery.id and again.attempts == 0
+
+
+def test_delivered_when_2xx_then_removed_from_due_and_snapshot_says_delivered(
+    store: JobStore,
+    settings: Settings,
+    deliveries: DeliveryStore,
+    redis_client: redis.Redis,
+    redis_url: str,
+) -> None:
+    create(redis_url, settings)
+    end_job(store)
+    delivery, now = _claimed(deliveries)
+    deliveries.failed(delivery, "HTTP 500", now=now)
+    redis_client.zadd(keys.CALLBACKS_DUE, {delivery.id: 0})  # due at once
+    delivery, _ = _claimed(deliveries)
+    assert deliveries.delivered(delivery) == 2
+    assert redis_client.zcard(keys.CALLBACKS_DUE) == 0
+    assert json.loads(redis_client.hget(keys.job(JOB), "callback") or "") == {
+        "status": "delivered",
+        "attempts": 2,
+    }
+    assert redis_client.hget(keys.METRICS_CALLBACKS, "delivered") == "1"
+
+
+def test_outcome_when_the_job_record_expired_then_the_delivery_still_completes(
+    store: JobStore,
+    settings: Settings,
+    deliveries: DeliveryStore,
+    redis_client: redis.Redis,
+    redis_url: str,
+) -> None:
+    create(redis_url, settings)
+    end_job(store)
+    redis_client.delete(keys.job(JOB))
+    delivery, _ = _claimed(deliveries)
+    assert delivery.body().startswith(b"{")
+    assert deliveries.delivered(delivery) == 1
+    assert not redis_client.exists(keys.job(JOB))  # no stray hash made by the outcome
+
+
+@pytest.mark.parametrize(
+    ("attempts", "expected"),
+    [(1, 5.0), (2, 20.0), (3, 80.0), (4, 320.0), (6, 3600.0), (99, 3600.0)],
+)
+def test_retry_delay_when_attempts_grow_then_times_four_up_to_the_cap(
+    attempts: int, expected: float
+) -> None:
+    settings = Settings(callback_retry_base_seconds=5, callback_retry_max_seconds=3600)
+    assert retry_delay(attempts, settings, jitter=1.0) == expected
+    assert expected * 0.8 - 1e-9 <= min(retry_delay(attempts, settings), 3600) <= expected * 1.2
+
+
+def test_next_due_when_the_give_up_time_is_near_then_the_last_attempt_is_made_at_it() -> None:
+    settings = Settings(callback_retry_base_seconds=5, callback_give_up_seconds=100)
+    assert next_due(3, now=90.0, since=0.0, settings=settings) == 100.0
+    assert next_due(4, now=100.0, since=0.0, settings=settings) is None
