@@ -339,6 +339,7 @@ def worker_proc(
     queues: str = "audio_queue,maintenance",
     extra_args: Sequence[str] = (),
     cwd: Path | None = None,
+    pool: str = "prefork",
 ) -> Proc:
     """A Celery worker, ready once it consumes (its ready file); `extra_args` are more worker
     options, e.g. production's `--prefetch-multiplier=1 --max-memory-per-child=300000`. With
@@ -362,7 +363,7 @@ def worker_proc(
             "--loglevel=info",
             f"--queues={queues}",
             f"--concurrency={concurrency}",
-            "--pool=prefork",
+            f"--pool={pool}",
             f"--hostname={hostname}",
             "--without-mingle",
             "--without-gossip",
@@ -375,6 +376,12 @@ def worker_proc(
         ready=ready,
         ready_timeout=60.0,
     )
+
+
+def callbacks_worker_proc(env: Mapping[str, str], workdir: Path, name: str = "cb") -> Proc:
+    """The worker that drains completion callbacks (Beat sends it the drains), as Procfile.dev
+    runs it: its own queue, threads (a drain only waits on HTTP)."""
+    return worker_proc(env, workdir, name=name, queues="callbacks", concurrency=2, pool="threads")
 
 
 def flower_proc(

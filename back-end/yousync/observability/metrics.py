@@ -11,8 +11,11 @@ Two sources, one page:
   usual `process_*` series. Prometheus sums them across hosts.
 * **The whole cluster, kept in Redis**: jobs by final status (counted by the job-state Lua
   script, the one place every terminal transition passes, whoever makes it: worker, cancel, Beat)
-  and time per pipeline stage (recorded by each worker process as the stage ends). The API reads
-  both hashes with one round trip per scrape and renders them as counters and histograms.
+  and time per pipeline stage (recorded by each worker process as the stage ends), and the
+  completion callbacks: deliveries pending and dead-lettered (the sizes of their sorted sets)
+  and attempt outcomes (counted by the delivery scripts, yousync/core/callbacks.py). The API
+  reads them with one round trip per scrape and renders them as counters, gauges and
+  histograms.
 
 Why Redis rather than prometheus-client's multiprocess mode for the cluster: workers run on other
 hosts than the API (multiprocess mode needs one shared directory on one host), prefork children
@@ -31,7 +34,7 @@ import contextlib
 import logging
 import math
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +81,8 @@ STAGE_BUCKETS: tuple[float, ...] = (
 )
 STAGES = tuple(stage.value for stage in TIMED_STAGES)
 FINAL_STATUSES = tuple(sorted(status.value for status in TERMINAL_STATUSES))
+# Fields of keys.METRICS_CALLBACKS, each a value of `yousync_callback_attempts{outcome}`.
+CALLBACK_OUTCOMES = ("delivered", "attempt_failed", "dead_lettered")
 
 # --- the API processes ----------------------------------------------------------------------
 # Gauges say how prometheus-client merges them over a host's processes in multiprocess mode
@@ -252,6 +257,9 @@ class ClusterSnapshot:
     up: bool
     jobs_finished: dict[str, str]
     stage_seconds: dict[str, str]
+    callbacks: dict[str, str] = field(default_factory=dict)
+    callbacks_pending: int = 0
+    callbacks_dead: int = 0
 
 
 def _decoded(mapping: dict[Any, Any]) -> dict[str, str]:
@@ -269,12 +277,20 @@ async def read_cluster(client: aioredis.Redis, *, limit_seconds: float = 2.0) ->
             async with client.pipeline(transaction=False) as pipe:
                 pipe.hgetall(keys.METRICS_JOBS_FINISHED)
                 pipe.hgetall(keys.METRICS_STAGE_SECONDS)
-                finished, stages = await pipe.execute()
+                pipe.hgetall(keys.METRICS_CALLBACKS)
+                pipe.zcard(keys.CALLBACKS_DUE)
+                pipe.zcard(keys.CALLBACKS_DEAD)
+                finished, stages, callbacks, pending, dead = await pipe.execute()
     except (RedisError, OSError, TimeoutError) as exc:
         log.warning("metrics: cluster metrics unavailable (%s)", exc)
         return ClusterSnapshot(up=False, jobs_finished={}, stage_seconds={})
     return ClusterSnapshot(
-        up=True, jobs_finished=_decoded(finished), stage_seconds=_decoded(stages)
+        up=True,
+        jobs_finished=_decoded(finished),
+        stage_seconds=_decoded(stages),
+        callbacks=_decoded(callbacks),
+        callbacks_pending=int(pending),
+        callbacks_dead=int(dead),
     )
 
 
@@ -316,6 +332,32 @@ class _ClusterCollector(Collector):
                 float(snap.stage_seconds.get(f"{stage}|sum", 0.0)),
             )
         yield stages
+        yield from _callback_metrics(snap)
+
+
+def _callback_metrics(snap: ClusterSnapshot) -> Iterator[Metric]:
+    pending = GaugeMetricFamily(
+        "yousync_callbacks_pending",
+        "Completion callbacks not delivered yet and still being attempted, cluster-wide.",
+    )
+    pending.add_metric([], float(snap.callbacks_pending))
+    yield pending
+    dead = GaugeMetricFamily(
+        "yousync_callbacks_dead_letters",
+        "Completion callbacks given up after their last attempt, kept until replayed "
+        "(python -m yousync.worker.callbacks replay).",
+    )
+    dead.add_metric([], float(snap.callbacks_dead))
+    yield dead
+    attempts = CounterMetricFamily(
+        "yousync_callback_attempts",
+        "Completion callback attempts by outcome, cluster-wide: `delivered` (2xx), "
+        "`attempt_failed` (retried or given up), `dead_lettered` (the last attempt failed).",
+        labels=["outcome"],
+    )
+    for outcome in CALLBACK_OUTCOMES:
+        attempts.add_metric([outcome], float(snap.callbacks.get(outcome, 0)))
+    yield attempts
 
 
 class _Scrape(Collector):
