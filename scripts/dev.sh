@@ -118,7 +118,7 @@ case $redis_state in
         exit 1
         ;;
 esac
-procs+=(s3 analysis worker beat flower api ready)
+procs+=(s3 analysis worker callbacks beat flower api ready)
 
 # Honcho's `-e FILE` would let the file override the environment, so the settings merged above
 # are exported instead and honcho gets an empty env file.

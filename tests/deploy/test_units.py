@@ -19,7 +19,7 @@ import pytest
 from deploy.render import Topology, render_tree
 from deploy.render import main as render_main
 
-SERVICES = ("api", "worker", "beat", "flower", "analysis")
+SERVICES = ("api", "worker", "callbacks", "beat", "flower", "analysis")
 
 
 @dataclass(frozen=True)
