@@ -204,3 +204,31 @@ def test_upload_when_the_job_completes_then_the_receiver_gets_the_result_endpoin
     # The same JSON as the result endpoint, except the callback's own progress since the end.
     assert body["callback"] == {"status": "pending", "attempts": 0}
     assert {**body, "callback": None} == {**result, "callback": None}
+
+
+def test_uploads_when_they_name_their_own_target_then_it_gets_each_end_the_operator_none(
+    cb: CallbackStack, token_id: str
+) -> None:
+    """An upload's allowlisted `callback_url` wins over CALLBACK_URL; an identical upload
+    (answered at once from the first one's result) is a job end of its own, with its own id."""
+    own = Receiver(host="127.0.0.3").start()
+    cb.receiver.start()
+    try:
+        content = wav_bytes(1.0, freq=523.0)
+        job_ids = []
+        for _ in range(2):
+            response = httpx.post(
+                f"{cb.api_url}/tokens/{token_id}/upload-audio",
+                files={"file": ("take.wav", content, "audio/wav")},
+                data={"callback_url": own.url},
+                timeout=60,
+            )
+            assert response.status_code == 202, response.text
+            job_ids.append(response.json()["job_id"])
+            stack.poll(lambda: len(own.requests()) == len(job_ids), timeout=60, what="callback")
+        ids = [r.headers["webhook-id"] for r in own.requests()]
+        assert ids == [f"{job_id}.1" for job_id in job_ids]
+        assert [_verified(r)["deduplicated"] for r in own.requests()] == [False, True]
+        assert cb.receiver.requests() == []
+    finally:
+        own.stop()

@@ -21,6 +21,8 @@ class Received:
 @dataclass
 class Receiver:
     port: int = field(default_factory=free_port)
+    # 127.0.0.3: the tests' allowlisted address for uploads' own targets (tests/conftest.py).
+    host: str = "127.0.0.1"
     status: int = 200
     # The first this many requests are answered 503 (a receiver up but not ready yet).
     fail_first: int = 0
@@ -36,7 +38,7 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks/yousync"
+        return f"http://{self.host}:{self.port}/hooks/yousync"
 
     def bodies(self) -> list[bytes]:
         with self._lock:
@@ -76,7 +78,7 @@ class Receiver:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        server = ThreadingHTTPServer((self.host, self.port), Handler)
         server.daemon_threads = True
         self._server = server
         threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -16,7 +16,6 @@ Markers and who writes them:
     duration_ms
     upload_started, s3_key                        the worker, around the S3 upload
     last_event_id                                 the write script, on every write
-    callback_url                                  the API: the upload's own callback target
     callback_ends, callback_delivery              the write script, at each end owing a callback
                                                   (count of ends; the latest delivery's id)
 """
@@ -49,7 +48,6 @@ MARKER_FIELDS: tuple[str, ...] = (
     "upload_started",
     "s3_key",
     "last_event_id",
-    "callback_url",
     "callback_ends",
     "callback_delivery",
 )
