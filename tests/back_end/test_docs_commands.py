@@ -461,6 +461,40 @@ def upload_take(api_url: str, freq: float) -> dict[str, Any]:
     return dict(response.json())
 
 
+CALLBACK_RECEIVER = "python: import base64, hashlib, hmac, time"
+
+
+@runs(CALLBACK_RECEIVER)
+def test_readme_callback_receiver_snippet_when_run_then_accepts_ours_and_refuses_tampering() -> (
+    None
+):
+    """The README's stand-alone verifier accepts what the sender signs (yousync.core.webhooks,
+    two secrets as during a rotation) with either secret, and refuses a changed body, another
+    secret and an old timestamp."""
+    import base64
+    import time
+
+    from yousync.core import webhooks
+
+    namespace: dict[str, Any] = {}
+    exec(documented(CALLBACK_RECEIVER).text, namespace)
+    verify_callback = namespace["verify_callback"]
+    new, old = (f"whsec_{base64.b64encode(key).decode()}" for key in (b"new-key", b"old-key"))
+    body = b'{"job_id":"j","status":"completed"}'
+    headers = webhooks.headers([new, old], "j.1", body)
+    verify_callback(new, headers, body)
+    verify_callback(old, headers, body)
+    other = f"whsec_{base64.b64encode(b'other').decode()}"
+    stale = webhooks.headers([new], "j.1", body, timestamp=int(time.time()) - 3600)
+    for secret, sent, content in (
+        (new, headers, body.replace(b"completed", b"failed")),
+        (other, headers, body),
+        (new, stale, body),
+    ):
+        with pytest.raises(ValueError):
+            verify_callback(secret, sent, content)
+
+
 @runs(UPLOAD, RESULT, RESULT_WAIT)
 def test_readme_curl_when_uploading_then_202_with_documented_fields_and_result_when_finished(
     pipeline: str, curl: str, tmp_path: Path
