@@ -82,7 +82,7 @@ def _broker_reader(settings: Settings) -> BrokerReader | None:
     is not Redis (RabbitMQ has its own exporter)."""
     if not settings.broker_is_redis:
         return None
-    from yousync.core.broker import QUEUES, redis_queue_keys
+    from yousync.core.broker import queues_in_use, redis_queue_keys
 
     pool = aioredis.BlockingConnectionPool.from_url(
         settings.broker_url,
@@ -92,7 +92,8 @@ def _broker_reader(settings: Settings) -> BrokerReader | None:
         socket_timeout=2,
     )
     return BrokerReader(
-        aioredis.Redis(connection_pool=pool), {queue: redis_queue_keys(queue) for queue in QUEUES}
+        aioredis.Redis(connection_pool=pool),
+        {queue: redis_queue_keys(queue) for queue in queues_in_use(settings)},
     )
 
 

@@ -21,7 +21,7 @@ from celery import Celery
 from celery.signals import before_task_publish
 from kombu.transport import redis as kombu_redis
 
-from yousync.core.config import get_settings
+from yousync.core.config import Settings, get_settings
 from yousync.core.models import PUBLISHED_AT_HEADER
 
 AUDIO_QUEUE = "audio_queue"
@@ -34,6 +34,13 @@ MAINTENANCE_QUEUE = "maintenance"
 CALLBACKS_QUEUE = "callbacks"
 # The queues the product publishes to: the ones whose depth and workers /metrics reports.
 QUEUES = (AUDIO_QUEUE, MAINTENANCE_QUEUE, CALLBACKS_QUEUE)
+
+
+def queues_in_use(settings: Settings) -> tuple[str, ...]:
+    """The queues a deployment with these settings needs workers for: `callbacks` only when
+    callbacks are configured (else nobody runs its worker, and its absence is no fault)."""
+    return tuple(q for q in QUEUES if q != CALLBACKS_QUEUE or settings.callbacks_enabled)
+
 
 settings = get_settings()
 

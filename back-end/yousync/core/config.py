@@ -288,6 +288,12 @@ class Settings(BaseSettings):
         return [secret.strip() for secret in self.callback_secret.split(",") if secret.strip()]
 
     @property
+    def callbacks_enabled(self) -> bool:
+        """Whether any job can have a callback target: only then does Beat send the drain
+        and /metrics watch the `callbacks` queue's workers."""
+        return bool(self.callback_url or self.callback_allowed_hosts.strip())
+
+    @property
     def callback_allowed_host_set(self) -> frozenset[str]:
         return frozenset(
             host.strip().lower() for host in self.callback_allowed_hosts.split(",") if host.strip()

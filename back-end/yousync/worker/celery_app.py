@@ -54,7 +54,7 @@ celery_app.conf.beat_schedule = {
 # within a few ticks is dropped, a later one does its work (a few, not one: `expires` is an
 # absolute time, and a worker whose clock runs a second ahead of Beat's would drop them all).
 DRAIN_CALLBACKS_TASK = "tasks.callbacks.drain"
-if settings.callback_url or settings.callback_allowed_hosts:
+if settings.callbacks_enabled:
     _tick = settings.callback_tick_seconds
     celery_app.conf.beat_schedule["drain_callbacks"] = {
         "task": DRAIN_CALLBACKS_TASK,
