@@ -11,7 +11,10 @@
 2. Latency of 1,000 job ends: jobs ended through the product's store at 100 per second (the
    end written as a worker writes it, CALLBACK_URL = the receiver), delivered by the real Beat
    and callbacks worker; per delivery, receipt time minus the terminal event's `updated_at`.
-   With a drain every CALLBACK_TICK_SECONDS (1 s), a delivery waits half a tick on average.
+   These ends are written by the benchmark, not by a worker, so only Beat's drain (every
+   CALLBACK_TICK_SECONDS, 1 s) sends them: the latency of ends that no worker writes (cancel,
+   deduplicated uploads, Beat's stuck-job sweep). The `on` rounds of part 1 give the other
+   figure: ends written by the worker, which sends a drain right after its final write.
 
 Run: `make bench`, or alone from the repository root: .venv/bin/python -m bench.bench_callbacks
 (about 3 minutes).
@@ -168,6 +171,7 @@ def throughput(bench: Any, own: Receiver) -> dict[str, Any]:
                 )
             print(mode, f"{ROUND_JOBS / seconds[mode][-1] * 60:.1f} jobs/min", flush=True)
     rates = {mode: [ROUND_JOBS / s * 60 for s in values] for mode, values in seconds.items()}
+    delays = end_to_receipt(own)
     on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
     return {
         "round_jobs": ROUND_JOBS,
@@ -178,8 +182,21 @@ def throughput(bench: Any, own: Receiver) -> dict[str, Any]:
         "rounds_off": [round(r, 1) for r in rates["off"]],
         "difference_pct": round((off - on) / off * 100, 1),
         "duplicates": own.duplicates,
+        # The `on` jobs' ends, written by the worker, which sends a drain right after.
+        "worker_ends": len(delays),
+        "worker_end_latency_p50_ms": round(percentile(delays, 50) * 1000, 1),
+        "worker_end_latency_p99_ms": round(percentile(delays, 99) * 1000, 1),
         "foreign_cpu_cores": foreign.cores(),
     }
+
+
+def end_to_receipt(receiver: Receiver) -> list[float]:
+    """Per callback received: its arrival minus the terminal event's `updated_at` (seconds)."""
+    delays = []
+    for arrived, body in receiver.arrivals.values():
+        ended = datetime.fromisoformat(json.loads(body)["updated_at"].replace("Z", "+00:00"))
+        delays.append(arrived - ended.timestamp())
+    return delays
 
 
 def latency(bench: Any, env: dict[str, str], operator: Receiver) -> dict[str, Any]:
@@ -197,10 +214,7 @@ def latency(bench: Any, env: dict[str, str], operator: Receiver) -> dict[str, An
     stack.poll(
         lambda: operator.count() >= LATENCY_ENDS, timeout=120, what="every callback", interval=0.2
     )
-    delays = []
-    for arrived, body in operator.arrivals.values():
-        ended = datetime.fromisoformat(json.loads(body)["updated_at"].replace("Z", "+00:00"))
-        delays.append(arrived - ended.timestamp())
+    delays = end_to_receipt(operator)
     return {
         "job_ends": LATENCY_ENDS,
         "ends_per_second": round(LATENCY_ENDS / written, 1),
@@ -225,6 +239,14 @@ def table(figures: dict[str, Any]) -> list[Row]:
             f"({run['difference_pct']:+.1f} %)",
             "≤ 5 % difference",
             abs(run["difference_pct"]) <= 5,
+            cmd,
+        ),
+        Row(
+            f"Job end → receipt, ends written by the worker, which sends a drain at once "
+            f"({run['worker_ends']} jobs of the `on` rounds): p50 / p99",
+            f"{run['worker_end_latency_p50_ms']:.0f} / {run['worker_end_latency_p99_ms']:.0f} ms",
+            "",
+            None,
             cmd,
         ),
         Row(

@@ -18,7 +18,13 @@ from yousync.core.errors import PermanentError, StageError, TransientError
 from yousync.core.jobs import JobStore, Refused
 from yousync.core.models import ANALYZE_TASK
 from yousync.worker import context
-from yousync.worker.celery_app import AUDIO_QUEUE, celery_app, settings
+from yousync.worker.celery_app import (
+    AUDIO_QUEUE,
+    CALLBACKS_QUEUE,
+    DRAIN_CALLBACKS_TASK,
+    celery_app,
+    settings,
+)
 from yousync.worker.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
@@ -87,11 +93,35 @@ def analyze_audio(self: Task, job_id: str) -> str:
     if not runner.begin_delivery(job_id, worker_pid=os.getpid()):
         return "failed"
     try:
-        return _run_through_redis_outages(self, runner, job_id)
+        outcome = _run_through_redis_outages(self, runner, job_id)
     finally:
         runner.drop_fetched(job_id)
         with contextlib.suppress(RedisConnectionError):
             runner.end_delivery(job_id)
+    if outcome in ENDED:
+        _kick_callbacks(job_id)
+    return outcome
+
+
+# What `analyze_audio` returns when this delivery ended the job.
+ENDED = frozenset({"completed", "failed"})
+
+
+def _kick_callbacks(job_id: str) -> None:
+    """The job just ended, and its end may owe a callback (queued by the same write): send
+    a drain now rather than wait for Beat's next tick (up to CALLBACK_TICK_SECONDS). One publish;
+    a job without a target costs the drain one empty claim. Beat's ticks stay the guarantee, so
+    a publish that fails is only logged."""
+    if not settings.callbacks_enabled:
+        return
+    try:
+        celery_app.send_task(
+            DRAIN_CALLBACKS_TASK,
+            queue=CALLBACKS_QUEUE,
+            expires=max(5 * settings.callback_tick_seconds, 5.0),
+        )
+    except Exception as exc:  # the broker is briefly away: the next tick sends one
+        log.warning("job %s: could not send the callbacks drain (%s)", job_id, exc)
 
 
 def _run_through_redis_outages(self: Task, runner: Pipeline, job_id: str) -> str:
