@@ -101,8 +101,13 @@ if delivery then
     'operator', operator_set, 'ended', ended, 'since', ended, 'attempts', 0,
     'snapshot', cjson.encode(snapshot))
   redis.call('EXPIRE', record, CALLBACK.ttl)
+  -- The job's set of deliveries lives as long as they do; one that holds a dead letter
+  -- (made persistent by it) stays persistent.
+  local persistent = redis.call('TTL', KEYS[7]) == -1
   redis.call('SADD', KEYS[7], delivery)
-  redis.call('EXPIRE', KEYS[7], math.max(CALLBACK.ttl, tonumber(terminal_ttl)))
+  if not persistent then
+    redis.call('EXPIRE', KEYS[7], math.max(CALLBACK.ttl, tonumber(terminal_ttl)))
+  end
   redis.call('ZADD', KEYS[8], ended, delivery)
 end
 redis.call('PUBLISH', channel, cjson.encode({job_id = snapshot['job_id'],

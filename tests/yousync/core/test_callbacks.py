@@ -254,3 +254,21 @@ def test_next_due_when_the_give_up_time_is_near_then_the_last_attempt_is_made_at
     settings = Settings(callback_retry_base_seconds=5, callback_give_up_seconds=100)
     assert next_due(3, now=90.0, since=0.0, settings=settings) == 100.0
     assert next_due(4, now=100.0, since=0.0, settings=settings) is None
+
+
+def test_job_end_when_an_earlier_end_was_dead_lettered_then_the_jobs_set_stays_persistent(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """The set of a job's deliveries (what deleting a job walks) must not expire while it
+    names a dead letter, which never does."""
+    settings = settings_for(redis_url, callback_give_up_seconds=0.001)
+    store = JobStore(redis.Redis.from_url(redis_url), settings)
+    deliveries = DeliveryStore(redis_client, settings)
+    create(redis_url, settings)
+    end_job(store, status="failed")
+    delivery, now = _claimed(deliveries)
+    deliveries.failed(delivery, "ConnectError", now=now + 1)
+    store.reopen(JOB, "tok", status="queued", stage="queued", message="again")
+    end_job(store)
+    assert redis_client.smembers(keys.job_callbacks(JOB)) == {f"{JOB}.1", f"{JOB}.2"}
+    assert redis_client.ttl(keys.job_callbacks(JOB)) == -1
