@@ -38,6 +38,7 @@ class CallbackStack:
     redis: redis.Redis
     api_url: str
     callbacks_worker: stack.Proc
+    beat: stack.Proc
     receiver: Receiver
 
     def end_job(self, status: str = "completed") -> str:
@@ -92,6 +93,7 @@ def callback_stack(
             redis=redis.Redis.from_url(redis_url, decode_responses=True),
             api_url=f"http://127.0.0.1:{procs[2].name.split(':')[1]}",
             callbacks_worker=procs[3],
+            beat=procs[4],
             receiver=receiver,
         )
     finally:
@@ -232,3 +234,18 @@ def test_uploads_when_they_name_their_own_target_then_it_gets_each_end_the_opera
         assert cb.receiver.requests() == []
     finally:
         own.stop()
+
+
+def test_job_end_when_written_by_the_worker_then_it_sends_the_drain_itself_without_beat(
+    cb: CallbackStack, token_id: str
+) -> None:
+    """Beat stopped: only the drain the worker sends after the job's final write can deliver."""
+    cb.receiver.start()
+    cb.beat.stop()
+    try:
+        job = upload_accepted(cb.api_url, token_id, wav_bytes(1.0, freq=659.0))
+        stack.poll(lambda: cb.receiver.requests(), timeout=60, what="callback without Beat")
+        [request] = cb.receiver.requests()
+        assert request.headers["webhook-id"] == f"{job['job_id']}.1"
+    finally:
+        cb.beat.start()
