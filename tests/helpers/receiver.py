@@ -12,6 +12,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from devtools.stack import free_port
 
 
+class _Server(ThreadingHTTPServer):
+    # A drain opens up to 16 connections at once; the default listen backlog (5) drops SYNs
+    # on a loaded machine, and a connect retried after 1 s, 3 s … reads as a slow receiver.
+    request_queue_size = 128
+
+
 @dataclass(frozen=True)
 class Received:
     headers: dict[str, str]
@@ -78,7 +84,7 @@ class Receiver:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        server = ThreadingHTTPServer((self.host, self.port), Handler)
+        server = _Server((self.host, self.port), Handler)
         server.daemon_threads = True
         self._server = server
         threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -58,6 +58,10 @@ def _end_jobs(redis_url: str, settings: Settings, count: int, **markers: object)
     return ids
 
 
+def _records(job_ids: list[str]) -> list[str]:
+    return [keys.callback(f"{job_id}.1") for job_id in job_ids]
+
+
 def _drain(redis_client: redis.Redis, settings: Settings) -> int:
     with httpx.Client(timeout=settings.callback_timeout_seconds) as client:
         return drain_once(DeliveryStore(redis_client, settings), Sender(settings, client))
@@ -69,6 +73,8 @@ def test_drain_when_many_due_then_each_sent_once_signed_and_delivered(
     settings = _settings(redis_url, receiver.url)
     ids = _end_jobs(redis_url, settings, 40)
     assert _drain(redis_client, settings) == 40
+    errors = {r.get("last_error", "") for r in map(redis_client.hgetall, _records(ids))}
+    assert errors == {""}, errors  # every first attempt delivered
     requests = receiver.requests()
     assert sorted(r.headers["webhook-id"] for r in requests) == sorted(f"{i}.1" for i in ids)
     for request in requests:
