@@ -153,6 +153,7 @@ def test_job_end_when_receiver_never_up_then_dead_letter_counted_and_replay_deli
         what="dead letter",
     )
     assert cb.redis.ttl(keys.callback(delivery_id)) == -1
+    assert cb.redis.ttl(keys.job(job_id)) == -1  # the job keeps its record meanwhile
     assert cb.redis.zscore(keys.CALLBACKS_DUE, delivery_id) is None
     snapshot = httpx.get(f"{cb.api_url}/tokens/analysis-result/{job_id}").json()
     assert snapshot["callback"]["status"] == "failed"
@@ -174,6 +175,7 @@ def test_job_end_when_receiver_never_up_then_dead_letter_counted_and_replay_deli
     assert request.headers["webhook-id"] == delivery_id
     assert _verified(request)["status"] == "failed"
     assert cb.redis.zscore(keys.CALLBACKS_DEAD, delivery_id) is None
+    assert cb.redis.ttl(keys.job(job_id)) > 0  # delivered: its retention is back
 
 
 def test_callbacks_worker_when_killed_mid_attempt_then_delivered_after_restart_same_id(

@@ -11,7 +11,9 @@ never send the same attempt and a step is never half-done:
   again once the lease runs out, with the same id (the receiver deduplicates by it).
 * `delivered` / `failed` record an attempt's outcome; `failed` either schedules the next
   attempt or, past CALLBACK_GIVE_UP_SECONDS, moves the delivery to `keys.CALLBACKS_DEAD` and
-  takes its expiry away (a dead letter is kept until an operator replays it).
+  takes its expiry away (a dead letter is kept until an operator replays it), and the job's
+  record's too, if it still exists: a dead-lettered job keeps its record until its replayed
+  delivery goes through (which gives the record its JOB_TTL_SECONDS back) or it is deleted.
 * `replay` puts dead letters back as due, attempts reset.
 
 Each outcome also sets the job's snapshot `callback` field when the job's record still exists
@@ -56,13 +58,20 @@ local function job_state(job, id, status, attempts)
 end
 """
 
-# KEYS: due, record, job, metrics. ARGV: id, attempts counted at claim.
+# KEYS: due, record, job, metrics, job's events. ARGV: id, attempts counted at claim, the job's
+# retention (JOB_TTL_SECONDS).
 _DELIVERED = (
     _JOB_STATE
     + """
 redis.call('ZREM', KEYS[1], ARGV[1])
 if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
 if redis.call('HGET', KEYS[2], 'attempts') ~= ARGV[2] then return 0 end
+-- A replayed dead letter is delivered at last: its job's record, kept without expiry since the
+-- dead letter, gets its retention back.
+if redis.call('TTL', KEYS[3]) == -1 then
+  redis.call('EXPIRE', KEYS[3], ARGV[3])
+  redis.call('EXPIRE', KEYS[5], ARGV[3])
+end
 local attempts = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 local t = redis.call('TIME')
 redis.call('HSET', KEYS[2], 'status', 'delivered', 'delivered_at', t[1] .. '.' .. t[2],
@@ -73,8 +82,8 @@ return attempts
 """
 )
 
-# KEYS: due, record, job, metrics, dead, job's deliveries. ARGV: id, attempts counted at claim,
-# error, next due time or 'dead'.
+# KEYS: due, record, job, metrics, dead, job's deliveries, job's events. ARGV: id, attempts
+# counted at claim, error, next due time or 'dead'.
 _FAILED = (
     _JOB_STATE
     + """
@@ -93,6 +102,10 @@ if ARGV[4] == 'dead' then
   redis.call('HSET', KEYS[2], 'status', 'dead', 'dead_at', t[1])
   redis.call('PERSIST', KEYS[2])
   redis.call('PERSIST', KEYS[6])
+  -- A dead-lettered job keeps its record (and events) until it is replayed and delivered, or
+  -- deleted: what the receiver never heard of stays readable.
+  redis.call('PERSIST', KEYS[3])
+  redis.call('PERSIST', KEYS[7])
   redis.call('HINCRBY', KEYS[4], 'dead_lettered', 1)
   job_state(KEYS[3], ARGV[1], 'failed', attempts)
   return -attempts
@@ -234,8 +247,9 @@ class DeliveryStore:
                     keys.callback(delivery.id),
                     keys.job(delivery.job_id),
                     keys.METRICS_CALLBACKS,
+                    keys.job_events(delivery.job_id),
                 ],
-                args=[delivery.id, delivery.attempts],
+                args=[delivery.id, delivery.attempts, self._settings.job_ttl_seconds],
             )
         )
 
@@ -252,6 +266,7 @@ class DeliveryStore:
                 keys.METRICS_CALLBACKS,
                 keys.CALLBACKS_DEAD,
                 keys.job_callbacks(delivery.job_id),
+                keys.job_events(delivery.job_id),
             ],
             args=[delivery.id, delivery.attempts, error[:500], DEAD if due is None else repr(due)],
         )

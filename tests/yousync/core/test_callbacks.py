@@ -191,6 +191,9 @@ def test_failed_attempt_when_past_give_up_then_dead_letter_kept_and_replay_makes
         "attempts": 1,
     }
     assert redis_client.hget(keys.METRICS_CALLBACKS, "dead_lettered") == "1"
+    # The job keeps its record (and events) while its end was never heard of.
+    assert redis_client.ttl(keys.job(JOB)) == -1
+    assert redis_client.ttl(keys.job_events(JOB)) == -1
 
     assert deliveries.replay([delivery.id, "unknown.1"]) == [delivery.id]
     assert deliveries.dead_letters() == []
@@ -198,6 +201,9 @@ def test_failed_attempt_when_past_give_up_then_dead_letter_kept_and_replay_makes
     assert redis_client.ttl(keys.callback(delivery.id)) > 0
     again, _ = _claimed(deliveries)
     assert again.id == delivery.id and again.attempts == 0
+    deliveries.delivered(again)  # delivered at last: the record's retention comes back
+    assert 0 < redis_client.ttl(keys.job(JOB)) <= settings.job_ttl_seconds
+    assert 0 < redis_client.ttl(keys.job_events(JOB)) <= settings.job_ttl_seconds
 
 
 def test_delivered_when_2xx_then_removed_from_due_and_snapshot_says_delivered(
