@@ -97,7 +97,7 @@ def callback_stack(
             receiver=receiver,
         )
     finally:
-        receiver.stop()
+        receiver.close()
         for proc in reversed(procs):
             proc.kill()
 
@@ -235,7 +235,7 @@ def test_uploads_when_they_name_their_own_target_then_it_gets_each_end_the_opera
         assert [_verified(r)["deduplicated"] for r in own.requests()] == [False, True]
         assert cb.receiver.requests() == []
     finally:
-        own.stop()
+        own.close()
 
 
 def test_job_end_when_written_by_the_worker_then_it_sends_the_drain_itself_without_beat(

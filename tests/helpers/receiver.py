@@ -1,15 +1,17 @@
 """A real HTTP receiver of completion callbacks: a threaded http.server on loopback that records
 every request (headers and body), answers a chosen status, can hold requests open, and can be
-stopped and started again on the same port (a receiver that is down refuses connections)."""
+stopped and started again on the same port (a receiver that is down refuses connections).
+
+While down, its port stays reserved: a socket bound to it that does not listen, so connections
+are refused, yet no other process (a test suite picking free ports) can take it meanwhile."""
 
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-from devtools.stack import free_port
 
 
 class _Server(ThreadingHTTPServer):
@@ -26,7 +28,7 @@ class Received:
 
 @dataclass
 class Receiver:
-    port: int = field(default_factory=free_port)
+    port: int = 0  # 0: a free one, chosen at creation
     # 127.0.0.3: the tests' allowlisted address for uploads' own targets (tests/conftest.py).
     host: str = "127.0.0.1"
     status: int = 200
@@ -37,10 +39,19 @@ class Receiver:
     # is set again.
     release: threading.Event = field(default_factory=threading.Event)
     _server: ThreadingHTTPServer | None = None
+    _reserved: socket.socket | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.release.set()
+        self._reserve()
+
+    def _reserve(self) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        self.port = int(sock.getsockname()[1])
+        self._reserved = sock
 
     @property
     def url(self) -> str:
@@ -84,7 +95,11 @@ class Receiver:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        server = _Server((self.host, self.port), Handler)
+        server = _Server((self.host, self.port), Handler, bind_and_activate=False)
+        server.socket.close()
+        assert self._reserved is not None, "already started"
+        server.socket, self._reserved = self._reserved, None
+        server.server_activate()  # listen on the reserved port
         server.daemon_threads = True
         self._server = server
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -96,3 +111,11 @@ class Receiver:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+            self._reserve()
+
+    def close(self) -> None:
+        """Stop, and give the port back."""
+        self.stop()
+        if self._reserved is not None:
+            self._reserved.close()
+            self._reserved = None

@@ -26,7 +26,7 @@ SECRET = "whsec_" + base64.b64encode(b"drain-test-secret").decode()
 def receiver() -> Iterator[Receiver]:
     receiver = Receiver().start()
     yield receiver
-    receiver.stop()
+    receiver.close()
 
 
 def _settings(redis_url: str, url: str, **overrides: object) -> Settings:
