@@ -151,7 +151,7 @@ def _from_events(events: list[Event]) -> list[_Outgoing]:
     for event in events:
         try:
             outgoing.append(
-                (event.id, event.snapshot().model_dump_json(), event.status.terminal, None)
+                (event.id, event.snapshot().model_dump_json(), event.status.ends_stream, None)
             )
         except _UNREADABLE as exc:
             log.warning("skipped an unreadable event %s: %s", event.id, exc)
