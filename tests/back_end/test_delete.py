@@ -6,6 +6,7 @@ still holds is intact."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,3 +256,35 @@ def test_delete_when_the_job_is_unknown_then_404_json(ds: DeleteStack) -> None:
     assert answer.json()["code"] == "job_not_found"
     bad = delete(ds.api, "not-a-job-id")
     assert bad.status_code == 422 and bad.json()["code"] == "invalid_job_id"
+
+
+def test_delete_when_queued_and_staged_in_s3_then_the_staged_object_goes_and_it_never_runs(
+    s3_staging_api: stack.Proc,
+    pipeline: str,
+    worker_service: stack.Proc,
+    redis_client: redis.Redis,
+    token_id: str,
+    s3_client: Any,
+    s3_bucket: str,
+    spool_dir: Path,
+) -> None:
+    api = f"http://127.0.0.1:{s3_staging_api.name.split(':')[1]}"
+    worker_service.signal_group(signal.SIGSTOP)
+    try:
+        body = upload_accepted(api, token_id, wav_bytes(1.0))
+        job_id = body["job_id"]
+        assert object_keys(s3_client, s3_bucket, f"incoming/{job_id}")
+
+        assert delete(api, job_id).status_code == 204
+
+        assert object_keys(s3_client, s3_bucket, f"incoming/{job_id}") == set()
+    finally:
+        worker_service.signal_group(signal.SIGCONT)
+    wait_until(
+        lambda: task_ended(worker_service, body["task_id"]),
+        timeout=30,
+        what="the worker done with the task (revoked, or run and found no record)",
+    )
+    assert not s3_traces(s3_client, s3_bucket, token_id, job_id)
+    assert not list(spool_dir.glob(f"{job_id}*"))
+    assert redis_traces(redis_client, job_id) == []

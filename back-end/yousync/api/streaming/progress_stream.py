@@ -204,6 +204,10 @@ async def feed_events(
                 return
             if item is RESYNC:
                 pending = _from_events(await reads.after(feed.stream_key, last))
+                if not pending and feed.job_id and not await reads.tail(feed.stream_key):
+                    # The job's Stream is gone (deleted, or expired) while notifications were
+                    # not heard: its `deleted` event was missed, and nothing more will come.
+                    return
             else:
                 assert isinstance(item, Notification)
                 pending = _from_note(feed, item)
