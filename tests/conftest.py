@@ -126,6 +126,10 @@ def stack_env(
         "TASK_TIME_LIMIT": "10",
         "TASK_SOFT_TIME_LIMIT": "9",
         "S3_MULTIPART_THRESHOLD_MB": "5",
+        # Callback receivers of the tests listen on 127.0.0.3: allowlisted as an address, so
+        # 127.0.0.1 stays internal and refused; `localhost` is an allowlisted name that
+        # resolves to loopback, refused for it (core/callback_target.py).
+        "CALLBACK_ALLOWED_HOSTS": "localhost,127.0.0.3",
     }
 
 

@@ -23,3 +23,12 @@ def multipart(
             + b"\r\n"
         )
     return body + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def with_text_fields(body: bytes, **fields: str) -> bytes:
+    """`body` (from `multipart`, default boundary) with text fields before its file part."""
+    text = b"".join(
+        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+        for name, value in fields.items()
+    )
+    return text + body

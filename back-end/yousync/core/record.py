@@ -9,6 +9,7 @@ Markers and who writes them:
     task_id, sha256, size_bytes, source_format,   the API, when it accepts an upload
     filename, deduplicated_from                   (deduplicated_from: identical-upload answer)
     spool_path, spool_host | staged_key           the API: where the upload waits (spool | S3)
+    callback_url                                  the API: the upload's own callback target
     task_id, deliveries (reset)                   the API, when a job is retried
     worker_pid, deliveries                        the worker, at each delivery of the task
     prepared_{path,extension,content_type,size},  the worker, after preparing the audio
@@ -37,6 +38,7 @@ MARKER_FIELDS: tuple[str, ...] = (
     "sha256",
     "size_bytes",
     "deduplicated_from",
+    "callback_url",
     "deliveries",
     "worker_pid",
     *PREPARED_FIELDS,
@@ -85,6 +87,8 @@ class JobRecord:
     sha256: str | None = None
     size_bytes: int = 0
     deduplicated_from: str | None = None
+    # The upload's own callback target (checked at upload); None: CALLBACK_URL, if set.
+    callback_url: str | None = None
     # Deliveries of the task that started and have not ended (the poison-pill count).
     deliveries: int = 0
     worker_pid: int | None = None
@@ -130,6 +134,7 @@ class JobRecord:
             sha256=text("sha256"),
             size_bytes=number("size_bytes") or 0,
             deduplicated_from=text("deduplicated_from"),
+            callback_url=text("callback_url"),
             deliveries=number("deliveries") or 0,
             worker_pid=number("worker_pid"),
             prepared=PreparedFile.from_fields(fields),

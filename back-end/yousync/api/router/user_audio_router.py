@@ -52,7 +52,14 @@ _MULTIPART_BODY = {
                 "schema": {
                     "type": "object",
                     "required": ["file"],
-                    "properties": {"file": {"type": "string", "format": "binary"}},
+                    "properties": {
+                        "file": {"type": "string", "format": "binary"},
+                        "callback_url": {
+                            "type": "string",
+                            "description": "This job's own callback target (allowlisted "
+                            "hosts only); CALLBACK_URL otherwise",
+                        },
+                    },
                 }
             }
         },
@@ -86,10 +93,19 @@ async def upload_audio(
     idempotency_key: Annotated[
         str | None, Header(description="Same key within 24 h: the same job, not a new one")
     ] = None,
+    callback_url: Annotated[
+        str | None,
+        Header(
+            alias="Callback-URL",
+            description="This job's own callback target (as the `callback_url` form field)",
+        ),
+    ] = None,
 ) -> JSONResponse:
     client = request.headers.get("authorization") or (request.client.host if request.client else "")
     with slots.hold(client):
-        return await _upload(token_id, request, settings, jobs, staging, enqueue, idempotency_key)
+        return await _upload(
+            token_id, request, settings, jobs, staging, enqueue, idempotency_key, callback_url
+        )
 
 
 async def _upload(
@@ -100,6 +116,7 @@ async def _upload(
     staging: UploadStaging,
     enqueue: Enqueue,
     idempotency_key: str | None,
+    callback_url: str | None,
 ) -> JSONResponse:
     accepted = await submit_upload(
         token_id=token_id,
@@ -107,6 +124,7 @@ async def _upload(
         content_type=request.headers.get("content-type"),
         content_length=request.headers.get("content-length"),
         idempotency_key=idempotency_key,
+        callback_header=callback_url,
         settings=settings,
         store=jobs,
         staging=staging,

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -64,13 +65,20 @@ class UploadRejected(Exception):
 
 @dataclass(frozen=True)
 class ReceivedUpload:
-    """A whole, valid, committed upload; `sink` says where it is (and removes it)."""
+    """A whole, valid, committed upload; `sink` says where it is (and removes it). `fields`:
+    the text fields asked for (`receive_upload(fields=...)`) that the form carried."""
 
     sink: UploadSink
     size: int
     sha256: str
     audio_format: str
     filename: str
+    fields: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+# Checks the text fields before the upload is committed: raising refuses the upload, and
+# nothing of it stays (the sink is discarded).
+FieldCheck = Callable[[Mapping[str, str]], Awaitable[None]]
 
 
 def too_large(max_bytes: int) -> UploadRejected:
@@ -154,7 +162,9 @@ class _FilePart:
             await asyncio.shield(self._in_flight)
             self._in_flight = None
 
-    async def finish(self) -> ReceivedUpload:
+    async def finish(
+        self, fields: Mapping[str, str], check: FieldCheck | None = None
+    ) -> ReceivedUpload:
         if self.size == 0:
             raise UploadRejected(422, "empty_file", "The file is empty")
         if self.audio_format is None:
@@ -166,6 +176,8 @@ class _FilePart:
                 raise UploadRejected(422, problem, f"The WAV file is not playable ({problem})")
         await self.flush(force=True)
         self._refuse_declared_too_long()
+        if check is not None:
+            await check(fields)
         await anyio.to_thread.run_sync(self.sink.commit)
         return ReceivedUpload(
             sink=self.sink,
@@ -173,6 +185,7 @@ class _FilePart:
             sha256=self.hasher.hexdigest(),
             audio_format=self.audio_format,
             filename=self.filename,
+            fields=dict(fields),
         )
 
     def _refuse_declared_too_long(self) -> None:
@@ -233,10 +246,20 @@ def _boundary(content_type: str | None) -> bytes:
 class _PartCollector:
     """Callbacks for python-multipart: routes part data to the file part, bounds the rest."""
 
-    def __init__(self, sink: UploadSink, max_bytes: int, max_seconds: float | None) -> None:
+    def __init__(
+        self,
+        sink: UploadSink,
+        max_bytes: int,
+        max_seconds: float | None,
+        wanted: Sequence[str] = (),
+    ) -> None:
         self.sink = sink
         self.max_bytes = max_bytes
         self.max_seconds = max_seconds
+        self.wanted = frozenset(wanted)
+        self.fields: dict[str, str] = {}
+        self._field: str | None = None
+        self._field_value = bytearray()
         self.file: _FilePart | None = None
         self.ended = False
         self._current: _FilePart | None = None
@@ -253,12 +276,28 @@ class _PartCollector:
             "on_header_end": self._header_end,
             "on_headers_finished": self._headers_finished,
             "on_part_data": self._part_data,
+            "on_part_end": self._part_end,
             "on_end": self._end,
         }
 
     def _part_begin(self) -> None:
         self._headers = {}
         self._current = None
+        self._field = None
+        self._field_value.clear()
+
+    def _part_end(self) -> None:
+        if self._field is None:
+            return
+        try:
+            value = self._field_value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UploadRejected(
+                422, "invalid_field", f"The `{self._field}` field is not UTF-8"
+            ) from None
+        if self._field in self.fields:
+            raise UploadRejected(422, "invalid_field", f"Send the `{self._field}` field once")
+        self.fields[self._field] = value
 
     def _header_end(self) -> None:
         self._headers[bytes(self._header_field).lower()] = bytes(self._header_value)
@@ -275,6 +314,8 @@ class _PartCollector:
                 raise UploadRejected(
                     422, "missing_file", f"Send the audio in the `file` field, not `{field_name}`"
                 )
+            wanted = name.decode("utf-8", errors="replace")
+            self._field = wanted if wanted in self.wanted else None
             return
         if self.file is not None:
             raise UploadRejected(422, "multiple_files", "Send exactly one `file` field")
@@ -290,6 +331,8 @@ class _PartCollector:
             raise UploadRejected(
                 413, "field_too_large", "Form fields other than `file` are too large"
             )
+        if self._field is not None:
+            self._field_value.extend(data[start:end])
 
     def _end(self) -> None:
         self.ended = True
@@ -303,10 +346,14 @@ async def receive_upload(
     sink: UploadSink,
     max_bytes: int,
     max_seconds: float | None = None,
+    fields: Sequence[str] = (),
+    check: FieldCheck | None = None,
 ) -> ReceivedUpload:
     """Stream the request body into `sink`; raises `UploadRejected` on any client error
     (a header stating more than `max_seconds` of audio included), and what the sink raises
-    (S3 staging unavailable: `TransientError`)."""
+    (S3 staging unavailable: `TransientError`). The text fields named in `fields` are kept
+    (other text fields are only counted against the size bound) and given to `check` before
+    the upload is committed, wherever in the form they came."""
     boundary = _boundary(content_type)
     if content_length is not None:
         try:
@@ -315,7 +362,7 @@ async def receive_upload(
             raise UploadRejected(400, "invalid_content_length", "Bad Content-Length") from None
         if declared > max_bytes + MULTIPART_OVERHEAD:
             raise too_large(max_bytes)
-    collector = _PartCollector(sink, max_bytes, max_seconds)
+    collector = _PartCollector(sink, max_bytes, max_seconds, fields)
     parser = MultipartParser(boundary, collector.callbacks())  # type: ignore[arg-type]
     try:
         async for chunk in chunks:
@@ -333,7 +380,7 @@ async def receive_upload(
             raise UploadRejected(422, "invalid_multipart", "The multipart body ended early")
         if collector.file is None:
             raise UploadRejected(422, "missing_file", "The form has no `file` field")
-        return await collector.file.finish()
+        return await collector.file.finish(collector.fields, check)
     except BaseException:
         if collector.file is not None:
             await collector.file.discard()

@@ -9,10 +9,11 @@ was enqueued.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 import anyio
@@ -20,6 +21,12 @@ from redis.exceptions import RedisError
 
 from yousync.api.uploads.receive import ReceivedUpload, UploadRejected, receive_upload
 from yousync.api.uploads.staging import UploadStaging
+from yousync.core.callback_target import (
+    REFUSED_CODE,
+    CallbackTargetRefused,
+    check_requested,
+    resolve_for_send,
+)
 from yousync.core.config import Settings
 from yousync.core.errors import TransientError
 from yousync.core.jobs import AsyncJobStore
@@ -55,6 +62,56 @@ class Accepted:
 
 
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,128}$")
+# The form field naming the upload's own callback target (also the `Callback-URL` header).
+CALLBACK_FIELD = "callback_url"
+# A callback host's name must resolve within this long at upload.
+CALLBACK_RESOLVE_SECONDS = 5.0
+
+
+async def checked_callback_url(url: str, settings: Settings) -> str:
+    """An upload's own callback target, refused with 422 `callback_url_not_allowed` unless its
+    host is allowlisted and resolves only to addresses we may send to (core/callback_target.py).
+    The resolution runs in a thread (DNS blocks), bounded, so a slow resolver cannot hold the
+    request."""
+    try:
+        checked = check_requested(url, settings)
+        with anyio.fail_after(CALLBACK_RESOLVE_SECONDS):
+            await anyio.to_thread.run_sync(
+                functools.partial(resolve_for_send, checked, settings, operator_set=False),
+                abandon_on_cancel=True,
+            )
+    except CallbackTargetRefused as exc:
+        raise UploadRejected(422, REFUSED_CODE, str(exc)) from None
+    except TimeoutError:
+        raise UploadRejected(422, REFUSED_CODE, "callback_url's host did not resolve") from None
+    return checked
+
+
+class _CallbackChoice:
+    """The upload's callback target, from the header (checked before the body is read) or the
+    form field (checked before the upload is committed, wherever the field came)."""
+
+    def __init__(self, header: str | None, settings: Settings) -> None:
+        self.header = header or None
+        self.settings = settings
+        self.url: str | None = None
+
+    async def check_header(self) -> None:
+        if self.header is not None:
+            self.url = await checked_callback_url(self.header, self.settings)
+
+    async def check_fields(self, fields: Mapping[str, str]) -> None:
+        field = fields.get(CALLBACK_FIELD) or None
+        if field is None:
+            return
+        if self.header is not None and field != self.header:
+            raise UploadRejected(
+                422, REFUSED_CODE, "Callback-URL header and callback_url field differ"
+            )
+        self.url = await checked_callback_url(field, self.settings)
+
+    def markers(self) -> dict[str, str]:
+        return {CALLBACK_FIELD: self.url} if self.url else {}
 
 
 def _accepted_from(job: JobRecord, *, replayed: bool = False) -> Accepted:
@@ -75,17 +132,22 @@ async def submit_upload(
     content_type: str | None,
     content_length: str | None,
     idempotency_key: str | None = None,
+    callback_header: str | None = None,
     settings: Settings,
     store: AsyncJobStore,
     staging: UploadStaging,
     enqueue: Enqueue,
 ) -> Accepted:
+    """`callback_header`: the `Callback-URL` header, if any (the form's `callback_url` field
+    says the same; at most one value)."""
     job_id = str(uuid.uuid4())
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+        raise UploadRejected(
+            422, "invalid_idempotency_key", "Idempotency-Key: 1–128 visible ASCII characters"
+        )
+    callback = _CallbackChoice(callback_header, settings)
+    await callback.check_header()
     if idempotency_key is not None:
-        if not _IDEMPOTENCY_KEY.match(idempotency_key):
-            raise UploadRejected(
-                422, "invalid_idempotency_key", "Idempotency-Key: 1–128 visible ASCII characters"
-            )
         earlier = await _claim(store, token_id, idempotency_key, job_id)
         if earlier is not None:
             return earlier
@@ -96,6 +158,7 @@ async def submit_upload(
             chunks=chunks,
             content_type=content_type,
             content_length=content_length,
+            callback=callback,
             settings=settings,
             store=store,
             staging=staging,
@@ -139,6 +202,7 @@ async def _submit(
     chunks: AsyncIterator[bytes],
     content_type: str | None,
     content_length: str | None,
+    callback: _CallbackChoice,
     settings: Settings,
     store: AsyncJobStore,
     staging: UploadStaging,
@@ -154,6 +218,8 @@ async def _submit(
             sink=sink,
             max_bytes=settings.max_upload_bytes,
             max_seconds=settings.max_audio_duration_seconds,
+            fields=(CALLBACK_FIELD,),
+            check=callback.check_fields,
         )
     except TransientError as exc:
         log.warning("job %s: staging the upload failed: %s", job_id, exc.message)
@@ -165,7 +231,7 @@ async def _submit(
         # The new job joins the earlier one's holders of the stored object first (DELETE
         # keeps an object a live job holds); an earlier job being deleted is no answer.
         if earlier is not None and await store.add_dedup(earlier.job_id, job_id):
-            # The same recording was analysed for this token within the TTL: answer with its
+            # The same recording was analysed for this token within the window: answer with its
             # result at once, as a new job that is already completed.
             await store.create(
                 job_id,
@@ -180,6 +246,7 @@ async def _submit(
                 sha256=upload.sha256,
                 size_bytes=upload.size,
                 deduplicated_from=earlier.job_id,
+                **callback.markers(),
             )
             await _remove(upload)
             metrics.upload_accepted(upload.size)
@@ -199,6 +266,7 @@ async def _submit(
             size_bytes=upload.size,
             source_format=upload.audio_format,
             filename=upload.filename,
+            **callback.markers(),
         )
     except RedisError as exc:
         await _remove(upload)

@@ -15,7 +15,7 @@ import pytest
 import redis
 
 from tests.helpers.audio import wav_bytes
-from tests.helpers.multipart import multipart
+from tests.helpers.multipart import multipart, with_text_fields
 
 WAV = wav_bytes(1.0)
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 200
@@ -65,6 +65,30 @@ BIG_BODY, BIG_TYPE = multipart(("file", "big.wav", WAV[:44] + b"\x00" * (LIMIT +
 def chunks(data: bytes, size: int = 256 * 1024):  # type: ignore[no-untyped-def]
     for start in range(0, len(data), size):
         yield data[start : start + size]
+
+
+def callback_field(url: str) -> Case:
+    """A good file whose form names `url` as its callback target (field before the file)."""
+    body, content_type = multipart(("file", "a.wav", WAV))
+    return raw(
+        with_text_fields(body, callback_url=url), content_type, 422, "callback_url_not_allowed"
+    )
+
+
+def callback_header(url: str) -> Case:
+    case = Case(422, "callback_url_not_allowed", files=[("file", ("a.wav", WAV, "audio/wav"))])
+    case.headers["Callback-URL"] = url
+    return case
+
+
+def callback_after_file(url: str) -> Case:
+    """The field after the file: refused once read, and the staged file removed."""
+    body, content_type = multipart(("file", "a.wav", WAV))
+    end = body.rindex(b"--XyZb0und--")
+    text = f'--XyZb0und\r\nContent-Disposition: form-data; name="callback_url"\r\n\r\n{url}\r\n'
+    return raw(
+        body[:end] + text.encode() + body[end:], content_type, 422, "callback_url_not_allowed"
+    )
 
 
 truncated_wav = WAV[:2000]
@@ -144,6 +168,21 @@ CASES: dict[str, Callable[[], Case]] = {
     ),
     "progress of malformed job id": lambda: Case(
         422, "invalid_job_id", "GET", "/tokens/analysis-progress/not-a-job"
+    ),
+    "callback to a host off the allowlist": lambda: callback_field("https://evil.example.org/h"),
+    "callback to 127.0.0.1": lambda: callback_field("http://127.0.0.1:8000/internal"),
+    "callback to the metadata address": lambda: callback_header("http://169.254.169.254/latest"),
+    "callback to an allowlisted name resolving to loopback": lambda: callback_header(
+        "http://localhost:9/h"
+    ),
+    "callback not http": lambda: callback_header("file:///etc/passwd"),
+    "callback with credentials": lambda: callback_field("http://u:p@127.0.0.3/h"),
+    "callback field after the file": lambda: callback_after_file("http://10.0.0.1/h"),
+    "callback header and field differ": lambda: Case(
+        422,
+        "callback_url_not_allowed",
+        content=with_text_fields(cut_body, callback_url="http://127.0.0.3:9/a"),
+        headers={"Content-Type": cut_type, "Callback-URL": "http://127.0.0.3:9/b"},
     ),
 }
 

@@ -71,3 +71,32 @@ def test_upload_when_idempotency_key_invalid_then_422_and_key_free_after_a_rejec
     rejected = post(api_url, token_id, b"not audio at all", **{"Idempotency-Key": "k-3"})
     assert rejected.status_code == 415
     assert redis_client.keys("yousync:idem:*") == [], "a failed request releases its key"
+
+
+def test_upload_when_an_allowlisted_callback_url_is_given_then_the_job_records_it(
+    api_url: str, token_id: str, redis_client: redis.Redis
+) -> None:
+    """By form field or by header; the receiver's address is allowlisted (conftest)."""
+    by_field = httpx.post(
+        f"{api_url}/tokens/{token_id}/upload-audio",
+        files={"file": ("a.wav", wav_bytes(1.0, freq=440.0), "audio/wav")},
+        data={"callback_url": "http://127.0.0.3:9001/hooks?src=field"},
+        timeout=30,
+    )
+    by_header = post(
+        api_url,
+        token_id,
+        wav_bytes(1.0, freq=441.0),
+        **{"Callback-URL": "http://127.0.0.3:9001/hooks?src=header"},
+    )
+    assert by_field.status_code == by_header.status_code == 202, (by_field.text, by_header.text)
+    stored = [
+        redis_client.hget(f"yousync:job:{response.json()['job_id']}", "callback_url")
+        for response in (by_field, by_header)
+    ]
+    assert stored == [
+        "http://127.0.0.3:9001/hooks?src=field",
+        "http://127.0.0.3:9001/hooks?src=header",
+    ]
+    plain = post(api_url, token_id, wav_bytes(1.0, freq=442.0)).json()
+    assert redis_client.hget(f"yousync:job:{plain['job_id']}", "callback_url") is None
