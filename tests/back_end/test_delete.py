@@ -174,6 +174,8 @@ def completed_job(ds: DeleteStack, token_id: str, content: bytes) -> dict[str, A
     body = upload_accepted(ds.api, token_id, content)
     final = httpx.get(f"{ds.api}{body['result_url']}?wait=60", timeout=70).json()
     assert final["status"] == "completed", final
+    # Its delivery ends after the completing write (the delivery count, the upload's removal).
+    wait_until(lambda: task_ended(ds.worker, body["task_id"]), timeout=30, what="task ended")
     return body
 
 

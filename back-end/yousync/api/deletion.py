@@ -29,9 +29,9 @@ from pathlib import Path
 import anyio
 
 from yousync.api.control import Revoke
+from yousync.api.errors import ApiError
 from yousync.api.streaming.progress_stream import JobNotFound
 from yousync.api.uploads.staging import UploadStaging
-from yousync.api.uploads.submission import ServiceUnavailable
 from yousync.core.errors import TransientError
 from yousync.core.jobs import AsyncJobStore, Refused
 from yousync.core.record import JobRecord
@@ -71,7 +71,7 @@ async def delete_job(
     *, store: AsyncJobStore, staging: UploadStaging, job_id: str, revoke: Revoke
 ) -> None:
     """Delete the job and everything of it; JobNotFound (404) when there is no such job (or
-    another DELETE removed it first), ServiceUnavailable (503) when S3 is unavailable."""
+    another DELETE removed it first), ApiError 503 `storage_unavailable` when S3 is unavailable."""
     job = await store.get(job_id)
     if job is None:
         raise JobNotFound(job_id)
@@ -84,8 +84,12 @@ async def delete_job(
     try:
         await anyio.to_thread.run_sync(_remove_files, staging, spool_dir, job_id, prefixes)
     except TransientError as exc:
-        raise ServiceUnavailable(
-            "storage_unavailable", "Object storage is unavailable; repeat the request"
+        # Not the upload path's ServiceUnavailable: that one counts as a rejected upload.
+        raise ApiError(
+            503,
+            "storage_unavailable",
+            "Object storage is unavailable; the job is kept: repeat the request",
+            {"Retry-After": "5"},
         ) from exc
     try:
         await store.remove(job)
