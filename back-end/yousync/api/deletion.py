@@ -3,8 +3,8 @@
 Order, and why: S3 first, Redis last. The record is what tells us (and a user repeating the
 request) what there is to delete, so it goes only once the objects are gone: S3 unavailable
 answers 503 `storage_unavailable` and leaves the record in place for the repeat. The one thing
-the failed attempt leaves in Redis is the hash's `deleting` marker (the claim), which stops new
-uploads from deduplicating onto an object that is about to go.
+the failed attempt leaves in Redis is the hash's `deleting` marker (the claim): no new upload
+deduplicates onto an object that is about to go, and no writer may change the job any more.
 
 What belongs to the job: its prepared audio `audio/<token>/<job>.<ext>` and any unfinished
 multipart upload of it, its staged input `incoming/<job>`, its spool files on this host, and in
@@ -14,8 +14,10 @@ root's) object: the root's dedups set names them, and the claim counts those sti
 object goes with the last live job holding it — the root keeps it while a deduplicated job
 lives, and deleting that job deletes the object once the root is gone.
 
-A running job: the record's removal makes every further write of its worker `Refused`
-('missing'); the worker then deletes what it stored meanwhile (worker/pipeline.py). The task
+A running job: from the claim on, every write of its worker is `Refused` ('missing', as if the
+record were gone; job_write.lua); the worker then deletes what it stored meanwhile
+(worker/pipeline.py), and no `failed` of a worker whose input vanished under it can end the
+job's streams before the `deleted` event. The task
 is revoked so a queued one never starts. Files a worker host spooled elsewhere go with the
 worker's clean-up or the spool sweep (their record is gone).
 """
@@ -99,8 +101,7 @@ async def delete_job(
         return
     if job.task_id:
         await anyio.to_thread.run_sync(revoke, job.task_id, abandon_on_cancel=True)
-    # A running worker may have stored a part or an object between the first pass and the
-    # record's removal; its next write is refused and it cleans up itself, this catches the
-    # object of a worker that has no write left to make.
+    # A worker that stored a part or an object while the first pass ran is stopped by its next
+    # write and cleans up itself; this pass catches what it left if it was killed meanwhile.
     with contextlib.suppress(TransientError):
         await anyio.to_thread.run_sync(_remove_files, staging, spool_dir, job_id, prefixes)

@@ -11,6 +11,10 @@ local SNAP = cjson.decode(ARGV[6])
 local exists = redis.call('EXISTS', hash) == 1
 if mode == 'create' and exists then return {0, 'exists'} end
 if mode ~= 'create' and not exists then return {0, 'missing'} end
+-- DELETE claimed the job (job_delete.lua): to every writer it is gone already, so a running
+-- worker stops and cleans up now, and no `failed` (input deleted under it) ends its streams
+-- before the `deleted` event does.
+if mode ~= 'create' and redis.call('HGET', hash, 'deleting') == '1' then return {0, 'missing'} end
 local cur_status = redis.call('HGET', hash, 'status')
 if mode == 'reopen' then
   if cur_status ~= 'failed' and cur_status ~= 'cancelled' then return {0, 'not_reopenable'} end

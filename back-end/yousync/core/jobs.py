@@ -66,9 +66,12 @@ if redis.call('TTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS
 return 1
 """
 
-# Internal markers live in the same hash but never reach an event.
+# Internal markers live in the same hash but never reach an event. A job being deleted takes
+# none (as the job-state script refuses it any write).
 _SET_MARKERS_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'deleting') == '1' then
+  return 0
+end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """

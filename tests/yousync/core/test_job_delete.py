@@ -162,3 +162,20 @@ def test_add_dedup_when_root_not_completed_then_refused(
     assert not run(lambda s: s.add_dedup("root", "dup"))
     assert not run(lambda s: s.add_dedup("gone", "dup"))
     assert not redis_client.exists(keys.job_dedups("root"), keys.job_dedups("gone"))
+
+
+def test_claim_when_made_then_every_write_and_marker_is_refused_as_missing(
+    run: Callable[..., Any], sync: JobStore, redis_client: redis.Redis
+) -> None:
+    run(lambda s: s.create("job-a", TOKEN))
+    sync.update("job-a", TOKEN, status="processing", progress=20, stage="uploading")
+    job = record(run, "job-a")
+    run(lambda s: s.claim_delete(job))
+    events = redis_client.xlen(keys.job_events("job-a"))
+
+    with pytest.raises(Refused) as refused:
+        sync.update("job-a", TOKEN, status="failed", error={"code": "x", "message": "x"})
+    assert refused.value.reason == "missing"
+    assert not sync.set_markers("job-a", s3_key="audio/tok/job-a.flac")
+    assert redis_client.xlen(keys.job_events("job-a")) == events
+    assert redis_client.hget(keys.job("job-a"), "status") == "processing"
