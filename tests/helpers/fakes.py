@@ -82,6 +82,17 @@ class FakeObjectStore:
             return 1
         return 0
 
+    def delete_under(self, prefix: str) -> list[str]:
+        self.calls.append(("delete_under", prefix))
+        touched = sorted(
+            key for key in {*self.objects, *self.staged, *self.multipart} if key.startswith(prefix)
+        )
+        for key in touched:
+            self.objects.pop(key, None)
+            self.staged.pop(key, None)
+            self.multipart.discard(key)
+        return touched
+
     def operations(self) -> list[str]:
         """The calls' names, in order (`size_of` left out: a lookup changes nothing)."""
         return [name for name, _ in self.calls if name != "size_of"]

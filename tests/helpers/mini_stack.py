@@ -26,6 +26,7 @@ def mini_stacks(stack_env: dict[str, str], workdir: Path) -> Iterator[Callable[.
     """A factory of mini stacks (`make(**overrides)`, the worker's concurrency and extra
     options too); every one is killed on exit."""
     started: list[stack.Proc] = []
+    clients: list[redis.Redis] = []
 
     def make(
         *,
@@ -48,14 +49,19 @@ def mini_stacks(stack_env: dict[str, str], workdir: Path) -> Iterator[Callable[.
         started.append(worker)
         api = stack.api_proc(env, workdir).start()
         started.append(api)
+        client = redis.Redis.from_url(url, decode_responses=True)
+        clients.append(client)
         return MiniStack(
             api_url=f"http://127.0.0.1:{api.name.split(':')[1]}",
-            redis=redis.Redis.from_url(url, decode_responses=True),
+            redis=client,
             procs=[own_redis, worker, api],
         )
 
     try:
         yield make
     finally:
+        for client in clients:
+            client.close()
+            client.connection_pool.disconnect()
         for proc in reversed(started):
             proc.kill()

@@ -178,7 +178,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             prod, persists nothing; the error says which."""
             policy = await redis_policy.read_policy_async(client)
             found = redis_policy.problems(
-                policy, where="REDIS_URL", environment=settings.environment
+                policy,
+                where="REDIS_URL",
+                environment=settings.environment,
+                retention_seconds=settings.job_ttl_seconds,
             )
             warnings = [problem.message for problem in found if problem.level >= logging.WARNING]
             if warnings:

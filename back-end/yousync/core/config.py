@@ -180,8 +180,6 @@ class Settings(BaseSettings):
     beat_lock_ttl_seconds: float = Field(30.0, ge=1)
     # A spool file with no job record is an upload still arriving until it is this old.
     spool_orphan_grace_seconds: float = 600.0
-    # A failed/cancelled job keeps its spool file this long after it ended, for a retry.
-    spool_retention_seconds: float = 3600.0
     # A `queued` job untouched this long is stuck (its message was lost); `processing` jobs use
     # the hard time limit plus the longest retry backoff.
     stuck_queued_seconds: float = 3600.0

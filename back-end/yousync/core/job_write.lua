@@ -12,6 +12,10 @@ local CALLBACK = cjson.decode(ARGV[7])
 local exists = redis.call('EXISTS', hash) == 1
 if mode == 'create' and exists then return {0, 'exists'} end
 if mode ~= 'create' and not exists then return {0, 'missing'} end
+-- DELETE claimed the job (job_delete.lua): to every writer it is gone already, so a running
+-- worker stops and cleans up now, and no `failed` (input deleted under it) ends its streams
+-- before the `deleted` event does.
+if mode ~= 'create' and redis.call('HGET', hash, 'deleting') == '1' then return {0, 'missing'} end
 local cur_status = redis.call('HGET', hash, 'status')
 if mode == 'reopen' then
   if cur_status ~= 'failed' and cur_status ~= 'cancelled' then return {0, 'not_reopenable'} end
@@ -80,6 +84,15 @@ local ttl = TERMINAL[new_status] and terminal_ttl or active_ttl
 redis.call('EXPIRE', hash, ttl)
 redis.call('EXPIRE', stream, ttl)
 redis.call('EXPIRE', token_stream, active_ttl)
+-- Retention: a finished job whose callback was dead-lettered (`callback` status `failed`) keeps
+-- its record without a TTL, so the dead letter can be replayed against it; DELETE removes it.
+if TERMINAL[new_status] and snapshot['callback'] then
+  local ok, callback = pcall(cjson.decode, snapshot['callback'])
+  if ok and type(callback) == 'table' and callback['status'] == 'failed' then
+    redis.call('PERSIST', hash)
+    redis.call('PERSIST', stream)
+  end
+end
 if mode == 'create' then
   redis.call('ZADD', token_jobs, redis.call('TIME')[1], snapshot['job_id'])
   redis.call('EXPIRE', token_jobs, active_ttl)

@@ -44,9 +44,36 @@ _WRITE_SCRIPT = (
     )
 )
 
-# Internal markers live in the same hash but never reach an event.
+_DELETE_SCRIPT = resources.files(__package__).joinpath("job_delete.lua").read_text(encoding="utf-8")
+
+# A dedupe entry lives no longer than the record it points at (which expires RESULT_RETENTION_
+# SECONDS after this same completion): never set for a job deleted meanwhile.
+_REMEMBER_SCRIPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'deleting') == '1' then
+  return 0
+end
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+# A deduplicated job joins the set of jobs sharing the root job's stored object, only while the
+# root is completed and not being deleted (else the upload is analysed as a new job).
+_ADD_DEDUP_SCRIPT = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'completed'
+  or redis.call('HGET', KEYS[1], 'deleting') == '1' then
+  return 0
+end
+redis.call('SADD', KEYS[2], ARGV[1])
+if redis.call('TTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
+return 1
+"""
+
+# Internal markers live in the same hash but never reach an event. A job being deleted takes
+# none (as the job-state script refuses it any write).
 _SET_MARKERS_SCRIPT = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'deleting') == '1' then
+  return 0
+end
 redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
@@ -207,6 +234,7 @@ class JobStore:
         self._settings = settings
         self._write = client.register_script(_WRITE_SCRIPT)
         self._set_markers = client.register_script(_SET_MARKERS_SCRIPT)
+        self._remember = client.register_script(_REMEMBER_SCRIPT)
 
     def get(self, job_id: str) -> JobRecord | None:
         return _record(self._client.hgetall(keys.job(job_id)))
@@ -242,9 +270,31 @@ class JobStore:
         flat = [item for pair in encode_fields(markers).items() for item in pair]
         return bool(self._set_markers(keys=[keys.job(job_id)], args=flat))
 
-    def remember_result(self, token_id: str, sha256: str, job_id: str) -> None:
-        """An identical upload of this token within the TTL gets this job's result at once."""
-        self._client.set(keys.dedupe(token_id, sha256), job_id, ex=self._settings.job_ttl_seconds)
+    def remember_result(self, token_id: str, sha256: str, job_id: str) -> bool:
+        """An identical upload of this token within DEDUPE_WINDOW_SECONDS gets this job's
+        result at once. Called right after the completing write, which set the record's TTL to
+        RESULT_RETENTION_SECONDS: a window longer than that is cut to it, so the entry never
+        outlives the record it points at. False when not remembered (window 0, job deleted)."""
+        window = min(self._settings.dedupe_window_seconds, self._settings.job_ttl_seconds)
+        if window <= 0:
+            return False
+        return bool(
+            self._remember(
+                keys=[keys.job(job_id), keys.dedupe(token_id, sha256)], args=[job_id, window]
+            )
+        )
+
+    def keep_record(self, job_id: str) -> bool:
+        """Drop the TTL of the job's hash and events Stream: the record of a job whose callback
+        was dead-lettered stays until it is replayed or the job is deleted. The job-state
+        script does the same on any terminal write whose `callback` is `failed`; this is for
+        writers that bypass it. False when there is no record."""
+        with self._client.pipeline(transaction=True) as pipe:
+            pipe.persist(keys.job(job_id))
+            pipe.persist(keys.job_events(job_id))
+            pipe.exists(keys.job(job_id))
+            *_, exists = pipe.execute()
+        return bool(exists)
 
     def count_delivery(self, job_id: str, delta: int) -> int:
         """In-flight delivery counter, kept only while the job exists."""
@@ -277,6 +327,8 @@ class AsyncJobStore:
         self._settings = settings
         self._write = client.register_script(_WRITE_SCRIPT)
         self._set_markers = client.register_script(_SET_MARKERS_SCRIPT)
+        self._add_dedup = client.register_script(_ADD_DEDUP_SCRIPT)
+        self._delete = client.register_script(_DELETE_SCRIPT)
 
     async def create(self, job_id: str, token_id: str, **markers: Any) -> str:
         values = _initial_values(job_id, token_id, markers)
@@ -306,6 +358,58 @@ class AsyncJobStore:
             return None
         job = await self.get(job_id.decode() if isinstance(job_id, bytes) else job_id)
         return job if job is not None and job.status == JobStatus.COMPLETED else None
+
+    async def add_dedup(self, root_id: str, job_id: str) -> bool:
+        """Record that `job_id` answers with the stored object of `root_id`; False when the
+        root is no longer completed or is being deleted (then nothing may point at it)."""
+        ttl = self._settings.job_ttl_seconds
+        reply = await self._add_dedup(
+            keys=[keys.job(root_id), keys.job_dedups(root_id)], args=[job_id, ttl]
+        )
+        return bool(reply)
+
+    async def claim_delete(self, job: JobRecord) -> int:
+        """First step of a DELETE: mark the job `deleting` (no upload deduplicates onto it from
+        now on) and count the other live jobs holding its stored object. Raises `Refused`
+        ('missing') when the record is gone."""
+        root = job.deduplicated_from or job.job_id
+        reply = await self._delete(
+            keys=[keys.job(job.job_id), keys.job_dedups(root)],
+            args=["claim", job.job_id, root, keys.job("")],
+        )
+        return int(_checked(job.job_id, reply))
+
+    async def remove(self, job: JobRecord) -> str:
+        """Last step of a DELETE (job_delete.lua): the `deleted` event, then every key of the
+        job. Returns the event id; raises `Refused` ('missing') when already gone."""
+        job_id, token_id = job.job_id, job.token_id
+        root = job.deduplicated_from or job_id
+        key_list = [
+            keys.job(job_id),
+            keys.job_events(job_id),
+            keys.token_jobs(token_id),
+            keys.token_events(token_id),
+            keys.ACTIVE_JOBS,
+            keys.dedupe(token_id, job.sha256) if job.sha256 else keys.job(job_id),
+            keys.job_callbacks(job_id),
+            keys.CALLBACKS_DUE,
+            keys.CALLBACKS_DEAD,
+            keys.job_dedups(job_id),
+            keys.job_dedups(root),
+        ]
+        argv = [
+            "delete",
+            job_id,
+            token_id,
+            now_iso(),
+            keys.EVENTS_CHANNEL,
+            str(self._settings.events_maxlen),
+            str(self._settings.active_job_ttl_seconds),
+            keys.callback(""),
+            keys.job(""),
+            root,
+        ]
+        return _checked(job_id, await self._delete(keys=key_list, args=argv))
 
     async def reopen(self, job_id: str, token_id: str, **values: Any) -> str:
         key_list, argv = _write_args(self._settings, "reopen", job_id, token_id, values)

@@ -46,6 +46,13 @@ def dedupe(token_id: str, sha256: str) -> str:
     return f"{PREFIX}:dedupe:{token_id}:{sha256}"
 
 
+def job_dedups(job_id: str) -> str:
+    """Set: ids of the deduplicated jobs answered with this job's stored object (they share
+    its `s3_key`). DELETE keeps the object while one of them lives; expired members are
+    skipped when read, and the set expires with the newest of them."""
+    return f"{PREFIX}:job:{job_id}:dedups"
+
+
 # Cluster-wide metrics, read by every API's /metrics (observability/metrics.py).
 # Hash: final status -> number of jobs that reached it (HINCRBY in the job-state Lua script).
 METRICS_JOBS_FINISHED = f"{PREFIX}:metrics:jobs_finished"

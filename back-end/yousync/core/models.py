@@ -26,6 +26,12 @@ class JobStatus(StrEnum):
     def terminal(self) -> bool:
         return self in TERMINAL_STATUSES
 
+    @property
+    def ends_stream(self) -> bool:
+        """A job's SSE stream (and a long-poll) ends after this event: a terminal status, or
+        `deleted`, after which there is nothing more to follow."""
+        return self in TERMINAL_STATUSES or self is JobStatus.DELETED
+
 
 # The analysis task's name, as the broker carries it: the API publishes by it and the worker
 # registers under it. Never rename it: messages queued during a deploy carry the old name.

@@ -138,8 +138,18 @@ async def read_policy_async(client: aioredis.Redis) -> RedisPolicy:
         return _from_info(await pipe.execute())
 
 
-def problems(policy: RedisPolicy, *, where: str, environment: str) -> list[Problem]:
-    """What is wrong for job state, with the level it deserves in `environment`."""
+# The seed's retention of a finished job: up to this, losing the newest records to a restart
+# costs what an hour's expiry would have cost anyway.
+DEFAULT_RETENTION_SECONDS = 3600
+
+
+def problems(
+    policy: RedisPolicy, *, where: str, environment: str, retention_seconds: int | None = None
+) -> list[Problem]:
+    """What is wrong for job state, with the level it deserves in `environment`.
+    `retention_seconds` (RESULT_RETENTION_SECONDS, for the job-state Redis): records kept
+    longer than the default are meant to outlive a restart, which RDB snapshots alone do not
+    promise (what was written since the last snapshot is lost)."""
     prod = environment == "prod"
     found: list[Problem] = []
     if policy.evicts:
@@ -166,6 +176,21 @@ def problems(policy: RedisPolicy, *, where: str, environment: str) -> list[Probl
                 "no_persistence",
                 f"Redis at {where} persists nothing (appendonly no, no save points): a "
                 f"restart loses every job and queued task; set appendonly yes ({CONF_HINT})",
+                level,
+                fatal=False,
+            )
+        )
+    elif (
+        policy.aof is False
+        and retention_seconds is not None
+        and retention_seconds > DEFAULT_RETENTION_SECONDS
+    ):
+        found.append(
+            Problem(
+                "retention_needs_aof",
+                f"Redis at {where} persists by RDB snapshots only (appendonly no), but results "
+                f"are kept {retention_seconds} s (RESULT_RETENTION_SECONDS): a restart loses "
+                f"every job since the last snapshot; set appendonly yes ({CONF_HINT})",
                 level,
                 fatal=False,
             )
@@ -240,6 +265,9 @@ def check(settings: Settings, log: logging.Logger) -> list[Problem]:
             continue
         finally:
             client.close()
-        found += problems(policy, where=where, environment=settings.environment)
+        retention = settings.job_ttl_seconds if url == settings.redis_url else None
+        found += problems(
+            policy, where=where, environment=settings.environment, retention_seconds=retention
+        )
     report(found, log)
     return found

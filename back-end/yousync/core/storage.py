@@ -103,7 +103,7 @@ def s3_client_kwargs(settings: Settings) -> dict[str, object]:
 
 class ObjectStore(Protocol):
     """What the worker's pipeline needs of an object store (`Storage` is S3's). A stand-in
-    (tests, benchmarks) implements these six."""
+    (tests, benchmarks) implements these seven."""
 
     def url(self, key: str) -> str:
         """The object's address as the job reports it (`s3_url`)."""
@@ -129,6 +129,11 @@ class ObjectStore(Protocol):
 
     def abort_multipart_uploads(self, key: str) -> int:
         """Abort unfinished uploads of `key` (leftovers of a cut-off upload); returns how many."""
+        ...
+
+    def delete_under(self, prefix: str) -> list[str]:
+        """Delete the objects and unfinished multipart uploads of keys under `prefix` (what a
+        deleted job wrote); returns the keys touched."""
         ...
 
 
@@ -357,6 +362,22 @@ class Storage:
         for page in pages:
             for upload in page.get("Uploads", []):
                 yield MultipartUpload(upload["Key"], upload["UploadId"], upload["Initiated"])
+
+    def delete_under(self, prefix: str) -> list[str]:
+        """Delete every object under `prefix` and abort every unfinished multipart upload of a
+        key under it (DELETE of a job, a deleted job's worker); returns the keys touched.
+        TransientError when S3 is unavailable: the caller may repeat it."""
+        touched: list[str] = []
+        try:
+            for found in list(self.objects(prefix)):
+                self._client.delete_object(Bucket=self.bucket, Key=found.key)
+                touched.append(found.key)
+            for upload in list(self.multipart_uploads(prefix)):
+                self.abort_multipart_upload(upload.key, upload.upload_id)
+                touched.append(upload.key)
+        except (BotoCoreError, ClientError) as exc:
+            raise _unavailable("delete", exc) from exc
+        return touched
 
     def abort_multipart_upload(self, key: str, upload_id: str) -> None:
         """Abort one upload; one already gone (`NoSuchUpload`) is as good as aborted."""

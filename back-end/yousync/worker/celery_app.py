@@ -41,6 +41,7 @@ MAINTENANCE_TASKS = (
     "sweep_staged_uploads",
     "mark_stuck_jobs",
     "abort_stale_multipart_uploads",
+    "sweep_old_audio",
 )
 # Celery Beat (`celery -A celery_app beat`) sends each sweep every MAINTENANCE_INTERVAL_SECONDS;
 # `expires` drops a sweep nobody ran before the next one was due instead of stacking them up.

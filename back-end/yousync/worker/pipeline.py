@@ -28,7 +28,13 @@ from yousync.core.jobs import JobStore, Refused
 from yousync.core.models import JobStatus
 from yousync.core.record import JobRecord, PreparedFile
 from yousync.core.stages import Stage
-from yousync.core.storage import ObjectStore, discard_upload, object_key, unlink_job_files
+from yousync.core.storage import (
+    OBJECT_PREFIX,
+    ObjectStore,
+    discard_upload,
+    object_key,
+    unlink_job_files,
+)
 from yousync.worker import audio
 from yousync.worker.analysis_client import Analyzer
 from yousync.worker.eta import EtaEstimator
@@ -64,6 +70,14 @@ class Pipeline:
         if job.status.terminal:
             log.info("job %s: already %s; redelivery ignored", job_id, job.status.value)
             return job.status.value
+        try:
+            return self._run(job_id, job)
+        except Refused as refused:
+            if refused.reason == "missing":
+                self.clean_up_deleted(job_id, job)
+            raise
+
+    def _run(self, job_id: str, job: JobRecord) -> str:
         token_id = job.token_id
         reporter = ProgressReporter(
             self.store,
@@ -94,14 +108,14 @@ class Pipeline:
                 # An earlier attempt was cut off (S3 outage, killed worker) and could not abort
                 # its multipart upload; abort leftovers before starting over.
                 self.storage.abort_multipart_uploads(key)
-            self.store.set_markers(job_id, upload_started=1)
+            self._mark(job_id, upload_started=1)
             self.storage.upload(
                 prepared.path,
                 key,
                 content_type=prepared.content_type,
                 on_progress=on_bytes,
             )
-            self.store.set_markers(job_id, s3_key=key)
+            self._mark(job_id, s3_key=key)
             reporter.report(
                 uploading.end, uploading, "Stored; requesting analysis", force=True, s3_url=s3_url
             )
@@ -133,6 +147,12 @@ class Pipeline:
         # object is needed any more.
         self.discard_upload(job_id, job.staged_key)
         return JobStatus.COMPLETED.value
+
+    def _mark(self, job_id: str, **markers: Any) -> None:
+        """Markers the job cannot go on without: a record deleted meanwhile stops it here as
+        a refused state write would."""
+        if not self.store.set_markers(job_id, **markers):
+            raise Refused(job_id, "missing")
 
     def _already_uploaded(self, job: JobRecord) -> tuple[PreparedFile, str] | None:
         """The prepared file and its object key when the object is in S3 at its full size."""
@@ -204,16 +224,25 @@ class Pipeline:
         raise PermanentError("spool_missing", "The uploaded file is no longer available")
 
     def fail(self, job_id: str, error: StageError, *, retryable: bool) -> None:
-        job = self.store.get(job_id) if error.code in REFUSED_AUDIO or not retryable else None
+        """End the job `failed`. Its input (spool file, staged object) stays as long as its
+        record, so a retry can run it again until RESULT_RETENTION_SECONDS are over (the
+        sweeps delete it once the record is gone); audio refused as such goes at once."""
+        job = self.store.get(job_id)
+        if job is None:
+            # Deleted (or expired) meanwhile: nothing to record, nothing of it to keep.
+            self.discard_upload(job_id, None)
+            return
+        refused_audio = error.code in REFUSED_AUDIO
         # The object goes first: whoever sees `failed` finds nothing of refused audio left.
-        if error.code in REFUSED_AUDIO and job is not None and job.s3_key:
+        if refused_audio and job.s3_key:
             # Audio refused as such (too long, lying about its length, undecodable) is not
             # kept: when the analysis server is the one refusing, it is in S3 already.
             with contextlib.suppress(TransientError):
                 self.storage.delete(job.s3_key)
         self.store.fail(job_id, error, retryable=retryable)
-        if not retryable:
-            self.discard_upload(job_id, job.staged_key if job is not None else None)
+        if refused_audio:
+            # A retry would be refused again: its input is not kept either.
+            self.discard_upload(job_id, job.staged_key)
 
     def note_retry(self, job_id: str, error: StageError, *, attempt: int, delay: float) -> None:
         job = self.store.get(job_id)
@@ -268,6 +297,18 @@ class Pipeline:
         if job.prepared is not None:
             key = object_key(job.token_id, job_id, job.prepared.extension)
             self.storage.abort_multipart_uploads(key)
+
+    def clean_up_deleted(self, job_id: str, job: JobRecord) -> None:
+        """After a DELETE (the record is gone, our write was refused as 'missing'): remove what
+        this delivery stored or holds — the upload, the prepared object or an unfinished
+        multipart upload of it — so nothing of the job stays. Only a job that was still
+        running gets here, never one whose object deduplicated jobs share (those completed)."""
+        log.info("job %s: deleted while running; removing what it stored", job_id)
+        self.discard_upload(job_id, job.staged_key)
+        try:
+            self.storage.delete_under(f"{OBJECT_PREFIX}{job.token_id}/{job_id}.")
+        except TransientError as exc:
+            log.warning("job %s: deleted, its stored audio left (S3): %s", job_id, exc)
 
     def discard_upload(self, job_id: str, staged_key: str | None) -> None:
         """Once no retry can need it (yousync.core.storage.discard_upload)."""

@@ -4,16 +4,21 @@ leaves nothing, a failed or cancelled one runs again with progress going on, nev
 from __future__ import annotations
 
 import signal
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
 import redis
+from celery import Celery
 
 from devtools import stack
+from tests.conftest import StagingPipeline
 from tests.helpers import sse
 from tests.helpers.audio import wav_bytes
+from tests.helpers.jobs import sync_store
 from tests.helpers.wait import wait_until
 from tests.helpers.worker_log import task_ended
+from yousync.core import keys
 
 
 def upload(base: str, token_id: str, seconds: float = 2.0) -> dict[str, str]:
@@ -151,3 +156,51 @@ def test_retry_and_cancel_when_job_completed_or_unknown_then_409_or_404(
     unknown = "5d0f5f4e-0000-4000-8000-000000000000"
     assert httpx.post(f"{pipeline}/tokens/analysis-retry/{unknown}").status_code == 404
     assert httpx.post(f"{pipeline}/tokens/analysis-cancel/{unknown}").status_code == 404
+
+
+def test_retry_when_failed_past_the_old_hour_of_spool_retention_then_the_input_is_still_there(
+    staging_pipeline: StagingPipeline,
+    token_id: str,
+    worker_service: stack.Proc,
+    celery_client: Celery,
+    redis_client: redis.Redis,
+    redis_url: str,
+) -> None:
+    """A failed job's input (spool file or staged object) lives as long as its record
+    (RESULT_RETENTION_SECONDS), not the one hour SPOOL_RETENTION_SECONDS used to give it: the
+    sweeps keep it, and a retry two hours after the failure prepares from it and completes."""
+    base = staging_pipeline.url
+    worker_service.signal_group(signal.SIGSTOP)
+    try:
+        body = upload(base, token_id, 1.0)
+        job_id = body["job_id"]
+        # Failed before anything was stored (as the stuck-job sweep ends a job), 2 h ago.
+        sync_store(redis_url).update(
+            job_id,
+            token_id,
+            status="failed",
+            error={"code": "stuck", "message": "stopped", "retryable": True},
+        )
+        two_hours_ago = datetime.now(UTC) - timedelta(hours=2)
+        redis_client.hset(
+            keys.job(job_id), "updated_at", two_hours_ago.isoformat().replace("+00:00", "Z")
+        )
+    finally:
+        worker_service.signal_group(signal.SIGCONT)
+    wait_until(
+        lambda: task_ended(worker_service, body["task_id"]),
+        timeout=30,
+        what="the first delivery ended (the job was failed already)",
+    )
+    for sweep in ("sweep_spool", "sweep_staged_uploads"):
+        celery_client.send_task(
+            f"tasks.maintenance.{sweep}", kwargs={"orphan_grace_seconds": 0}, queue="maintenance"
+        ).get(timeout=30)
+    assert staging_pipeline.upload_left(job_id), "the failed job's input is kept"
+
+    retried = httpx.post(f"{base}/tokens/analysis-retry/{job_id}")
+
+    assert retried.status_code == 202, retried.text
+    done = final(base, body)
+    assert done["status"] == "completed", done
+    assert "preparing" in [f["stage"] for _, f in redis_client.xrange(keys.job_events(job_id))]

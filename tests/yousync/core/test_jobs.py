@@ -151,3 +151,85 @@ def test_async_get_when_no_hash_then_none(redis_client: redis.Redis, redis_url: 
             await client.aclose()
 
     assert asyncio.run(get()) is None
+
+
+# --- retention (RESULT_RETENTION_SECONDS, DEDUPE_WINDOW_SECONDS) ------------------------------
+
+THREE_DAYS = 259200
+
+
+def finish(store: JobStore, job_id: str, **values: object) -> None:
+    store.update(job_id, "tok", status="completed", progress=100, stage="done", **values)
+
+
+def test_ttl_when_result_retention_is_days_then_hash_and_stream_live_that_long(
+    monkeypatch: pytest.MonkeyPatch, redis_url: str, redis_client: redis.Redis, job: str
+) -> None:
+    monkeypatch.setenv("RESULT_RETENTION_SECONDS", str(THREE_DAYS))
+    settings = Settings(redis_url=redis_url)
+    assert settings.job_ttl_seconds == THREE_DAYS
+    finish(JobStore(redis.Redis.from_url(redis_url), settings), job)
+    for key in (keys.job(job), keys.job_events(job)):
+        assert THREE_DAYS - 5 <= redis_client.ttl(key) <= THREE_DAYS
+
+
+def test_remember_result_when_window_outlives_the_record_then_entry_expires_with_it(
+    redis_url: str, redis_client: redis.Redis, job: str
+) -> None:
+    settings = Settings(redis_url=redis_url, job_ttl_seconds=3600, dedupe_window_seconds=7200)
+    store = JobStore(redis.Redis.from_url(redis_url), settings)
+    finish(store, job)
+    assert store.remember_result("tok", "abc", job)
+    entry_ttl = redis_client.ttl(keys.dedupe("tok", "abc"))
+    assert 0 < entry_ttl <= 3600 and entry_ttl <= redis_client.ttl(keys.job(job))
+
+
+def test_remember_result_when_window_shorter_then_entry_lives_the_window(
+    redis_url: str, redis_client: redis.Redis, job: str
+) -> None:
+    settings = Settings(redis_url=redis_url, job_ttl_seconds=THREE_DAYS, dedupe_window_seconds=60)
+    store = JobStore(redis.Redis.from_url(redis_url), settings)
+    finish(store, job)
+    assert store.remember_result("tok", "abc", job)
+    assert 0 < redis_client.ttl(keys.dedupe("tok", "abc")) <= 60
+
+
+def test_remember_result_when_window_0_or_job_deleted_then_nothing_remembered(
+    redis_url: str, redis_client: redis.Redis, job: str
+) -> None:
+    off = Settings(redis_url=redis_url, dedupe_window_seconds=0)
+    assert not JobStore(redis.Redis.from_url(redis_url), off).remember_result("tok", "a", job)
+    store = JobStore(redis.Redis.from_url(redis_url), Settings(redis_url=redis_url))
+    redis_client.hset(keys.job(job), "deleting", "1")
+    assert not store.remember_result("tok", "a", job)
+    redis_client.delete(keys.job(job))
+    assert not store.remember_result("tok", "a", job)
+    assert not redis_client.exists(keys.dedupe("tok", "a"))
+
+
+def test_terminal_write_when_callback_dead_lettered_then_record_never_expires(
+    store: JobStore, job: str, redis_client: redis.Redis
+) -> None:
+    store.update(job, "tok", status="processing", callback={"status": "pending", "attempts": 1})
+    store.update(
+        job, "tok", status="failed", error={"code": "x", "message": "x", "retryable": True}
+    )
+    assert redis_client.ttl(keys.job(job)) > 0, "a pending callback: the usual retention"
+    redis_client.persist(keys.job(job))  # (as if just written by a delivery that gave up)
+    redis_client.hset(keys.job(job), "callback", json.dumps({"status": "failed", "attempts": 9}))
+    store.reopen(job, "tok", status="queued", stage="queued")
+    store.update(
+        job, "tok", status="failed", error={"code": "x", "message": "x", "retryable": True}
+    )
+    assert redis_client.ttl(keys.job(job)) == -1
+    assert redis_client.ttl(keys.job_events(job)) == -1
+
+
+def test_keep_record_when_job_exists_then_ttl_dropped_and_when_missing_then_false(
+    store: JobStore, job: str, redis_client: redis.Redis
+) -> None:
+    finish(store, job)
+    assert store.keep_record(job)
+    assert redis_client.ttl(keys.job(job)) == -1 and redis_client.ttl(keys.job_events(job)) == -1
+    assert not store.keep_record("no-such-job")
+    assert not redis_client.exists(keys.job("no-such-job"))

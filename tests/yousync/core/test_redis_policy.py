@@ -75,6 +75,25 @@ def test_policy_when_redis_is_the_tests_own_then_noeviction_and_no_persistence_n
     assert codes_and_levels(policy, "prod") == [("no_persistence", logging.WARNING, False)]
 
 
+def test_policy_when_retention_is_days_and_only_rdb_snapshots_then_aof_asked_for() -> None:
+    rdb_only = RedisPolicy("noeviction", 0, False, "3600 1", "CONFIG")
+    days = 3 * 86400
+
+    found = redis_policy.problems(rdb_only, where="t", environment="prod", retention_seconds=days)
+
+    assert [(p.code, p.level, p.fatal) for p in found] == [
+        ("retention_needs_aof", logging.WARNING, False)
+    ]
+    assert "RESULT_RETENTION_SECONDS" in found[0].message
+    # The default hour, or AOF on: nothing to say.
+    hour = redis_policy.DEFAULT_RETENTION_SECONDS
+    assert (
+        redis_policy.problems(rdb_only, where="t", environment="prod", retention_seconds=hour) == []
+    )
+    aof = RedisPolicy("noeviction", 0, True, "", "CONFIG")
+    assert redis_policy.problems(aof, where="t", environment="prod", retention_seconds=days) == []
+
+
 def test_policy_when_redis_evicts_then_a_warning_in_dev_and_fatal_in_prod(
     own_redis: Callable[..., str],
 ) -> None:

@@ -551,7 +551,8 @@ def test_begin_delivery_when_deliveries_crashed_past_the_limit_then_job_fails_as
     assert error is not None and error.code == "poison" and error.retryable is False
     assert str(settings.task_max_deliveries) in error.message
     assert record.worker_pid == 1000 + settings.task_max_deliveries - 1  # the refused one: none
-    assert job.files() == []  # not retryable: the spool goes
+    # Kept while the record lives: a retry (after a fixed release, say) can still run it.
+    assert job.files() == [job.spool]
 
 
 def test_begin_delivery_when_record_missing_then_runs_and_creates_no_hash(
@@ -670,3 +671,61 @@ def test_clean_up_if_cancelled_when_staged_then_the_staged_object_is_deleted(sta
     cancel(staged.store, staged.job)
     staged.runner.clean_up_if_cancelled(staged.job.id)
     assert staged.objects.staged == {}
+
+
+# --- (g) retention of a failed job's input; a job deleted while it runs ----------------------
+
+
+def test_fail_when_permanent_then_the_upload_stays_for_a_retry(rig: Rig) -> None:
+    rig.runner.fail(rig.job.id, StageError("poison", "crashed its worker"), retryable=False)
+    assert rig.job.files() == [rig.job.spool]
+
+
+def test_fail_when_permanent_and_staged_then_the_staged_object_stays(staged: Rig) -> None:
+    staged.runner.fail(staged.job.id, PermanentError("spool_missing", "gone"), retryable=False)
+    assert staged.objects.staged == {staged_key(staged.job.id): UPLOAD}
+
+
+def test_fail_when_the_record_was_deleted_then_the_upload_goes_and_nothing_is_written(
+    rig: Rig,
+) -> None:
+    delete_record(rig)
+    rig.runner.fail(rig.job.id, StageError("analysis_unavailable", "down"), retryable=True)
+    assert rig.job.files() == []
+    assert list(rig.redis_client.scan_iter(match=f"*{rig.job.id}*")) == []
+
+
+def delete_record(rig: Rig) -> None:
+    """What DELETE's last step leaves for the worker: no hash, no Stream."""
+    rig.redis_client.delete(keys.job(rig.job.id), keys.job_events(rig.job.id))
+
+
+def test_run_when_deleted_mid_upload_then_refused_missing_and_nothing_of_the_job_is_left(
+    staged: Rig,
+) -> None:
+    def user_deletes(fraction: float) -> None:
+        if fraction == 0.3:
+            delete_record(staged)
+
+    staged.objects.during_upload = user_deletes
+    with pytest.raises(Refused) as stopped:
+        staged.runner.run(staged.job.id)
+
+    assert stopped.value.reason == "missing"
+    assert staged.objects.multipart == set() and staged.objects.objects == {}
+    assert staged.objects.staged == {}
+    assert staged.job.files() == []
+    assert list(staged.redis_client.scan_iter(match=f"*{staged.job.id}*")) == []
+
+
+def test_run_when_deleted_mid_analysis_then_the_stored_object_is_deleted(rig: Rig) -> None:
+    def user_deletes(_: float) -> None:
+        delete_record(rig)
+
+    rig.analyzer.during_analysis = user_deletes
+    with pytest.raises(Refused) as stopped:
+        rig.runner.run(rig.job.id)
+
+    assert stopped.value.reason == "missing"
+    assert rig.objects.objects == {} and rig.job.files() == []
+    assert list(rig.redis_client.scan_iter(match=f"*{rig.job.id}*")) == []

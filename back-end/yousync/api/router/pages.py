@@ -11,7 +11,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse, Response
 
-from yousync.core.models import TERMINAL_STATUSES
+from yousync.core.models import TERMINAL_STATUSES, JobStatus
 from yousync.core.stages import Stage
 
 STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -32,6 +32,8 @@ def contract_script() -> str:
             for stage in Stage
         ],
         "terminalStatuses": sorted(status.value for status in TERMINAL_STATUSES),
+        # Terminal, plus `deleted`: the statuses after which a job's stream ends.
+        "streamEndStatuses": sorted(status.value for status in JobStatus if status.ends_stream),
     }
     body = json.dumps(contract, ensure_ascii=False, indent=2)
     return f"// Generated from yousync.core.stages and models.\nconst CONTRACT = {body};\n"

@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 
 from yousync.api.auth import issue_stream_token
 from yousync.api.control import cancel_job, retry_job
+from yousync.api.deletion import delete_job
 from yousync.api.deps import (
     AppServices,
     EnqueueDep,
@@ -207,6 +208,21 @@ async def analysis_result(
     if "text/event-stream" in request.headers.get("accept", ""):
         return await _job_stream(services, job_id, last_event_id_header or last_event_id)
     return await wait_for_snapshot(services.jobs, services.hub, job_id, wait=wait)
+
+
+@router.delete(
+    "/analysis-result/{job_id}",
+    status_code=204,
+    response_class=Response,
+    responses={204: {"description": "Deleted"}},
+    summary="Delete the job: cancel it if running, remove its recording (unless a deduplicated "
+    "job still answers with it), result, events and callbacks; open streams end with `deleted`",
+)
+async def delete_analysis(
+    job_id: JobId, jobs: JobsDep, staging: StagingDep, revoke: RevokeDep
+) -> Response:
+    await delete_job(store=jobs, staging=staging, job_id=job_id, revoke=revoke)
+    return Response(status_code=204)
 
 
 @router.get(

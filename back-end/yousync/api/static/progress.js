@@ -18,6 +18,8 @@
 const $ = (id) => document.getElementById(id);
 // CONTRACT comes from /contract.js (the server's stage table and terminal statuses).
 const TERMINAL = new Set(CONTRACT.terminalStatuses);
+// The job's stream ends after these: terminal, or `deleted` (the job is gone).
+const FINAL = new Set(CONTRACT.streamEndStatuses);
 const RECENT_KEY = "yousync.recentJobs.v1";
 const RECENT_MAX = 10;
 const TOKEN_KEY = "yousync.token";
@@ -402,7 +404,7 @@ function connect() {
       return;
     }
     render(snapshot);
-    if (TERMINAL.has(snapshot.status)) finish(snapshot);
+    if (FINAL.has(snapshot.status)) finish(snapshot);
   };
   source.onerror = () => {
     if (source !== state.source || state.finished) return;
@@ -482,7 +484,7 @@ function render(snapshot) {
   bar.setAttribute("aria-valuetext", `${progress}% — ${label}`);
   $("job-percent").textContent = `${progress}%`;
   $("stage").textContent = label;
-  const running = !TERMINAL.has(snapshot.status);
+  const running = !FINAL.has(snapshot.status);
   $("eta").textContent =
     running && snapshot.eta_seconds !== null && snapshot.eta_seconds !== undefined
       ? t("eta", { time: duration(Math.max(0, Number(snapshot.eta_seconds))) })

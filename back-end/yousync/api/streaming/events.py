@@ -60,7 +60,8 @@ class Notification:
 
     @property
     def terminal(self) -> bool:
-        return JobStatus(self.fields["status"]).terminal
+        """The last event of the job's stream (a terminal status, or `deleted`)."""
+        return JobStatus(self.fields["status"]).ends_stream
 
 
 class _Control:

@@ -151,7 +151,7 @@ def _from_events(events: list[Event]) -> list[_Outgoing]:
     for event in events:
         try:
             outgoing.append(
-                (event.id, event.snapshot().model_dump_json(), event.status.terminal, None)
+                (event.id, event.snapshot().model_dump_json(), event.status.ends_stream, None)
             )
         except _UNREADABLE as exc:
             log.warning("skipped an unreadable event %s: %s", event.id, exc)
@@ -204,6 +204,10 @@ async def feed_events(
                 return
             if item is RESYNC:
                 pending = _from_events(await reads.after(feed.stream_key, last))
+                if not pending and feed.job_id and not await reads.tail(feed.stream_key):
+                    # The job's Stream is gone (deleted, or expired) while notifications were
+                    # not heard: its `deleted` event was missed, and nothing more will come.
+                    return
             else:
                 assert isinstance(item, Notification)
                 pending = _from_note(feed, item)

@@ -24,7 +24,8 @@ async def read_snapshot(store: AsyncJobStore, job_id: str) -> JobSnapshot:
 async def wait_for_snapshot(
     store: AsyncJobStore, hub: EventHub, job_id: str, *, wait: float
 ) -> JobSnapshot:
-    """The snapshot once the job is terminal, or after `wait` seconds, whichever is first."""
+    """The snapshot once the job is terminal, or after `wait` seconds, whichever is first; a
+    job deleted meanwhile answers its last snapshot (status `deleted`)."""
     with hub.subscribe(job_id=job_id) as sub:
         snapshot = await read_snapshot(store, job_id)
         if wait <= 0 or snapshot.status.terminal:

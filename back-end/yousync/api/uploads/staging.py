@@ -81,6 +81,8 @@ class StagingStore(Protocol):
 
     def size_of(self, key: str) -> int | None: ...
 
+    def delete_under(self, prefix: str) -> list[str]: ...
+
 
 class SpoolSink:
     """The upload as a file in SPOOL_DIR, written back to disk as it arrives and fsynced at

@@ -228,8 +228,10 @@ async def _submit(
         ) from exc
     try:
         earlier = await store.deduplicate(token_id, upload.sha256)
-        if earlier is not None:
-            # The same recording was analysed for this token within the TTL: answer with its
+        # The new job joins the earlier one's holders of the stored object first (DELETE
+        # keeps an object a live job holds); an earlier job being deleted is no answer.
+        if earlier is not None and await store.add_dedup(earlier.job_id, job_id):
+            # The same recording was analysed for this token within the window: answer with its
             # result at once, as a new job that is already completed.
             await store.create(
                 job_id,

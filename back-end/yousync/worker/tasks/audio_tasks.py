@@ -141,8 +141,9 @@ def _run(self: Task, runner: Pipeline, job_id: str) -> str:
     try:
         return runner.run(job_id)
     except Refused as refused:
-        # The job was cancelled or finished elsewhere while we worked: stop, clean up after a
-        # cancellation (spool, stored object, any multipart upload), write nothing more.
+        # The job was cancelled, deleted or finished elsewhere while we worked: stop, clean up
+        # after a cancellation (spool, stored object, any multipart upload; a deleted job's
+        # run cleaned up already), write nothing more.
         log.info("job %s: stopped, state refused the write (%s)", job_id, refused.reason)
         runner.clean_up_if_cancelled(job_id)
         return refused.reason

@@ -1,11 +1,12 @@
 """Celery Beat's maintenance sweeps (schedule: `beat_schedule` in celery_app.py; queue
 `maintenance`). Each is safe to run any number of times, on any worker, concurrently.
 
-* `sweep_spool` — deletes spool files nothing can need any more: those of completed jobs, of
-  failed/cancelled jobs ended more than SPOOL_RETENTION_SECONDS ago (kept until then so a retry
-  can re-run the first stages), and of jobs whose record is gone (expired) once the file is older
-  than SPOOL_ORPHAN_GRACE_SECONDS — the API writes the file *before* it creates the job record,
-  so a young file without a record is an upload still arriving.
+* `sweep_spool` — deletes spool files nothing can need any more: those of completed and of
+  cancelled jobs (the cancel deleted them; these are leftovers), and of jobs whose record is gone
+  (expired, deleted) once the file is older than SPOOL_ORPHAN_GRACE_SECONDS — the API writes the
+  file *before* it creates the job record, so a young file without a record is an upload still
+  arriving. A failed job's input lives exactly as long as its record (RESULT_RETENTION_SECONDS
+  after it ended, or for good while its callback is dead-lettered), so a retry works until then.
 * `mark_stuck_jobs` — a `processing` job with no write for longer than the hard time limit plus
   the longest retry backoff has lost its task (a SIGKILLed child after the time limit, a worker
   host gone): it ends `failed` with code `stuck` (retryable). A `queued` job untouched for
@@ -18,6 +19,9 @@
   itself (S3 unavailable just then, a process killed).
 * `abort_stale_multipart_uploads` — S3 bills the parts of unfinished multipart uploads; abort
   ours (`audio/` prefix) that started more than MULTIPART_MAX_AGE_SECONDS (a day) ago.
+* `sweep_old_audio` — deletes prepared audio (`audio/` prefix) stored more than
+  AUDIO_RETENTION_DAYS ago; 0 (the default) keeps it for good. A finished job keeps its result
+  and `s3_url`; the URL then names an object that is gone.
 
 Every argument is optional and defaults to the settings; tests pass small ages.
 """
@@ -51,16 +55,6 @@ def _redis_now(client: redis.Redis) -> float:
     return float(seconds) + float(micros) / 1e6
 
 
-def _iso_age(value: str | None, now: float) -> float | None:
-    if not value:
-        return None
-    try:
-        stamp = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return now - stamp.timestamp()
-
-
 def stuck_processing_seconds() -> float:
     """The hard time limit, plus the longest backoff a retrying job may wait between writes."""
     longest_backoff = settings.task_retry_delay * 2.0 ** max(settings.task_max_retries - 1, 0) * 1.2
@@ -69,19 +63,17 @@ def stuck_processing_seconds() -> float:
 
 @dataclass(frozen=True)
 class UploadAges:
-    """How long a job's upload is kept (seconds): without a record, after the newest write
-    (an upload still arriving has no record yet); after a failed/cancelled job ended."""
+    """How long a job's upload without a record is kept after its newest write (seconds): an
+    upload still arriving has no record yet."""
 
     orphan_grace: float
-    retention: float
 
     @classmethod
-    def of(cls, orphan_grace: float | None, retention: float | None) -> UploadAges:
+    def of(cls, orphan_grace: float | None) -> UploadAges:
         return cls(
             orphan_grace=settings.spool_orphan_grace_seconds
             if orphan_grace is None
-            else float(orphan_grace),
-            retention=settings.spool_retention_seconds if retention is None else float(retention),
+            else float(orphan_grace)
         )
 
 
@@ -97,19 +89,15 @@ def _not_needed(
         return None
     if job is None:
         return "expired" if now - written_at >= ages.orphan_grace else None
-    if job.status == JobStatus.COMPLETED:
-        return "completed"
-    if job.status in (JobStatus.FAILED, JobStatus.CANCELLED):
-        age = _iso_age(job.snapshot.updated_at, now)
-        return job.status.value if age is not None and age >= ages.retention else None
+    if job.status in (JobStatus.COMPLETED, JobStatus.CANCELLED):
+        return job.status.value
+    # Failed: kept for a retry while the record lives. Queued, processing: still needed.
     return None
 
 
 @celery_app.task(name="tasks.maintenance.sweep_spool", queue=MAINTENANCE_QUEUE)
-def sweep_spool(
-    orphan_grace_seconds: float | None = None, retention_seconds: float | None = None
-) -> dict[str, Any]:
-    ages = UploadAges.of(orphan_grace_seconds, retention_seconds)
+def sweep_spool(orphan_grace_seconds: float | None = None) -> dict[str, Any]:
+    ages = UploadAges.of(orphan_grace_seconds)
     spool_dir = Path(settings.spool_dir)
     if not spool_dir.is_dir():
         return {"deleted": [], "kept": 0}
@@ -139,10 +127,8 @@ def sweep_spool(
 
 
 @celery_app.task(name="tasks.maintenance.sweep_staged_uploads", queue=MAINTENANCE_QUEUE)
-def sweep_staged_uploads(
-    orphan_grace_seconds: float | None = None, retention_seconds: float | None = None
-) -> dict[str, Any]:
-    ages = UploadAges.of(orphan_grace_seconds, retention_seconds)
+def sweep_staged_uploads(orphan_grace_seconds: float | None = None) -> dict[str, Any]:
+    ages = UploadAges.of(orphan_grace_seconds)
     ctx = context.get()
     storage, store = ctx.storage, ctx.store
     now = time.time()
@@ -270,3 +256,25 @@ def abort_stale_multipart_uploads(older_than_seconds: float | None = None) -> di
         context.get().storage, OBJECT_PREFIX, since=lambda upload: upload.initiated, cutoff=cutoff
     )
     return {"aborted": aborted, "kept": kept}
+
+
+@celery_app.task(name="tasks.maintenance.sweep_old_audio", queue=MAINTENANCE_QUEUE)
+def sweep_old_audio(older_than_days: float | None = None) -> dict[str, Any]:
+    days = settings.audio_retention_days if older_than_days is None else float(older_than_days)
+    if days <= 0:
+        return {"deleted": [], "kept": 0}  # 0: kept for good, not even listed
+    storage = context.get().storage
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    deleted: list[str] = []
+    kept = 0
+    for stored in storage.objects(OBJECT_PREFIX):
+        if stored.last_modified > cutoff:
+            kept += 1
+            continue
+        storage.delete(stored.key)
+        deleted.append(stored.key)
+        log.info(
+            "stored audio deleted (retention)",
+            extra={"key": stored.key, "stored_at": stored.last_modified.isoformat()},
+        )
+    return {"deleted": sorted(deleted), "kept": kept}

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -125,6 +126,7 @@ def test_contract_script_when_requested_then_carries_every_stage_of_the_table(
     for row, stage in zip(contract["stages"], Stage, strict=True):
         assert (row["start"], row["end"], row["labels"]) == (stage.start, stage.end, stage.labels)
     assert set(contract["terminalStatuses"]) == {s.value for s in TERMINAL_STATUSES}
+    assert set(contract["streamEndStatuses"]) == {s.value for s in TERMINAL_STATUSES} | {"deleted"}
 
 
 def upload_through_page(page: Any, base_url: str, token_id: str, seconds: float = 3.0) -> None:
@@ -195,6 +197,33 @@ def test_page_when_file_uploaded_then_bar_climbs_to_100_and_result_is_rendered(
     entry.click()
     page.wait_for_selector('#job[data-status="completed"]')
     assert page.inner_text('dd[data-field="r.duration"]') == "3 s"
+
+
+def test_page_when_the_job_is_deleted_then_it_shows_deleted_and_stops_following(
+    page: Any,
+    base_url: str,
+    token_id: str,
+    worker_service: stack.Proc,
+    redis_client: redis.Redis,
+) -> None:
+    worker_service.signal_group(signal.SIGSTOP)  # the job stays queued while the page follows
+    try:
+        upload_through_page(page, base_url, token_id, seconds=1.0)
+        page.wait_for_selector('#job[data-status="queued"]')
+        (job_id,) = [
+            key.split(":")[2]
+            for key in redis_client.scan_iter(match="yousync:job:*")
+            if key.count(":") == 2
+        ]
+        deleted = httpx.delete(f"{base_url}/tokens/analysis-result/{job_id}")
+        assert deleted.status_code == 204
+
+        page.wait_for_selector('#job[data-status="deleted"]')
+    finally:
+        worker_service.signal_group(signal.SIGCONT)
+    assert page.get_attribute("#conn", "data-state") == "done"
+    assert page.inner_text("#error-text") == "Deleted on request"
+    assert page.is_hidden("#cancel") and page.is_hidden("#retry")
 
 
 def test_page_when_api_killed_mid_job_then_reconnects_and_finishes(

@@ -86,6 +86,21 @@ def test_stream_token_when_used_for_its_job_then_opens_stream_and_result_only(
     httpx.get(f"{secured_api}{other['result_url']}?wait=30", headers=KEY, timeout=40)
 
 
+def test_delete_when_stream_token_or_no_key_then_401_and_with_a_key_then_204(
+    secured_api: str, pipeline: str, token_id: str
+) -> None:
+    body = upload(secured_api, token_id, KEY).json()
+    url = f"{secured_api}{body['result_url']}"
+    httpx.get(f"{url}?wait=30", headers=KEY, timeout=40)
+    # The job's own stream token opens its stream and result, never deletes it.
+    with_token = httpx.delete(f"{url}?token={body['stream_token']}")
+    assert with_token.status_code == 401 and with_token.json()["code"] == "unauthorized"
+    assert httpx.delete(url).status_code == 401
+    assert httpx.get(url, headers=KEY).status_code == 200, "still there"
+    assert httpx.delete(url, headers=KEY).status_code == 204
+    assert httpx.delete(url, headers=KEY).status_code == 404
+
+
 def test_cors_when_origin_is_listed_then_allowed_else_not(secured_api: str) -> None:
     allowed = httpx.options(
         f"{secured_api}/tokens/t/upload-audio",

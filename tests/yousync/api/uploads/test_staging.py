@@ -90,6 +90,12 @@ class RecordingStore:
         found = self.objects.get(key)
         return None if found is None else len(found)
 
+    def delete_under(self, prefix: str) -> list[str]:
+        gone = sorted(key for key in self.objects if key.startswith(prefix))
+        for key in gone:
+            del self.objects[key]
+        return gone
+
 
 @pytest.fixture
 def senders() -> Iterator[ThreadPoolExecutor]:

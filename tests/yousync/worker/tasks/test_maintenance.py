@@ -49,7 +49,7 @@ def hours_ago(hours: float) -> str:
     return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def test_sweep_spool_when_jobs_finished_or_expired_then_only_their_files_are_deleted(
+def test_sweep_spool_when_jobs_completed_cancelled_or_expired_then_only_their_files_go(
     celery_client: Celery,
     store: JobStore,
     redis_url: str,
@@ -62,9 +62,12 @@ def test_sweep_spool_when_jobs_finished_or_expired_then_only_their_files_are_del
     failed_recently = create_job(redis_url, token_id)
     error = {"code": "analysis_unavailable", "message": "down", "retryable": True}
     store.update(failed_recently, token_id, status="failed", error=error)
+    # Past the old one-hour spool retention, but its record lives: its input stays for a retry.
     failed_long_ago = create_job(redis_url, token_id)
     store.update(failed_long_ago, token_id, status="failed", error=error)
     redis_client.hset(keys.job(failed_long_ago), "updated_at", hours_ago(2))
+    cancelled = create_job(redis_url, token_id)
+    store.update(cancelled, token_id, status="cancelled")
     running = create_job(redis_url, token_id)
     store.update(running, token_id, status="processing", progress=20, stage="uploading")
     expired_old, arriving = str(uuid.uuid4()), str(uuid.uuid4())  # no job records
@@ -77,11 +80,12 @@ def test_sweep_spool_when_jobs_finished_or_expired_then_only_their_files_are_del
     doomed = [
         touch(spool_dir / completed),
         touch(spool_dir / f"{completed}.prepared.flac"),
-        touch(spool_dir / failed_long_ago),
+        touch(spool_dir / cancelled),
         touch(spool_dir / expired_old, age_seconds=7200),
     ]
     kept = [
         touch(spool_dir / failed_recently),
+        touch(spool_dir / failed_long_ago),
         touch(spool_dir / running),
         touch(spool_dir / f"{running}.prepared.flac"),
         touch(spool_dir / arriving),  # an upload still being received: no record yet
@@ -95,10 +99,11 @@ def test_sweep_spool_when_jobs_finished_or_expired_then_only_their_files_are_del
         assert {path.name for path in doomed} <= set(result["deleted"])
         assert not {path.name for path in kept} & set(result["deleted"])
 
-        # Shorter limits, as arguments: now the recent failure's file goes too.
-        result = run(celery_client, "sweep_spool", retention_seconds=0)
-        assert not (spool_dir / failed_recently).exists()
-        assert (spool_dir / running).exists()
+        # The failed job's record gone (expired, deleted): its file goes, with no grace.
+        redis_client.delete(keys.job(failed_long_ago))
+        result = run(celery_client, "sweep_spool", orphan_grace_seconds=0)
+        assert failed_long_ago in result["deleted"]
+        assert (spool_dir / failed_recently).exists() and (spool_dir / running).exists()
     finally:
         for path in kept:
             path.unlink(missing_ok=True)
@@ -118,6 +123,9 @@ def test_sweep_staged_uploads_when_jobs_finished_or_expired_then_only_their_obje
     error = {"code": "analysis_unavailable", "message": "down", "retryable": True}
     failed_recently = create_job(redis_url, token_id)
     store.update(failed_recently, token_id, status="failed", error=error)
+    failed_long_ago = create_job(redis_url, token_id)
+    store.update(failed_long_ago, token_id, status="failed", error=error)
+    redis_client.hset(keys.job(failed_long_ago), "updated_at", hours_ago(2))
     cancelled_long_ago = create_job(redis_url, token_id)
     store.update(cancelled_long_ago, token_id, status="cancelled")
     redis_client.hset(keys.job(cancelled_long_ago), "updated_at", hours_ago(2))
@@ -135,7 +143,13 @@ def test_sweep_staged_uploads_when_jobs_finished_or_expired_then_only_their_obje
         return {found["Key"] for found in listed.get("Contents", [])}
 
     doomed = {stage(completed), stage(cancelled_long_ago)}
-    kept = {stage(failed_recently), stage(running), stage(no_record), stage("not-a-job")}
+    kept = {
+        stage(failed_recently),
+        stage(failed_long_ago),
+        stage(running),
+        stage(no_record),
+        stage("not-a-job"),
+    }
     try:
         result = run(celery_client, "sweep_staged_uploads")
         assert doomed <= set(result["deleted"]) and not doomed & staged()
@@ -252,6 +266,35 @@ def test_abort_stale_multipart_uploads_when_older_than_limit_then_aborted(
         )
 
 
+def test_sweep_old_audio_when_older_than_the_retention_then_deleted_and_when_0_then_kept(
+    celery_client: Celery, s3_client: Any, s3_bucket: str, token_id: str
+) -> None:
+    old_key, new_key = f"audio/{token_id}/old.flac", f"audio/{token_id}/new.flac"
+    s3_client.put_object(Bucket=s3_bucket, Key=old_key, Body=b"fLaC")
+    time.sleep(4)  # S3 stamps LastModified in whole seconds: 4 s apart, stamps >= 3 s apart
+    s3_client.put_object(Bucket=s3_bucket, Key=new_key, Body=b"fLaC")
+    staged = f"incoming/{uuid.uuid4()}"
+    s3_client.put_object(Bucket=s3_bucket, Key=staged, Body=b"RIFF")
+
+    def stored() -> set[str]:
+        listed = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=f"audio/{token_id}/")
+        return {found["Key"] for found in listed.get("Contents", [])}
+
+    try:
+        # AUDIO_RETENTION_DAYS=0, the default: kept for good.
+        assert run(celery_client, "sweep_old_audio")["deleted"] == []
+        assert stored() == {old_key, new_key}
+        # Fractional days (here 2 s): only the older object is past it; uploads staged under
+        # incoming/ are not the sweep's.
+        result = run(celery_client, "sweep_old_audio", older_than_days=2 / 86400)
+        assert old_key in result["deleted"] and new_key not in result["deleted"]
+        assert stored() == {new_key}
+        assert s3_client.head_object(Bucket=s3_bucket, Key=staged)
+    finally:
+        for key in (new_key, staged):
+            s3_client.delete_object(Bucket=s3_bucket, Key=key)
+
+
 def test_beat_when_running_then_sends_the_sweeps_on_schedule(
     backend_env: dict[str, str],
     workdir: Path,
@@ -263,6 +306,14 @@ def test_beat_when_running_then_sends_the_sweeps_on_schedule(
     beat = stack.beat_proc({**backend_env, "MAINTENANCE_INTERVAL_SECONDS": "1"}, workdir).start()
     try:
         stack.wait_until(lambda: not orphan.exists(), timeout=20, what="Beat's spool sweep")
+        # One tick sends the sweeps one after another: the spool sweep may run before the last.
+        stack.wait_until(
+            lambda: all(
+                f"Sending due task {task}" in beat.log_tail(200) for task in MAINTENANCE_TASKS
+            ),
+            timeout=20,
+            what="every sweep sent",
+        )
     finally:
         beat.stop()
     log = beat.log_tail(200)

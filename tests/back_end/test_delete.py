@@ -1,0 +1,292 @@
+"""DELETE /tokens/analysis-result/{job_id} on the whole stack (uvicorn, Celery worker, Redis,
+moto S3 behind a link the test can slow down or cut): during the worker's upload to S3, during
+the analysis, after completion, of a deduplicated job and of its original, and with S3 down.
+After each, nothing of the deleted job is left in S3, the spool or Redis, and what another job
+still holds is intact."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from devtools import stack
+from tests.helpers import sse
+from tests.helpers.api import upload_accepted
+from tests.helpers.audio import wav_bytes, white_noise_wav
+from tests.helpers.mini_stack import MiniStack, mini_stacks
+from tests.helpers.proxy import CuttableProxy
+from tests.helpers.s3 import object_keys, open_upload_keys
+from tests.helpers.wait import wait_until
+from tests.helpers.worker_log import task_ended
+from yousync.core import keys
+
+# As tests/back_end/test_multipart_upload.py: 12 MB of white noise goes up in three 5 MB parts
+# over a 4 MB/s link, long enough to delete the job in the middle of it.
+THRESHOLD_MB = 5
+UPLOAD_MB = 12
+LINK_BYTES_PER_SECOND = 4 * 1024 * 1024
+
+
+@dataclass
+class DeleteStack:
+    mini: MiniStack
+    proxy: CuttableProxy  # between the worker/API and S3
+
+    @property
+    def api(self) -> str:
+        return self.mini.api_url
+
+    @property
+    def worker(self) -> stack.Proc:
+        return self.mini.procs[1]
+
+
+@pytest.fixture(scope="module")
+def delete_stack(
+    stack_env: dict[str, str], workdir: Path, s3_service: stack.Proc
+) -> Iterator[DeleteStack]:
+    proxy = CuttableProxy(int(s3_service.name.split(":")[1]))
+    # An analysis server of its own that takes 3 s at least: room to delete a job mid-analysis.
+    analysis = stack.analysis_proc({**stack_env, "ANALYSIS_MIN_SECONDS": "3"}, workdir).start()
+    try:
+        with mini_stacks(stack_env, workdir) as make:
+            mini = make(
+                ANALYSIS_SERVER_URL=f"http://127.0.0.1:{analysis.name.split(':')[1]}",
+                S3_ENDPOINT_URL=proxy.url,
+                S3_MULTIPART_THRESHOLD_MB=str(THRESHOLD_MB),
+                MAX_UPLOAD_MB=str(UPLOAD_MB + 4),
+                TASK_SOFT_TIME_LIMIT="50",
+                TASK_TIME_LIMIT="60",
+                BROKER_VISIBILITY_TIMEOUT="90",
+            )
+            yield DeleteStack(mini, proxy)
+    finally:
+        analysis.kill()
+        proxy.close()
+
+
+@pytest.fixture
+def ds(delete_stack: DeleteStack) -> Iterator[DeleteStack]:
+    delete_stack.proxy.throttle(None)
+    delete_stack.proxy.restore()
+    yield delete_stack
+    delete_stack.proxy.throttle(None)
+    delete_stack.proxy.restore()
+
+
+def delete(api: str, job_id: str) -> httpx.Response:
+    return httpx.delete(f"{api}/tokens/analysis-result/{job_id}", timeout=60)
+
+
+def redis_traces(client: redis.Redis, job_id: str) -> list[str]:
+    """Every key naming the job, and the job's entries (but its tombstone) in token Streams."""
+    found = sorted(str(key) for key in client.scan_iter(match=f"*{job_id}*"))
+    for stream in client.scan_iter(match="yousync:token:*:events"):
+        for _, fields in client.xrange(stream):
+            if fields.get("job_id") == job_id and fields.get("status") != "deleted":
+                found.append(f"{stream} entry {fields.get('status')}")
+    for name in (keys.ACTIVE_JOBS, keys.CALLBACKS_DUE, keys.CALLBACKS_DEAD):
+        if client.zscore(name, job_id) is not None:
+            found.append(name)
+    return found
+
+
+def s3_traces(s3_client: Any, bucket: str, token_id: str, job_id: str) -> set[str]:
+    prefixes = (f"audio/{token_id}/{job_id}", f"incoming/{job_id}")
+    return {
+        *(key for prefix in prefixes for key in object_keys(s3_client, bucket, prefix)),
+        *(
+            f"upload:{key}"
+            for prefix in prefixes
+            for key in open_upload_keys(s3_client, bucket, prefix)
+        ),
+    }
+
+
+def assert_nothing_left(
+    ds: DeleteStack, s3_client: Any, bucket: str, spool_dir: Path, token_id: str, job_id: str
+) -> None:
+    wait_until(
+        lambda: not s3_traces(s3_client, bucket, token_id, job_id),
+        timeout=30,
+        what="nothing of the job in S3",
+    )
+    assert not list(spool_dir.glob(f"{job_id}*")), "nothing of it in the spool"
+    assert redis_traces(ds.mini.redis, job_id) == []
+    answer = delete(ds.api, job_id)
+    assert answer.status_code == 404 and answer.json()["code"] == "job_not_found"
+
+
+def follow_until(ds: DeleteStack, body: dict[str, Any], stage: str, low: int = 0) -> None:
+    for event in sse.stream(f"{ds.api}{body['progress_url']}", timeout=60):
+        if event.json["stage"] == stage and event.json["progress"] > low:
+            return
+    raise AssertionError(f"the job ended without being seen at {stage}")
+
+
+def test_delete_when_the_worker_uploads_to_s3_then_upload_aborted_and_nothing_is_left(
+    ds: DeleteStack, token_id: str, s3_client: Any, s3_bucket: str, spool_dir: Path
+) -> None:
+    ds.proxy.throttle(LINK_BYTES_PER_SECOND)
+    body = upload_accepted(ds.api, token_id, white_noise_wav(UPLOAD_MB))
+    job_id = body["job_id"]
+    follow_until(ds, body, "uploading", low=10)
+    assert open_upload_keys(s3_client, s3_bucket, f"audio/{token_id}/{job_id}")
+
+    answer = delete(ds.api, job_id)
+
+    assert answer.status_code == 204, answer.text
+    assert answer.content == b""
+    wait_until(lambda: task_ended(ds.worker, body["task_id"]), timeout=30, what="task ended")
+    assert_nothing_left(ds, s3_client, s3_bucket, spool_dir, token_id, job_id)
+
+
+def test_delete_when_analysing_then_open_streams_end_with_deleted_and_nothing_is_left(
+    ds: DeleteStack, token_id: str, s3_client: Any, s3_bucket: str, spool_dir: Path
+) -> None:
+    body = upload_accepted(ds.api, token_id, wav_bytes(3.0))
+    job_id = body["job_id"]
+    follow_until(ds, body, "analyzing")
+    job_events: list[sse.SseEvent] = []
+    reader = sse.collect(f"{ds.api}{body['progress_url']}", job_events, timeout=30)
+    wait_until(lambda: bool(job_events), timeout=10, what="the stream's first event")
+    assert object_keys(s3_client, s3_bucket, f"audio/{token_id}/{job_id}"), "stored already"
+
+    assert delete(ds.api, job_id).status_code == 204
+
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "the job's stream ended"
+    last = job_events[-1].json
+    assert last["status"] == "deleted" and last["job_id"] == job_id
+    assert last["result"] is None and last["s3_url"] is None
+    wait_until(lambda: task_ended(ds.worker, body["task_id"]), timeout=30, what="task ended")
+    assert_nothing_left(ds, s3_client, s3_bucket, spool_dir, token_id, job_id)
+
+
+def completed_job(ds: DeleteStack, token_id: str, content: bytes) -> dict[str, Any]:
+    body = upload_accepted(ds.api, token_id, content)
+    final = httpx.get(f"{ds.api}{body['result_url']}?wait=60", timeout=70).json()
+    assert final["status"] == "completed", final
+    # Its delivery ends after the completing write (the delivery count, the upload's removal).
+    wait_until(lambda: task_ended(ds.worker, body["task_id"]), timeout=30, what="task ended")
+    return body
+
+
+def test_delete_when_completed_then_204_then_404_and_nothing_is_left(
+    ds: DeleteStack, token_id: str, s3_client: Any, s3_bucket: str, spool_dir: Path
+) -> None:
+    body = completed_job(ds, token_id, wav_bytes(1.0))
+    job_id = body["job_id"]
+    assert object_keys(s3_client, s3_bucket, f"audio/{token_id}/{job_id}")
+
+    assert delete(ds.api, job_id).status_code == 204
+
+    assert_nothing_left(ds, s3_client, s3_bucket, spool_dir, token_id, job_id)
+    gone = httpx.get(f"{ds.api}{body['result_url']}")
+    assert gone.status_code == 404
+    # The same recording again is analysed anew: the dedupe entry went with the job.
+    again = upload_accepted(ds.api, token_id, wav_bytes(1.0))
+    assert again.get("deduplicated") is not True
+
+
+def test_delete_of_deduplicated_jobs_and_their_original_then_the_object_goes_with_the_last(
+    ds: DeleteStack, token_id: str, s3_client: Any, s3_bucket: str, spool_dir: Path
+) -> None:
+    content = wav_bytes(1.5)
+    original = completed_job(ds, token_id, content)
+    copy_1 = upload_accepted(ds.api, token_id, content)
+    copy_2 = upload_accepted(ds.api, token_id, content)
+    assert copy_1["deduplicated"] and copy_2["deduplicated"]
+    stored = object_keys(s3_client, s3_bucket, f"audio/{token_id}/{original['job_id']}")
+    assert len(stored) == 1
+
+    # A deduplicated job: only its own record goes; the original's object stays.
+    assert delete(ds.api, copy_1["job_id"]).status_code == 204
+    assert_nothing_left(ds, s3_client, s3_bucket, spool_dir, token_id, copy_1["job_id"])
+    assert object_keys(s3_client, s3_bucket, f"audio/{token_id}/") == stored
+    assert httpx.get(f"{ds.api}{original['result_url']}").json()["status"] == "completed"
+
+    # The original while a deduplicated job lives: its record goes, the object stays.
+    assert delete(ds.api, original["job_id"]).status_code == 204
+    assert redis_traces(ds.mini.redis, original["job_id"]) == [
+        f"yousync:job:{original['job_id']}:dedups"  # names the job that still holds the object
+    ]
+    assert object_keys(s3_client, s3_bucket, f"audio/{token_id}/") == stored
+    snapshot = httpx.get(f"{ds.api}{copy_2['result_url']}").json()
+    assert snapshot["status"] == "completed" and snapshot["s3_url"].endswith(next(iter(stored)))
+
+    # The last holder: the object goes with it, and nothing of either job is left.
+    assert delete(ds.api, copy_2["job_id"]).status_code == 204
+    assert_nothing_left(ds, s3_client, s3_bucket, spool_dir, token_id, copy_2["job_id"])
+    assert_nothing_left(ds, s3_client, s3_bucket, spool_dir, token_id, original["job_id"])
+    assert object_keys(s3_client, s3_bucket, f"audio/{token_id}/") == set()
+
+
+def test_delete_when_s3_is_down_then_503_retry_after_and_the_record_stays_for_a_repeat(
+    ds: DeleteStack, token_id: str, s3_client: Any, s3_bucket: str, spool_dir: Path
+) -> None:
+    body = completed_job(ds, token_id, wav_bytes(1.0))
+    job_id = body["job_id"]
+    before = dict(ds.mini.redis.hgetall(keys.job(job_id)))
+    ds.proxy.cut()
+
+    answer = delete(ds.api, job_id)
+
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["code"] == "storage_unavailable"
+    assert answer.headers["Retry-After"]
+    after = dict(ds.mini.redis.hgetall(keys.job(job_id)))
+    assert after == {**before, "deleting": "1"}, "only the claim's marker was written"
+    assert httpx.get(f"{ds.api}{body['result_url']}").json()["status"] == "completed"
+    assert object_keys(s3_client, s3_bucket, f"audio/{token_id}/{job_id}")
+
+    ds.proxy.restore()
+    assert delete(ds.api, job_id).status_code == 204
+    assert_nothing_left(ds, s3_client, s3_bucket, spool_dir, token_id, job_id)
+
+
+def test_delete_when_the_job_is_unknown_then_404_json(ds: DeleteStack) -> None:
+    answer = delete(ds.api, "00000000-0000-4000-8000-000000000000")
+    assert answer.status_code == 404
+    assert answer.json()["code"] == "job_not_found"
+    bad = delete(ds.api, "not-a-job-id")
+    assert bad.status_code == 422 and bad.json()["code"] == "invalid_job_id"
+
+
+def test_delete_when_queued_and_staged_in_s3_then_the_staged_object_goes_and_it_never_runs(
+    s3_staging_api: stack.Proc,
+    pipeline: str,
+    worker_service: stack.Proc,
+    redis_client: redis.Redis,
+    token_id: str,
+    s3_client: Any,
+    s3_bucket: str,
+    spool_dir: Path,
+) -> None:
+    api = f"http://127.0.0.1:{s3_staging_api.name.split(':')[1]}"
+    worker_service.signal_group(signal.SIGSTOP)
+    try:
+        body = upload_accepted(api, token_id, wav_bytes(1.0))
+        job_id = body["job_id"]
+        assert object_keys(s3_client, s3_bucket, f"incoming/{job_id}")
+
+        assert delete(api, job_id).status_code == 204
+
+        assert object_keys(s3_client, s3_bucket, f"incoming/{job_id}") == set()
+    finally:
+        worker_service.signal_group(signal.SIGCONT)
+    wait_until(
+        lambda: task_ended(worker_service, body["task_id"]),
+        timeout=30,
+        what="the worker done with the task (revoked, or run and found no record)",
+    )
+    assert not s3_traces(s3_client, s3_bucket, token_id, job_id)
+    assert not list(spool_dir.glob(f"{job_id}*"))
+    assert redis_traces(redis_client, job_id) == []
