@@ -84,15 +84,6 @@ local ttl = TERMINAL[new_status] and terminal_ttl or active_ttl
 redis.call('EXPIRE', hash, ttl)
 redis.call('EXPIRE', stream, ttl)
 redis.call('EXPIRE', token_stream, active_ttl)
--- Retention: a finished job whose callback was dead-lettered (`callback` status `failed`) keeps
--- its record without a TTL, so the dead letter can be replayed against it; DELETE removes it.
-if TERMINAL[new_status] and snapshot['callback'] then
-  local ok, callback = pcall(cjson.decode, snapshot['callback'])
-  if ok and type(callback) == 'table' and callback['status'] == 'failed' then
-    redis.call('PERSIST', hash)
-    redis.call('PERSIST', stream)
-  end
-end
 if mode == 'create' then
   redis.call('ZADD', token_jobs, redis.call('TIME')[1], snapshot['job_id'])
   redis.call('EXPIRE', token_jobs, active_ttl)

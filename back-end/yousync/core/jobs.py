@@ -284,18 +284,6 @@ class JobStore:
             )
         )
 
-    def keep_record(self, job_id: str) -> bool:
-        """Drop the TTL of the job's hash and events Stream: the record of a job whose callback
-        was dead-lettered stays until it is replayed or the job is deleted. The job-state
-        script does the same on any terminal write whose `callback` is `failed`; this is for
-        writers that bypass it. False when there is no record."""
-        with self._client.pipeline(transaction=True) as pipe:
-            pipe.persist(keys.job(job_id))
-            pipe.persist(keys.job_events(job_id))
-            pipe.exists(keys.job(job_id))
-            *_, exists = pipe.execute()
-        return bool(exists)
-
     def count_delivery(self, job_id: str, delta: int) -> int:
         """In-flight delivery counter, kept only while the job exists."""
         with self._client.pipeline(transaction=True) as pipe:

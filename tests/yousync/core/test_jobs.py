@@ -205,31 +205,3 @@ def test_remember_result_when_window_0_or_job_deleted_then_nothing_remembered(
     redis_client.delete(keys.job(job))
     assert not store.remember_result("tok", "a", job)
     assert not redis_client.exists(keys.dedupe("tok", "a"))
-
-
-def test_terminal_write_when_callback_dead_lettered_then_record_never_expires(
-    store: JobStore, job: str, redis_client: redis.Redis
-) -> None:
-    store.update(job, "tok", status="processing", callback={"status": "pending", "attempts": 1})
-    store.update(
-        job, "tok", status="failed", error={"code": "x", "message": "x", "retryable": True}
-    )
-    assert redis_client.ttl(keys.job(job)) > 0, "a pending callback: the usual retention"
-    redis_client.persist(keys.job(job))  # (as if just written by a delivery that gave up)
-    redis_client.hset(keys.job(job), "callback", json.dumps({"status": "failed", "attempts": 9}))
-    store.reopen(job, "tok", status="queued", stage="queued")
-    store.update(
-        job, "tok", status="failed", error={"code": "x", "message": "x", "retryable": True}
-    )
-    assert redis_client.ttl(keys.job(job)) == -1
-    assert redis_client.ttl(keys.job_events(job)) == -1
-
-
-def test_keep_record_when_job_exists_then_ttl_dropped_and_when_missing_then_false(
-    store: JobStore, job: str, redis_client: redis.Redis
-) -> None:
-    finish(store, job)
-    assert store.keep_record(job)
-    assert redis_client.ttl(keys.job(job)) == -1 and redis_client.ttl(keys.job_events(job)) == -1
-    assert not store.keep_record("no-such-job")
-    assert not redis_client.exists(keys.job("no-such-job"))
