@@ -12,9 +12,12 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from yousync.core import webhooks
 
 
 def _home_dir() -> Path:
@@ -207,6 +210,24 @@ class Settings(BaseSettings):
     @classmethod
     def _spool_dir_from_home(cls, value: Path) -> Path:
         return value if value.is_absolute() else HOME_DIR / value
+
+    @field_validator("callback_secret")
+    @classmethod
+    def _callback_secrets_readable(cls, value: str) -> str:
+        """A secret that cannot sign is refused at start, not found out at the first job end."""
+        secrets = [secret.strip() for secret in value.split(",") if secret.strip()]
+        if len(secrets) > 2:
+            raise ValueError("CALLBACK_SECRET holds at most two secrets (current, next)")
+        for secret in secrets:
+            webhooks.secret_key(secret)
+        return value
+
+    @field_validator("callback_url")
+    @classmethod
+    def _callback_url_http(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in ("http", "https"):
+            raise ValueError("CALLBACK_URL must be an http or https URL")
+        return value
 
     @field_validator("prometheus_multiproc_dir", mode="before")
     @classmethod

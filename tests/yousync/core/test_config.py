@@ -127,3 +127,19 @@ def test_prometheus_multiproc_dir_when_unset_empty_or_relative_then_none_none_re
     assert Settings(prometheus_multiproc_dir=str(tmp_path)).prometheus_multiproc_dir == tmp_path
     with pytest.raises(ValidationError, match="absolute"):
         Settings(prometheus_multiproc_dir="var/metrics")
+
+
+def test_callback_settings_when_unusable_then_refused_at_start() -> None:
+    good = "whsec_" + "a" * 43 + "="
+    Settings(callback_secret=f"{good}, {good}", callback_url="https://be.internal/hooks")
+    for bad in ({"callback_secret": "whsec_***"}, {"callback_secret": ",".join([good] * 3)}):
+        with pytest.raises(ValueError, match="CALLBACK_SECRET|base64"):
+            Settings(**bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="CALLBACK_URL"):
+        Settings(callback_url="ftp://be.internal/hooks")
+
+
+def test_result_retention_when_set_by_either_name_then_the_job_ttl() -> None:
+    assert Settings(_env_file=None).job_ttl_seconds == 3600  # type: ignore[call-arg]
+    assert Settings(RESULT_RETENTION_SECONDS=259200).job_ttl_seconds == 259200  # type: ignore[call-arg]
+    assert Settings(JOB_TTL_SECONDS=7200).job_ttl_seconds == 7200  # type: ignore[call-arg]
