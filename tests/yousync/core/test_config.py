@@ -133,7 +133,7 @@ def test_callback_settings_when_unusable_then_refused_at_start() -> None:
     good = "whsec_" + "a" * 43 + "="
     Settings(callback_secret=f"{good}, {good}", callback_url="https://be.internal/hooks")
     for bad in ({"callback_secret": "whsec_***"}, {"callback_secret": ",".join([good] * 3)}):
-        with pytest.raises(ValueError, match="CALLBACK_SECRET|base64"):
+        with pytest.raises(ValueError, match=r"CALLBACK_SECRET|base64"):
             Settings(**bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="CALLBACK_URL"):
         Settings(callback_url="ftp://be.internal/hooks")
