@@ -20,18 +20,18 @@ from devtools import stack
 from tests.helpers import sse
 from tests.helpers.api import upload_accepted
 from tests.helpers.audio import wav_bytes, white_noise_wav
-from tests.helpers.mini_stack import MiniStack, mini_stacks
+from tests.helpers.mini_stack import (
+    SLOW_S3_BYTES_PER_SECOND,
+    SLOW_S3_UPLOAD_MB,
+    MiniStack,
+    mini_stacks,
+    slow_s3_settings,
+)
 from tests.helpers.proxy import CuttableProxy
 from tests.helpers.s3 import object_keys, open_upload_keys
 from tests.helpers.wait import wait_until
 from tests.helpers.worker_log import task_ended
 from yousync.core import keys
-
-# As tests/back_end/test_multipart_upload.py: 12 MB of white noise goes up in three 5 MB parts
-# over a 4 MB/s link, long enough to delete the job in the middle of it.
-THRESHOLD_MB = 5
-UPLOAD_MB = 12
-LINK_BYTES_PER_SECOND = 4 * 1024 * 1024
 
 
 @dataclass
@@ -59,12 +59,7 @@ def delete_stack(
         with mini_stacks(stack_env, workdir) as make:
             mini = make(
                 ANALYSIS_SERVER_URL=f"http://127.0.0.1:{analysis.name.split(':')[1]}",
-                S3_ENDPOINT_URL=proxy.url,
-                S3_MULTIPART_THRESHOLD_MB=str(THRESHOLD_MB),
-                MAX_UPLOAD_MB=str(UPLOAD_MB + 4),
-                TASK_SOFT_TIME_LIMIT="50",
-                TASK_TIME_LIMIT="60",
-                BROKER_VISIBILITY_TIMEOUT="90",
+                **slow_s3_settings(proxy.url),
             )
             yield DeleteStack(mini, proxy)
     finally:
@@ -134,8 +129,8 @@ def follow_until(ds: DeleteStack, body: dict[str, Any], stage: str, low: int = 0
 def test_delete_when_the_worker_uploads_to_s3_then_upload_aborted_and_nothing_is_left(
     ds: DeleteStack, token_id: str, s3_client: Any, s3_bucket: str, spool_dir: Path
 ) -> None:
-    ds.proxy.throttle(LINK_BYTES_PER_SECOND)
-    body = upload_accepted(ds.api, token_id, white_noise_wav(UPLOAD_MB))
+    ds.proxy.throttle(SLOW_S3_BYTES_PER_SECOND)
+    body = upload_accepted(ds.api, token_id, white_noise_wav(SLOW_S3_UPLOAD_MB))
     job_id = body["job_id"]
     follow_until(ds, body, "uploading", low=10)
     assert open_upload_keys(s3_client, s3_bucket, f"audio/{token_id}/{job_id}")

@@ -18,19 +18,21 @@ from devtools import stack
 from tests.helpers import sse
 from tests.helpers.api import upload_accepted
 from tests.helpers.audio import white_noise_wav
-from tests.helpers.mini_stack import MiniStack, mini_stacks
+from tests.helpers.mini_stack import (
+    SLOW_S3_BYTES_PER_SECOND,
+    SLOW_S3_THRESHOLD_MB,
+    SLOW_S3_UPLOAD_MB,
+    MiniStack,
+    mini_stacks,
+    slow_s3_settings,
+)
 from tests.helpers.proxy import CuttableProxy
 from tests.helpers.s3 import cancel_mid_upload, open_uploads
 from tests.helpers.wait import wait_until
 from tests.helpers.worker_log import task_ended
 
-# S3 (and moto) refuse parts under 5 MB when an upload is completed, so the threshold (also the
-# part size) cannot go lower; 12 MB of white noise stays ~12 MB as FLAC: three parts, 5 + 5 + 2.
-THRESHOLD_MB = 5
-UPLOAD_MB = 12
-# About 3 s for the upload: the worker writes progress at most every 0.1 s, so that is room
-# for a few dozen writes, and for a cancel to land well before the last part.
-LINK_BYTES_PER_SECOND = 4 * 1024 * 1024
+THRESHOLD_MB = SLOW_S3_THRESHOLD_MB
+UPLOAD_MB = SLOW_S3_UPLOAD_MB
 
 
 @pytest.fixture(scope="module")
@@ -40,19 +42,10 @@ def slow_s3_stack(
     """A worker (and API) reaching S3 through a slow link; the analysis server's own S3
     access stays direct."""
     proxy = CuttableProxy(int(s3_service.name.split(":")[1]))
-    proxy.throttle(LINK_BYTES_PER_SECOND)
+    proxy.throttle(SLOW_S3_BYTES_PER_SECOND)
     try:
         with mini_stacks(stack_env, workdir) as make:
-            yield make(
-                S3_ENDPOINT_URL=proxy.url,
-                S3_MULTIPART_THRESHOLD_MB=str(THRESHOLD_MB),
-                MAX_UPLOAD_MB=str(UPLOAD_MB + 4),
-                # Slow upload plus the analysis of ~2 min of audio: more than the test stack's
-                # 9 s soft limit may allow on a loaded host (visibility must exceed the limit).
-                TASK_SOFT_TIME_LIMIT="50",
-                TASK_TIME_LIMIT="60",
-                BROKER_VISIBILITY_TIMEOUT="90",
-            )
+            yield make(**slow_s3_settings(proxy.url))
     finally:
         proxy.close()
 

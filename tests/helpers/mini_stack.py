@@ -65,3 +65,26 @@ def mini_stacks(stack_env: dict[str, str], workdir: Path) -> Iterator[Callable[.
             client.connection_pool.disconnect()
         for proc in reversed(started):
             proc.kill()
+
+
+# A stack whose worker and API reach S3 through a slow link (tests/helpers/proxy.py): 12 MB of
+# white noise stays ~12 MB as FLAC and goes up as three 5 MB parts (S3 and moto refuse smaller
+# parts but the last, so the threshold, also the part size, cannot go lower), ~3 s at 4 MB/s:
+# room for a cancel or a DELETE to land mid-upload.
+SLOW_S3_THRESHOLD_MB = 5
+SLOW_S3_UPLOAD_MB = 12
+SLOW_S3_BYTES_PER_SECOND = 4 * 1024 * 1024
+
+
+def slow_s3_settings(s3_url: str) -> dict[str, str]:
+    """Environment of such a stack, `s3_url` being the proxy's."""
+    return {
+        "S3_ENDPOINT_URL": s3_url,
+        "S3_MULTIPART_THRESHOLD_MB": str(SLOW_S3_THRESHOLD_MB),
+        "MAX_UPLOAD_MB": str(SLOW_S3_UPLOAD_MB + 4),
+        # Slow upload plus the analysis of ~2 min of audio: more than the test stack's 9 s soft
+        # limit may allow on a loaded host (visibility must exceed the limit).
+        "TASK_SOFT_TIME_LIMIT": "50",
+        "TASK_TIME_LIMIT": "60",
+        "BROKER_VISIBILITY_TIMEOUT": "90",
+    }

@@ -126,16 +126,24 @@ def _write_args(
     for name, value in fields.items():
         argv += [name, value]
     key_list = [
-        keys.job(job_id),
-        keys.job_events(job_id),
-        keys.token_jobs(token_id),
-        keys.token_events(token_id),
-        keys.ACTIVE_JOBS,
+        *_job_keys(job_id, token_id),
         keys.METRICS_JOBS_FINISHED,
         keys.job_callbacks(job_id),
         keys.CALLBACKS_DUE,
     ]
     return key_list, argv
+
+
+def _job_keys(job_id: str, token_id: str) -> list[str]:
+    """The keys every write of a job touches, as both scripts take them first: the hash, its
+    events, the token's index and feed, the active set."""
+    return [
+        keys.job(job_id),
+        keys.job_events(job_id),
+        keys.token_jobs(token_id),
+        keys.token_events(token_id),
+        keys.ACTIVE_JOBS,
+    ]
 
 
 def callback_record_ttl(settings: Settings) -> int:
@@ -373,11 +381,7 @@ class AsyncJobStore:
         job_id, token_id = job.job_id, job.token_id
         root = job.deduplicated_from or job_id
         key_list = [
-            keys.job(job_id),
-            keys.job_events(job_id),
-            keys.token_jobs(token_id),
-            keys.token_events(token_id),
-            keys.ACTIVE_JOBS,
+            *_job_keys(job_id, token_id),
             keys.dedupe(token_id, job.sha256) if job.sha256 else keys.job(job_id),
             keys.job_callbacks(job_id),
             keys.CALLBACKS_DUE,
