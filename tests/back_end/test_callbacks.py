@@ -251,3 +251,33 @@ def test_job_end_when_written_by_the_worker_then_it_sends_the_drain_itself_witho
         assert request.headers["webhook-id"] == f"{job['job_id']}.1"
     finally:
         cb.beat.start()
+
+
+@pytest.mark.parametrize(
+    "target",
+    ["http://127.0.0.1:{port}/hook", "http://169.254.169.254/latest/meta-data/", "off-list"],
+)
+def test_upload_when_its_callback_target_is_internal_or_off_the_allowlist_then_422_and_nothing_sent(
+    cb: CallbackStack, token_id: str, target: str
+) -> None:
+    """Refused at upload: no job, so no end and no delivery; an ordinary job's callback,
+    delivered afterwards, shows the drains ran meanwhile and still sent nothing there."""
+    internal = Receiver(host="127.0.0.1").start()  # on loopback, as Redis or an admin port is
+    cb.receiver.start()
+    try:
+        url = "https://hooks.elsewhere.example/h" if target == "off-list" else target
+        response = httpx.post(
+            f"{cb.api_url}/tokens/{token_id}/upload-audio",
+            files={"file": ("take.wav", wav_bytes(1.0, freq=587.0), "audio/wav")},
+            data={"callback_url": url.format(port=internal.port)},
+            timeout=60,
+        )
+        assert response.status_code == 422, response.text
+        assert response.json()["code"] == "callback_url_not_allowed"
+        assert cb.redis.zcard(keys.token_jobs(token_id)) == 0
+        job_id = cb.end_job()
+        stack.poll(lambda: cb.receiver.requests(), timeout=30, what="the ordinary callback")
+        assert [r.headers["webhook-id"] for r in cb.receiver.requests()] == [f"{job_id}.1"]
+        assert internal.requests() == []
+    finally:
+        internal.close()
