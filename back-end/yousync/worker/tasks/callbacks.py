@@ -159,13 +159,20 @@ def _process_sender() -> Sender:
     global _sender
     with _lock:
         if _sender is None:
-            client = httpx.Client(
-                timeout=settings.callback_timeout_seconds,
-                follow_redirects=False,
-                limits=httpx.Limits(max_connections=CONCURRENCY * 2),
-            )
-            _sender = Sender(settings, client)
+            _sender = Sender(settings, http_client(settings))
         return _sender
+
+
+def http_client(settings: Settings) -> httpx.Client:
+    """The client of the attempts. `trust_env=False`: HTTP(S)_PROXY, ALL_PROXY and .netrc in the
+    worker's environment must not apply, as a proxy would resolve the host again itself (and
+    connect where the SSRF check never looked) and a .netrc would hand a receiver credentials."""
+    return httpx.Client(
+        timeout=settings.callback_timeout_seconds,
+        follow_redirects=False,
+        limits=httpx.Limits(max_connections=CONCURRENCY * 2),
+        trust_env=False,
+    )
 
 
 def _forget_in_child() -> None:

@@ -17,7 +17,7 @@ from yousync.core import keys, webhooks
 from yousync.core.callbacks import DeliveryStore
 from yousync.core.config import Settings
 from yousync.core.jobs import AsyncJobStore, JobStore
-from yousync.worker.tasks.callbacks import NO_SECRET, Sender, drain_once
+from yousync.worker.tasks.callbacks import NO_SECRET, Sender, drain_once, http_client
 
 SECRET = "whsec_" + base64.b64encode(b"drain-test-secret").decode()
 
@@ -129,3 +129,26 @@ def test_sender_when_dev_has_no_secret_then_sent_without_a_signature(
     _drain(redis_client, settings)
     [request] = receiver.requests()
     assert "webhook-signature" not in request.headers and request.headers["webhook-id"]
+
+
+def test_drain_when_the_environment_names_a_proxy_then_it_is_ignored(
+    redis_client: redis.Redis,
+    redis_url: str,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A proxy would resolve the host again (undoing the checked address) and see the body."""
+    proxy = Receiver().start()
+    try:
+        for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "all_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.port}")
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        settings = _settings(redis_url, receiver.url)
+        _end_jobs(redis_url, settings, 1)
+        with http_client(settings) as client:
+            drain_once(DeliveryStore(redis_client, settings), Sender(settings, client))
+        assert proxy.requests() == []
+        assert len(receiver.requests()) == 1
+    finally:
+        proxy.close()
