@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,6 +39,11 @@ class Receiver:
     # Cleared: requests are recorded on arrival, then wait (the connection stays open) until it
     # is set again.
     release: threading.Event = field(default_factory=threading.Event)
+    # Set: the receiver speaks HTTPS with this context (tests/helpers/tls.py).
+    tls: ssl.SSLContext | None = None
+    # True: HTTP/1.1 with keep-alive (a stopped receiver's open connections would still answer,
+    # so the down-and-up tests keep the default: a connection per request).
+    keep_alive: bool = False
     _server: ThreadingHTTPServer | None = None
     _reserved: socket.socket | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -55,7 +61,8 @@ class Receiver:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}/hooks/yousync"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{self.host}:{self.port}/hooks/yousync"
 
     def bodies(self) -> list[bytes]:
         with self._lock:
@@ -76,6 +83,8 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1" if self.keep_alive else "HTTP/1.0"
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length)
@@ -100,6 +109,8 @@ class Receiver:
         assert self._reserved is not None, "already started"
         server.socket, self._reserved = self._reserved, None
         server.server_activate()  # listen on the reserved port
+        if self.tls is not None:
+            server.socket = self.tls.wrap_socket(server.socket, server_side=True)
         server.daemon_threads = True
         self._server = server
         threading.Thread(target=server.serve_forever, daemon=True).start()

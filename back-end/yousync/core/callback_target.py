@@ -55,6 +55,9 @@ class SendTarget:
     url: str
     host_header: str | None = None
     sni_hostname: str | None = None
+    # The checked address itself (None for the operator's URL, which is not checked): a sender
+    # that keeps the URL by name connects here (yousync/worker/callback_http.py).
+    address: str | None = None
 
 
 @dataclass(frozen=True)
@@ -227,4 +230,5 @@ def resolve_for_send(
         url=urlunsplit(parts._replace(netloc=netloc)),
         host_header=host_header,
         sni_hostname=host if parts.scheme == "https" and literal is None else None,
+        address=str(chosen),
     )

@@ -38,6 +38,8 @@ from yousync.core.models import JobSnapshot
 
 # Given up on (dead-lettered): the snapshot says `failed`.
 DEAD = "dead"
+# A lease outlasts an attempt's deadline (CALLBACK_TIMEOUT_SECONDS) by this much.
+LEASE_MARGIN_SECONDS = 10.0
 
 _CLAIM = """
 local t = redis.call('TIME')
@@ -211,13 +213,20 @@ class DeliveryStore:
         self._replay = client.register_script(_REPLAY)
 
     @property
+    def attempt_seconds(self) -> float:
+        """An attempt's whole time, from its claim: CALLBACK_TIMEOUT_SECONDS for DNS, connect,
+        TLS, request and response together (the sender enforces it)."""
+        return float(self._settings.callback_timeout_seconds)
+
+    @property
     def lease_seconds(self) -> float:
-        """How long a claimed delivery stays invisible to other drains: two request timeouts
-        (DNS, connect and response each have one) and a margin. A drain killed mid-attempt
+        """How long a claimed delivery stays invisible to other drains: an attempt's whole time
+        plus a margin (LEASE_MARGIN_SECONDS: recording the outcome, a loaded host), so no other
+        drain sends it while the attempt may still be under way. A drain killed mid-attempt
         delays that delivery by this much (tests pass a shorter `lease_seconds`)."""
         if self._lease is not None:
             return self._lease
-        return 2 * self._settings.callback_timeout_seconds + 5.0
+        return self.attempt_seconds + LEASE_MARGIN_SECONDS
 
     def claim(self, limit: int) -> Claim:
         """Up to `limit` due deliveries, leased to the caller. A due id whose record is gone

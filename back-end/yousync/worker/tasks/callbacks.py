@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import ssl
 import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -31,7 +32,7 @@ import httpx
 from yousync.core import callback_target, webhooks
 from yousync.core.callbacks import Claim, Delivery, DeliveryStore
 from yousync.core.config import Settings
-from yousync.worker import context
+from yousync.worker import callback_http, context
 from yousync.worker.celery_app import CALLBACKS_QUEUE, DRAIN_CALLBACKS_TASK, celery_app, settings
 
 log = logging.getLogger("yousync.callbacks")
@@ -43,15 +44,49 @@ DRAIN_BUDGET_SECONDS = 30.0
 USER_AGENT = "YouSync-Webhooks/1"
 
 NO_SECRET = "CALLBACK_SECRET is not set"
+# Of a receiver's answer, only this much of the body is read (the status is what counts).
+MAX_RESPONSE_BYTES = 64 * 1024
 
 
 class Sender:
-    """Makes one attempt of a delivery; thread-safe (one httpx client, its own pool)."""
+    """Makes one attempt of a delivery; thread-safe. Two clients, each with its own pool: the
+    operator's CALLBACK_URL by name (trusted), uploads' own targets pinned to the address
+    checked for the attempt (yousync/worker/callback_http.py)."""
 
-    def __init__(self, settings: Settings, client: httpx.Client) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        operator_client: httpx.Client,
+        pinned_client: httpx.Client,
+    ) -> None:
         self._settings = settings
-        self._client = client
+        self._operator = operator_client
+        self._pinned = pinned_client
         self._warned = False
+
+    @classmethod
+    def open(cls, settings: Settings, *, verify: ssl.SSLContext | bool = True) -> Sender:
+        """`verify`: the CA bundle (tests trust their own CA)."""
+
+        def make(pinned: bool) -> httpx.Client:
+            return callback_http.client(
+                settings.callback_timeout_seconds,
+                pinned=pinned,
+                connections=CONCURRENCY * 2,
+                verify=verify,
+            )
+
+        return cls(settings, make(pinned=False), make(pinned=True))
+
+    def close(self) -> None:
+        self._operator.close()
+        self._pinned.close()
+
+    def __enter__(self) -> Sender:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def secrets(self) -> list[str] | None:
         """The signing secrets; None when this environment refuses to send unsigned."""
@@ -65,31 +100,60 @@ class Sender:
             log.warning("callbacks: CALLBACK_SECRET is not set; sending unsigned callbacks")
         return []
 
-    def attempt(self, delivery: Delivery) -> str | None:
-        """None when the receiver answered 2xx, else what went wrong (kept on the record)."""
+    def attempt(self, delivery: Delivery, *, deadline: float | None = None) -> str | None:
+        """None when the receiver answered 2xx, else what went wrong (kept on the record). The
+        whole attempt (DNS, connect, TLS, request, response) ends by `deadline`
+        (time.monotonic(); CALLBACK_TIMEOUT_SECONDS from now by default)."""
+        if deadline is None:
+            deadline = time.monotonic() + self._settings.callback_timeout_seconds
         secrets = self.secrets()
         if secrets is None:
             return NO_SECRET
         body = delivery.body()
+
+        def resolve(host: str, port: int) -> list[str]:
+            return callback_http.resolve(host, port, timeout=deadline - time.monotonic())
+
         try:
             target = callback_target.resolve_for_send(
-                delivery.url, self._settings, operator_set=delivery.operator_set
+                delivery.url, self._settings, operator_set=delivery.operator_set, resolve=resolve
             )
             headers = webhooks.headers(secrets, delivery.id, body)
             headers["user-agent"] = USER_AGENT
-            if target.host_header:
-                headers["host"] = target.host_header
-            extensions = {"sni_hostname": target.sni_hostname} if target.sni_hostname else None
-            response = self._client.post(
-                target.url, content=body, headers=headers, extensions=extensions
-            )
+            client, pin = self._operator, None
+            if target.address is not None:
+                url = httpx.URL(delivery.url)
+                port = url.port or (443 if url.scheme == "https" else 80)
+                pin = callback_http.Pin(url.raw_host.decode("ascii"), port, target.address)
+                client = self._pinned
+            with (
+                callback_http.attempt(deadline, pin),
+                client.stream("POST", delivery.url, content=body, headers=headers) as response,
+            ):
+                status = response.status_code
+                _read_some(response)
         except callback_target.CallbackTargetRefused as exc:
             return f"refused: {exc}"
+        except callback_http.AttemptTimeout as exc:
+            return f"timeout: {exc}"
         except (httpx.HTTPError, ValueError) as exc:
             return f"{type(exc).__name__}: {exc}"
-        if 200 <= response.status_code < 300:
+        if 200 <= status < 300:
             return None
-        return f"HTTP {response.status_code}"
+        return f"HTTP {status}"
+
+
+def _read_some(response: httpx.Response) -> None:
+    """Read a little of the body, so a short answer leaves the connection reusable; the status
+    is the answer, so a body that fails or outlasts the deadline changes nothing."""
+    read = 0
+    try:
+        for chunk in response.iter_raw():
+            read += len(chunk)
+            if read >= MAX_RESPONSE_BYTES:
+                return
+    except httpx.HTTPError:
+        return
 
 
 def drain_once(
@@ -122,7 +186,7 @@ def _send(
     store: DeliveryStore, sender: Sender, delivery: Delivery, claim: Claim, claimed_at: float
 ) -> None:
     try:
-        error = sender.attempt(delivery)
+        error = sender.attempt(delivery, deadline=claimed_at + store.attempt_seconds)
     except Exception as exc:  # a bug must not leave the delivery leased until the lease ends
         log.exception("callback %s: attempt failed unexpectedly", delivery.id)
         error = f"internal: {type(exc).__name__}"
@@ -154,25 +218,13 @@ _sender: Sender | None = None
 
 
 def _process_sender() -> Sender:
-    """One sender per process (its connection pool keeps receivers' connections open between
+    """One sender per process (its connection pools keep receivers' connections open between
     drains), built on first use, after the fork."""
     global _sender
     with _lock:
         if _sender is None:
-            _sender = Sender(settings, http_client(settings))
+            _sender = Sender.open(settings)
         return _sender
-
-
-def http_client(settings: Settings) -> httpx.Client:
-    """The client of the attempts. `trust_env=False`: HTTP(S)_PROXY, ALL_PROXY and .netrc in the
-    worker's environment must not apply, as a proxy would resolve the host again itself (and
-    connect where the SSRF check never looked) and a .netrc would hand a receiver credentials."""
-    return httpx.Client(
-        timeout=settings.callback_timeout_seconds,
-        follow_redirects=False,
-        limits=httpx.Limits(max_connections=CONCURRENCY * 2),
-        trust_env=False,
-    )
 
 
 def _forget_in_child() -> None:
