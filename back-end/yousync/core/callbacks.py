@@ -9,11 +9,16 @@ never send the same attempt and a step is never half-done:
 * `claim` takes the due ids and moves each one's score to now + a lease in the same call: no
   other drain sees them while this one sends, and a drain that dies (SIGKILL) leaves them due
   again once the lease runs out, with the same id (the receiver deduplicates by it).
-* `delivered` / `failed` record an attempt's outcome; `failed` either schedules the next
-  attempt or, past CALLBACK_GIVE_UP_SECONDS, moves the delivery to `keys.CALLBACKS_DEAD` and
-  takes its expiry away (a dead letter is kept until an operator replays it), and the job's
-  record's too, if it still exists: a dead-lettered job keeps its record until its replayed
-  delivery goes through (which gives the record its JOB_TTL_SECONDS back) or it is deleted.
+* `delivered` / `failed` record an attempt's outcome. `failed` counts only if the attempt
+  count is still the one the claim read (an attempt that outlived its lease cannot count
+  twice), and either schedules the next attempt or, past CALLBACK_GIVE_UP_SECONDS, moves the
+  delivery to `keys.CALLBACKS_DEAD` and takes its expiry away (a dead letter is kept until an
+  operator replays it), and the job's record's too, if it still exists: a dead-lettered job
+  keeps its record until its replayed delivery goes through (which gives the record its
+  JOB_TTL_SECONDS back, unless another of its deliveries is still a dead letter) or it is
+  deleted. `delivered` counts whatever the counter says (the receiver has it, even from a
+  drain whose lease ran out), once; it drops the body, so the job's result does not outlive
+  the job's record in the delivery.
 * `replay` puts dead letters back as due, attempts reset.
 
 Each outcome also sets the job's snapshot `callback` field when the job's record still exists
@@ -40,6 +45,8 @@ from yousync.core.models import JobSnapshot
 DEAD = "dead"
 # A lease outlasts an attempt's deadline (CALLBACK_TIMEOUT_SECONDS) by this much.
 LEASE_MARGIN_SECONDS = 10.0
+# A delivered record whose job's record is gone lingers this long (its body removed).
+DELIVERED_GRACE_SECONDS = 300
 
 _CLAIM = """
 local t = redis.call('TIME')
@@ -60,24 +67,54 @@ local function job_state(job, id, status, attempts)
 end
 """
 
-# KEYS: due, record, job, metrics, job's events. ARGV: id, attempts counted at claim, the job's
-# retention (JOB_TTL_SECONDS).
+# Shared by delivered and replay: a dead letter took the expiry of its job's record, events and
+# set of deliveries; they get it back only when none of the job's other deliveries is still a
+# dead letter (whose record a DELETE reaches through that set, and a reader through the job).
+_NO_OTHER_DEAD = """
+local function no_other_dead(set, dead, id)
+  for _, member in ipairs(redis.call('SMEMBERS', set)) do
+    if member ~= id and redis.call('ZSCORE', dead, member) then return false end
+  end
+  return true
+end
+"""
+
+# KEYS: due, record, job, metrics, job's events, dead, job's deliveries. ARGV: id, attempts
+# counted at claim, the job's retention (JOB_TTL_SECONDS), the set's retention (a record's),
+# the record's retention once delivered when the job's record is gone.
 _DELIVERED = (
     _JOB_STATE
+    + _NO_OTHER_DEAD
     + """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('ZREM', KEYS[1], ARGV[1])
+  return 0
+end
+-- A 2xx is a delivery whatever the attempt counter says: a drain whose lease ran out (another
+-- one claimed the delivery meanwhile, failed, rescheduled or even dead-lettered it) was answered
+-- all the same. Only a second 2xx changes nothing.
+if redis.call('HGET', KEYS[2], 'status') == 'delivered' then return 0 end
 redis.call('ZREM', KEYS[1], ARGV[1])
-if redis.call('EXISTS', KEYS[2]) == 0 then return 0 end
-if redis.call('HGET', KEYS[2], 'attempts') ~= ARGV[2] then return 0 end
--- A replayed dead letter is delivered at last: its job's record, kept without expiry since the
--- dead letter, gets its retention back.
-if redis.call('TTL', KEYS[3]) == -1 then
-  redis.call('EXPIRE', KEYS[3], ARGV[3])
-  redis.call('EXPIRE', KEYS[5], ARGV[3])
+redis.call('ZREM', KEYS[6], ARGV[1])
+if no_other_dead(KEYS[7], KEYS[6], ARGV[1]) then
+  -- A replayed dead letter is delivered at last: its job's record, kept without expiry since
+  -- the dead letter, gets its retention back.
+  if redis.call('TTL', KEYS[3]) == -1 then
+    redis.call('EXPIRE', KEYS[3], ARGV[3])
+    redis.call('EXPIRE', KEYS[5], ARGV[3])
+  end
+  if redis.call('TTL', KEYS[7]) == -1 then redis.call('EXPIRE', KEYS[7], ARGV[4]) end
 end
 local attempts = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 local t = redis.call('TIME')
-redis.call('HSET', KEYS[2], 'status', 'delivered', 'delivered_at', t[1] .. '.' .. t[2],
-  'last_error', '')
+redis.call('HSET', KEYS[2], 'status', 'delivered',
+  'delivered_at', string.format('%d.%06d', t[1], t[2]), 'last_error', '', 'dead_at', '')
+-- The body (the job's result) goes: it must not outlive the job's own retention. What is left
+-- (target, attempts, times) expires with the job's record, or soon when that is gone.
+redis.call('HDEL', KEYS[2], 'snapshot')
+local left = redis.call('TTL', KEYS[3])
+if left == -1 then left = tonumber(ARGV[3]) elseif left < 0 then left = tonumber(ARGV[5]) end
+redis.call('EXPIRE', KEYS[2], left)
 redis.call('HINCRBY', KEYS[4], 'delivered', 1)
 job_state(KEYS[3], ARGV[1], 'delivered', attempts)
 return attempts
@@ -93,6 +130,7 @@ if redis.call('EXISTS', KEYS[2]) == 0 then
   redis.call('ZREM', KEYS[1], ARGV[1])
   return 0
 end
+if redis.call('HGET', KEYS[2], 'status') == 'delivered' then return 0 end
 if redis.call('HGET', KEYS[2], 'attempts') ~= ARGV[2] then return 0 end
 local attempts = redis.call('HINCRBY', KEYS[2], 'attempts', 1)
 redis.call('HSET', KEYS[2], 'last_error', ARGV[3])
@@ -121,6 +159,7 @@ return attempts
 # KEYS: dead, due, record, job, job's deliveries. ARGV: id, record TTL.
 _REPLAY = (
     _JOB_STATE
+    + _NO_OTHER_DEAD
     + """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 if redis.call('EXISTS', KEYS[3]) == 0 then return -1 end
@@ -128,7 +167,7 @@ local t = redis.call('TIME')
 local now = string.format('%d.%06d', t[1], t[2])
 redis.call('HSET', KEYS[3], 'attempts', 0, 'since', now, 'status', 'pending', 'dead_at', '')
 redis.call('EXPIRE', KEYS[3], ARGV[2])
-redis.call('EXPIRE', KEYS[5], ARGV[2])
+if no_other_dead(KEYS[5], KEYS[1], ARGV[1]) then redis.call('EXPIRE', KEYS[5], ARGV[2]) end
 redis.call('ZADD', KEYS[2], now, ARGV[1])
 job_state(KEYS[4], ARGV[1], 'pending', 0)
 return 1
@@ -247,8 +286,9 @@ class DeliveryStore:
         return Claim(now=float(_text(now_raw)), deliveries=deliveries)
 
     def delivered(self, delivery: Delivery) -> int:
-        """Record a 2xx; returns the attempts made (0 when another drain recorded this attempt
-        or the delivery is gone)."""
+        """Record a 2xx, even one that comes after the lease ran out and another drain took
+        the delivery over: the receiver has it. Returns the attempts made (0 when it was
+        delivered already or is gone)."""
         return int(
             self._delivered(
                 keys=[
@@ -257,8 +297,16 @@ class DeliveryStore:
                     keys.job(delivery.job_id),
                     keys.METRICS_CALLBACKS,
                     keys.job_events(delivery.job_id),
+                    keys.CALLBACKS_DEAD,
+                    keys.job_callbacks(delivery.job_id),
                 ],
-                args=[delivery.id, delivery.attempts, self._settings.job_ttl_seconds],
+                args=[
+                    delivery.id,
+                    delivery.attempts,
+                    self._settings.job_ttl_seconds,
+                    callback_record_ttl(self._settings),
+                    DELIVERED_GRACE_SECONDS,
+                ],
             )
         )
 

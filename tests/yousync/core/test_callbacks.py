@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
 import redis
@@ -12,7 +13,7 @@ import redis.asyncio as aioredis
 
 from devtools.stack import poll
 from yousync.core import keys
-from yousync.core.callbacks import Delivery, DeliveryStore, next_due, retry_delay
+from yousync.core.callbacks import Claim, Delivery, DeliveryStore, next_due, retry_delay
 from yousync.core.config import Settings
 from yousync.core.jobs import AsyncJobStore, JobStore, Refused
 from yousync.core.models import JobSnapshot
@@ -278,3 +279,114 @@ def test_job_end_when_an_earlier_end_was_dead_lettered_then_the_jobs_set_stays_p
     end_job(store)
     assert redis_client.smembers(keys.job_callbacks(JOB)) == {f"{JOB}.1", f"{JOB}.2"}
     assert redis_client.ttl(keys.job_callbacks(JOB)) == -1
+
+
+def test_delivered_when_it_comes_after_the_lease_ran_out_and_another_drain_failed_then_delivered(
+    store: JobStore,
+    settings: Settings,
+    redis_client: redis.Redis,
+    redis_url: str,
+) -> None:
+    """Drain A claims, its lease runs out, drain B claims and fails (rescheduled), then A's
+    receiver answers 2xx: the receiver has it, so it is delivered, once."""
+    create(redis_url, settings)
+    end_job(store)
+    short = DeliveryStore(redis_client, settings, lease_seconds=0.3)
+    first, _ = _claimed(short)
+
+    def claimed_again() -> Claim | None:
+        claim = short.claim(10)
+        return claim if claim.deliveries else None
+
+    claim_b = poll(claimed_again, timeout=10, what="lease expiry")
+    [second] = claim_b.deliveries
+    assert short.failed(second, "HTTP 503", now=claim_b.now) is not None
+    assert redis_client.zscore(keys.CALLBACKS_DUE, first.id) is not None  # B rescheduled it
+
+    assert short.delivered(first) == 2  # B's failed attempt and A's
+    record = redis_client.hgetall(keys.callback(first.id))
+    assert record["status"] == "delivered" and record["attempts"] == "2"
+    assert redis_client.zscore(keys.CALLBACKS_DUE, first.id) is None
+    assert redis_client.zscore(keys.CALLBACKS_DEAD, first.id) is None
+    assert json.loads(redis_client.hget(keys.job(JOB), "callback") or "") == {
+        "status": "delivered",
+        "attempts": 2,
+    }
+    # Late outcomes of the same delivery change nothing, and nothing is counted twice.
+    assert short.delivered(second) == 0
+    short.failed(second, "late", now=claim_b.now)
+    assert redis_client.hget(keys.callback(first.id), "status") == "delivered"
+    assert redis_client.zcard(keys.CALLBACKS_DUE) == 0
+    assert redis_client.hget(keys.METRICS_CALLBACKS, "delivered") == "1"
+
+
+def test_delivered_when_another_dead_letter_of_the_job_still_waits_then_the_job_keeps_no_expiry(
+    redis_client: redis.Redis, redis_url: str
+) -> None:
+    """The job's record, events and set of deliveries get their expiry back only when none of
+    its deliveries is a dead letter any more: a DELETE reaches a dead letter through the set."""
+    settings = settings_for(redis_url, callback_give_up_seconds=0.001)
+    store = JobStore(redis.Redis.from_url(redis_url), settings)
+    deliveries = DeliveryStore(redis_client, settings)
+    create(redis_url, settings)
+    end_job(store, status="failed")
+    first, now = _claimed(deliveries)
+    deliveries.failed(first, "ConnectError", now=now + 1)
+    store.reopen(JOB, "tok", status="queued", stage="queued", message="again")
+    end_job(store, status="failed")
+    second, now = _claimed(deliveries)
+    deliveries.failed(second, "ConnectError", now=now + 1)
+    assert deliveries.dead_letters() == [first.id, second.id]
+    job_keys = [keys.job(JOB), keys.job_events(JOB), keys.job_callbacks(JOB)]
+
+    assert deliveries.replay([first.id]) == [first.id]
+    assert [redis_client.ttl(key) for key in job_keys] == [-1, -1, -1]
+    again, _ = _claimed(deliveries)
+    assert deliveries.delivered(again) == 1
+    assert [redis_client.ttl(key) for key in job_keys] == [-1, -1, -1]  # the second waits
+
+    assert deliveries.replay([second.id]) == [second.id]
+    again, _ = _claimed(deliveries)
+    assert deliveries.delivered(again) == 1
+    assert all(redis_client.ttl(key) > 0 for key in job_keys)
+
+
+def test_delivered_when_2xx_then_the_body_goes_and_the_record_expires_with_the_job(
+    store: JobStore,
+    settings: Settings,
+    deliveries: DeliveryStore,
+    redis_client: redis.Redis,
+    redis_url: str,
+) -> None:
+    """The body holds the job's result, which must not outlive RESULT_RETENTION_SECONDS."""
+    create(redis_url, settings)
+    end_job(store)
+    delivery, _ = _claimed(deliveries)
+    assert deliveries.delivered(delivery) == 1
+    record = redis_client.hgetall(keys.callback(delivery.id))
+    assert "snapshot" not in record
+    assert record["status"] == "delivered" and record["job_id"] == JOB
+    assert 0 < redis_client.ttl(keys.callback(delivery.id)) <= settings.job_ttl_seconds
+
+
+def test_delivered_at_when_recorded_early_in_a_second_then_its_microseconds_have_six_digits(
+    settings: Settings, deliveries: DeliveryStore, redis_client: redis.Redis, redis_url: str
+) -> None:
+    """`<seconds>.<microseconds>` reads as a number only zero-padded (5 µs is `.000005`, not
+    `.5`): delivered while Redis' clock is in the first tenth of a second."""
+    store = JobStore(redis.Redis.from_url(redis_url), settings)
+    for n in range(20):
+        job_id = f"44444444-4444-4444-8444-{n:012d}"
+        create(redis_url, settings, job_id)
+        end_job(store, job_id)
+        [delivery] = deliveries.claim(10).deliveries
+        poll(lambda: redis_client.time()[1] < 50_000, timeout=5, interval=0.002, what="early")
+        before = redis_client.time()
+        deliveries.delivered(delivery)
+        after = redis_client.time()
+        if before[0] != after[0] or after[1] >= 100_000:
+            continue  # the clock left the window meanwhile (a loaded host): again
+        stamp = redis_client.hget(keys.callback(delivery.id), "delivered_at") or ""
+        assert re.fullmatch(rf"{before[0]}\.0\d{{5}}", stamp), stamp
+        return
+    pytest.fail("never delivered in the first tenth of a second")
