@@ -256,6 +256,10 @@ class Settings(BaseSettings):
             unsafe.append("stream_token_secret")
         if self.analysis_shared_secret in _LOCAL_DUMMIES:
             unsafe.append("analysis_shared_secret")
+        # prod never sends a callback unsigned: without a secret every delivery would be
+        # retried for a day and dead-lettered, found out long after the deploy.
+        if self.callbacks_enabled and not self.callback_secrets:
+            unsafe.append("callback_secret")
         if unsafe:
             raise ValueError(f"refusing local default values in prod: {', '.join(unsafe)}")
         if self.task_time_limit >= self.broker_visibility_timeout:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import shutil
 import sys
@@ -41,6 +42,22 @@ def test_settings_when_prod_without_a_real_analysis_secret_then_refused(
 ) -> None:
     with pytest.raises(ValidationError, match="analysis_shared_secret"):
         prod(monkeypatch, ANALYSIS_SHARED_SECRET=secret)
+
+
+@pytest.mark.parametrize(
+    "callbacks",
+    [{"CALLBACK_URL": "https://main.example/hooks"}, {"CALLBACK_ALLOWED_HOSTS": "*.example"}],
+    ids=["operator-url", "allowlist"],
+)
+def test_settings_when_prod_has_callbacks_without_a_secret_then_refused(
+    monkeypatch: pytest.MonkeyPatch, callbacks: dict[str, str]
+) -> None:
+    """Refused at start, not found out a day later as every callback dead-lettered."""
+    monkeypatch.delenv("CALLBACK_SECRET", raising=False)
+    with pytest.raises(ValidationError, match="callback_secret"):
+        prod(monkeypatch, **callbacks)
+    secret = "whsec_" + base64.b64encode(b"a-real-callback-secret").decode()
+    assert prod(monkeypatch, **callbacks, CALLBACK_SECRET=secret).callbacks_enabled
 
 
 def test_settings_when_dev_then_dotenv_secret_and_the_analysis_servers_duration_limit(
