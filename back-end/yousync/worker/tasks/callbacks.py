@@ -11,10 +11,14 @@ SSRF policy now refuses) is a failed attempt, retried with backoff until CALLBAC
 after the job ended, then dead-lettered. Redirects are not followed: the target was checked,
 the place it redirects to was not.
 
+Each attempt has one deadline, CALLBACK_TIMEOUT_SECONDS from its claim, for DNS, connect, TLS,
+request and response together, and an upload's own target is connected to at the address the
+SSRF check approved, by name (yousync/worker/callback_http.py).
+
 Unsigned callbacks: with no CALLBACK_SECRET, `dev`/`test` send without `webhook-signature`
-(logged once per process, so a laptop's receiver works without a secret); `prod` does not send
-at all: every attempt fails as `CALLBACK_SECRET is not set` and the deliveries wait, retried
-and then dead-lettered (replayable), until the secret is configured. An unsigned callback in
+(logged once per process, so a laptop's receiver works without a secret); `prod` refuses such
+settings at load (core/config.py), and should a sender see no secret there all the same, it
+sends nothing: the attempt fails as `CALLBACK_SECRET is not set`. An unsigned callback in
 production would teach the receiver to accept anything that reaches it.
 """
 
