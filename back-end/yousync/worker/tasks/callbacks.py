@@ -140,7 +140,7 @@ class Sender:
             return f"refused: {exc}"
         except callback_http.AttemptTimeout as exc:
             return f"timeout: {exc}"
-        except (httpx.HTTPError, ValueError) as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
             return f"{type(exc).__name__}: {exc}"
         if 200 <= status < 300:
             return None
