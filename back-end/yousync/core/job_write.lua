@@ -81,8 +81,16 @@ local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(entry))
 local token_id = redis.call('XADD', token_stream, 'MAXLEN', '~', maxlen * 5, '*', unpack(entry))
 redis.call('HSET', hash, 'last_event_id', id)
 local ttl = TERMINAL[new_status] and terminal_ttl or active_ttl
-redis.call('EXPIRE', hash, ttl)
-redis.call('EXPIRE', stream, ttl)
+if redis.call('TTL', KEYS[7]) == -1 then
+  -- Callbacks: the job's set of deliveries has no expiry only while it names a dead letter
+  -- (core/callbacks.py), whose job keeps its record and events until none is left, a rerun
+  -- and its new end included.
+  redis.call('PERSIST', hash)
+  redis.call('PERSIST', stream)
+else
+  redis.call('EXPIRE', hash, ttl)
+  redis.call('EXPIRE', stream, ttl)
+end
 redis.call('EXPIRE', token_stream, active_ttl)
 if mode == 'create' then
   redis.call('ZADD', token_jobs, redis.call('TIME')[1], snapshot['job_id'])

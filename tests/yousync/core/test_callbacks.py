@@ -263,11 +263,11 @@ def test_next_due_when_the_give_up_time_is_near_then_the_last_attempt_is_made_at
     assert next_due(4, now=100.0, since=0.0, settings=settings) is None
 
 
-def test_job_end_when_an_earlier_end_was_dead_lettered_then_the_jobs_set_stays_persistent(
+def test_job_end_when_an_earlier_end_was_dead_lettered_then_the_job_stays_persistent(
     redis_client: redis.Redis, redis_url: str
 ) -> None:
-    """The set of a job's deliveries (what deleting a job walks) must not expire while it
-    names a dead letter, which never does."""
+    """The set of a job's deliveries (what deleting a job walks) and the job's record must
+    not expire while the set names a dead letter, which never does."""
     settings = settings_for(redis_url, callback_give_up_seconds=0.001)
     store = JobStore(redis.Redis.from_url(redis_url), settings)
     deliveries = DeliveryStore(redis_client, settings)
@@ -279,6 +279,9 @@ def test_job_end_when_an_earlier_end_was_dead_lettered_then_the_jobs_set_stays_p
     end_job(store)
     assert redis_client.smembers(keys.job_callbacks(JOB)) == {f"{JOB}.1", f"{JOB}.2"}
     assert redis_client.ttl(keys.job_callbacks(JOB)) == -1
+    # The rerun's end does not give the job's record and events an expiry either.
+    assert redis_client.ttl(keys.job(JOB)) == -1
+    assert redis_client.ttl(keys.job_events(JOB)) == -1
 
 
 def test_delivered_when_it_comes_after_the_lease_ran_out_and_another_drain_failed_then_delivered(
