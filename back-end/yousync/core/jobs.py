@@ -56,18 +56,6 @@ redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
-# A deduplicated job joins the set of jobs sharing the root job's stored object, only while the
-# root is completed and not being deleted (else the upload is analysed as a new job).
-_ADD_DEDUP_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'completed'
-  or redis.call('HGET', KEYS[1], 'deleting') == '1' then
-  return 0
-end
-redis.call('SADD', KEYS[2], ARGV[1])
-if redis.call('TTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
-return 1
-"""
-
 # Internal markers live in the same hash but never reach an event. A job being deleted takes
 # none (as the job-state script refuses it any write).
 _SET_MARKERS_SCRIPT = """
@@ -323,12 +311,17 @@ class AsyncJobStore:
         self._settings = settings
         self._write = client.register_script(_WRITE_SCRIPT)
         self._set_markers = client.register_script(_SET_MARKERS_SCRIPT)
-        self._add_dedup = client.register_script(_ADD_DEDUP_SCRIPT)
         self._delete = client.register_script(_DELETE_SCRIPT)
 
     async def create(self, job_id: str, token_id: str, **markers: Any) -> str:
+        """A job with `deduplicated_from` joins that original's dedups set (the holders of its
+        stored object) in the same script; `Refused` ('original_gone') when the original is no
+        longer completed or a DELETE has claimed it: then nothing may answer with its object."""
         values = _initial_values(job_id, token_id, markers)
         key_list, argv = _write_args(self._settings, "create", job_id, token_id, values)
+        original = markers.get("deduplicated_from")
+        if original:
+            key_list += [keys.job(str(original)), keys.job_dedups(str(original))]
         return _checked(job_id, await self._write(keys=key_list, args=argv))
 
     async def claim_idempotency(self, token_id: str, key: str, job_id: str) -> str | None:
@@ -354,15 +347,6 @@ class AsyncJobStore:
             return None
         job = await self.get(job_id.decode() if isinstance(job_id, bytes) else job_id)
         return job if job is not None and job.status == JobStatus.COMPLETED else None
-
-    async def add_dedup(self, root_id: str, job_id: str) -> bool:
-        """Record that `job_id` answers with the stored object of `root_id`; False when the
-        root is no longer completed or is being deleted (then nothing may point at it)."""
-        ttl = self._settings.job_ttl_seconds
-        reply = await self._add_dedup(
-            keys=[keys.job(root_id), keys.job_dedups(root_id)], args=[job_id, ttl]
-        )
-        return bool(reply)
 
     async def claim_delete(self, job: JobRecord) -> int:
         """First step of a DELETE: mark the job `deleting` (no upload deduplicates onto it from
