@@ -387,6 +387,11 @@ class AsyncJobStore:
         ]
         return _checked(job_id, await self._delete(keys=key_list, args=argv))
 
+    async def defer_deletion(self, prefixes: list[str]) -> None:
+        """S3 prefixes a DELETE could not clear, for the `retry_pending_deletions` sweep."""
+        if prefixes:
+            await self._client.sadd(keys.PENDING_DELETIONS, *prefixes)
+
     async def reopen(self, job_id: str, token_id: str, **values: Any) -> str:
         key_list, argv = _write_args(self._settings, "reopen", job_id, token_id, values)
         return _checked(job_id, await self._write(keys=key_list, args=argv))
