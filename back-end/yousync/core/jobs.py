@@ -8,7 +8,6 @@ the Celery worker; the async store serves the API. Both share the script and arg
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -247,12 +246,13 @@ class JobStore:
         key_list, argv = _write_args(self._settings, "reopen", job_id, token_id, values)
         return _checked(job_id, self._write(keys=key_list, args=argv))
 
-    def fail(self, job_id: str, error: StageError, *, retryable: bool) -> None:
-        """Ends the job `failed`; a job already terminal (or gone) keeps what it has."""
+    def fail(self, job_id: str, error: StageError, *, retryable: bool) -> str | None:
+        """Ends the job `failed`; a job already terminal (or gone) keeps what it has. Returns
+        None when written, else why not ('missing': gone or claimed by a DELETE; 'terminal')."""
         job = self.get(job_id)
         if job is None:
-            return
-        with contextlib.suppress(Refused):
+            return "missing"
+        try:
             self.update(
                 job_id,
                 job.token_id,
@@ -261,6 +261,9 @@ class JobStore:
                 error={"code": error.code, "message": error.message, "retryable": retryable},
                 eta_seconds=None,
             )
+        except Refused as refused:
+            return refused.reason
+        return None
 
     def set_markers(self, job_id: str, **markers: Any) -> bool:
         flat = [item for pair in encode_fields(markers).items() for item in pair]

@@ -729,3 +729,27 @@ def test_run_when_deleted_mid_analysis_then_the_stored_object_is_deleted(rig: Ri
     assert stopped.value.reason == "missing"
     assert rig.objects.objects == {} and rig.job.files() == []
     assert list(rig.redis_client.scan_iter(match=f"*{rig.job.id}*")) == []
+
+
+def test_fail_when_a_delete_claimed_the_job_then_missing_cleaned_up_and_nothing_written(
+    rig: Rig,
+) -> None:
+    """DELETE claimed the job and deleted its input under the worker, which then fails: the
+    `failed` write is refused; the delivery must end as a deleted job's does (its stored object
+    deleted, outcome `missing`: no callbacks drain), not as `failed`."""
+
+    def user_deletes(_: float) -> None:
+        rig.redis_client.hset(keys.job(rig.job.id), "deleting", "1")  # DELETE's claim
+        raise PermanentError("spool_missing", "The uploaded file is no longer available")
+
+    rig.analyzer.during_analysis = user_deletes
+    with pytest.raises(PermanentError) as failed:
+        rig.runner.run(rig.job.id)
+    assert rig.objects.objects, "stored before the DELETE"
+    written = events(rig.redis_client, rig.job)
+
+    outcome = rig.runner.fail(rig.job.id, failed.value, retryable=False)
+
+    assert outcome == "missing"
+    assert rig.objects.objects == {} and rig.job.files() == []
+    assert events(rig.redis_client, rig.job) == written, "no `failed` event"
