@@ -98,10 +98,7 @@ async def delete_job(
     pending = await anyio.to_thread.run_sync(_remove_or_defer, staging, spool_dir, job_id, prefixes)
     # Recorded before the record goes: a crash in between leaves both, never neither.
     await store.defer_deletion(pending)
-    try:
-        await store.remove(job)
-    except Refused as gone:
-        raise JobNotFound(job_id) from gone
+    await store.remove(job)
     if job.status.terminal:
         return bool(pending)
     if job.task_id:

@@ -364,7 +364,8 @@ class AsyncJobStore:
 
     async def remove(self, job: JobRecord) -> str:
         """Last step of a DELETE (job_delete.lua): the `deleted` event, then every key of the
-        job. Returns the event id; raises `Refused` ('missing') when already gone."""
+        job. Returns the event id, '' when the record expired since the claim (nothing to
+        send; the keys that outlive a record — deliveries, dedupe entry, indexes — still go)."""
         job_id, token_id = job.job_id, job.token_id
         root = job.deduplicated_from or job_id
         key_list = [

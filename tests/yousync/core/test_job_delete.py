@@ -112,9 +112,11 @@ def test_remove_when_job_has_events_dedupe_and_callbacks_then_nothing_of_it_is_l
     assert note["id"] == event_id and note["snapshot"]["status"] == "deleted"
     assert note["snapshot"]["progress"] == "100"
 
-    with pytest.raises(Refused) as again:
-        run(lambda s: s.remove(job))
-    assert again.value.reason == "missing"
+    # A second DELETE that claimed before the first removed: nothing left to send or remove.
+    assert run(lambda s: s.remove(job)) == ""
+    assert keys_naming(redis_client, "job-a") == []
+    token_events = [fields for _, fields in redis_client.xrange(keys.token_events(TOKEN))]
+    assert [f["status"] for f in token_events if f["job_id"] == "job-a"] == ["deleted"]
     with pytest.raises(Refused):
         run(lambda s: s.claim_delete(job))
 
@@ -211,3 +213,27 @@ def test_claim_when_made_then_every_write_and_marker_is_refused_as_missing(
     assert not sync.set_markers("job-a", s3_key="audio/tok/job-a.flac")
     assert redis_client.xlen(keys.job_events("job-a")) == events
     assert redis_client.hget(keys.job("job-a"), "status") == "processing"
+
+
+def test_remove_when_the_record_expired_after_the_claim_then_its_side_keys_still_go(
+    run: Callable[..., Any], sync: JobStore, redis_client: redis.Redis
+) -> None:
+    """The record's TTL ran out between claim and removal (S3 already cleared): the DELETE
+    still succeeds and leaves none of the keys that outlive the record."""
+    completed(run, sync, "root")
+    deduplicated(run, "dup", "root")
+    redis_client.set(keys.dedupe(TOKEN, "sum"), "dup")
+    redis_client.sadd(keys.job_callbacks("dup"), "dup.1")
+    redis_client.zadd(keys.CALLBACKS_DEAD, {"dup.1": 1})
+    redis_client.hset(keys.callback("dup.1"), mapping={"job_id": "dup", "body": "{}"})
+    dup = record(run, "dup")
+    assert run(lambda s: s.claim_delete(dup)) == 1
+    redis_client.delete(keys.job("dup"), keys.job_events("dup"))  # expired
+
+    run(lambda s: s.remove(dup))
+
+    assert keys_naming(redis_client, "dup") == []
+    assert not redis_client.exists(keys.dedupe(TOKEN, "sum"))
+    assert redis_client.zrange(keys.CALLBACKS_DEAD, 0, -1) == []
+    assert not redis_client.exists(keys.job_dedups("root"))
+    assert "dup" not in redis_client.zrange(keys.token_jobs(TOKEN), 0, -1)

@@ -171,3 +171,38 @@ def test_upload_when_delete_of_the_original_claims_it_before_the_dedup_job_exist
         assert not accepted.deduplicated
         assert accepted.status == "queued" and enqueued == [accepted.job_id]
         assert not redis_client.sismember(keys.job_dedups(orig), accepted.job_id)
+
+
+def test_upload_when_idempotency_key_names_a_deleted_job_then_the_key_is_free_for_a_new_job(
+    redis_url: str, redis_client: redis.Redis, token_id: str, tmp_path: Path
+) -> None:
+    """DELETE cannot know the Idempotency-Keys naming its job (no reverse index): a replay of
+    such a key must not answer the deleted job, and is a new upload."""
+    body, content_type = multipart(("file", "a.wav", wav_bytes(1.0, freq=600.0)))
+    settings = Settings(redis_url=redis_url, spool_dir=tmp_path, upload_staging="spool")
+    deleted = f"deleted-{token_id}"
+    redis_client.set(keys.idempotency(token_id, "k-del"), deleted, ex=3600)
+    enqueued: list[str] = []
+
+    async def go() -> Accepted:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            return await submit_upload(
+                token_id=token_id,
+                chunks=chunked(body),
+                content_type=content_type,
+                content_length=str(len(body)),
+                idempotency_key="k-del",
+                settings=settings,
+                store=AsyncJobStore(client, settings),
+                staging=UploadStaging(settings, store=None),  # type: ignore[arg-type]
+                enqueue=lambda job_id, task_id: enqueued.append(job_id),
+            )
+        finally:
+            await client.aclose()
+
+    accepted = asyncio.run(go())
+
+    assert not accepted.replayed and accepted.job_id != deleted
+    assert enqueued == [accepted.job_id] and accepted.status == "queued"
+    assert redis_client.get(keys.idempotency(token_id, "k-del")) == accepted.job_id
