@@ -34,6 +34,8 @@ from tests.helpers.worker_log import task_ended
 from yousync.core import keys
 from yousync.core.config import Settings
 
+UNREACHABLE_CALLBACK = "http://127.0.0.3:9/hooks"
+
 
 @dataclass
 class DeleteStack:
@@ -60,6 +62,9 @@ def delete_stack(
         with mini_stacks(stack_env, workdir) as make:
             mini = make(
                 ANALYSIS_SERVER_URL=f"http://127.0.0.1:{analysis.name.split(':')[1]}",
+                # Every end owes a delivery, and none is sent (no callbacks worker here, and
+                # nothing listens there): a DELETE must remove the job's pending deliveries.
+                CALLBACK_URL=UNREACHABLE_CALLBACK,
                 **slow_s3_settings(proxy.url),
             )
             yield DeleteStack(mini, proxy)
@@ -88,10 +93,16 @@ def redis_traces(client: redis.Redis, job_id: str) -> list[str]:
         for _, fields in client.xrange(stream):
             if fields.get("job_id") == job_id and fields.get("status") != "deleted":
                 found.append(f"{stream} entry {fields.get('status')}")
-    for name in (keys.ACTIVE_JOBS, keys.CALLBACKS_DUE, keys.CALLBACKS_DEAD):
-        if client.zscore(name, job_id) is not None:
-            found.append(name)
+    if client.zscore(keys.ACTIVE_JOBS, job_id) is not None:
+        found.append(keys.ACTIVE_JOBS)
+    # Deliveries are `<job_id>.<n>` (the job's n-th end), never the bare id.
+    for name in (keys.CALLBACKS_DUE, keys.CALLBACKS_DEAD):
+        found += [f"{name} {member}" for member in deliveries(client, name, job_id)]
     return found
+
+
+def deliveries(client: redis.Redis, name: str, job_id: str) -> list[str]:
+    return [str(m) for m in client.zrange(name, 0, -1) if str(m).startswith(f"{job_id}.")]
 
 
 def s3_traces(s3_client: Any, bucket: str, token_id: str, job_id: str) -> set[str]:
@@ -183,8 +194,12 @@ def test_delete_when_completed_then_204_then_404_and_nothing_is_left(
     body = completed_job(ds, token_id, wav_bytes(1.0))
     job_id = body["job_id"]
     assert object_keys(s3_client, s3_bucket, f"audio/{token_id}/{job_id}")
+    assert deliveries(ds.mini.redis, keys.CALLBACKS_DUE, job_id) == [f"{job_id}.1"]
+    assert ds.mini.redis.exists(keys.callback(f"{job_id}.1"), keys.job_callbacks(job_id)) == 2
 
     assert delete(ds.api, job_id).status_code == 204
+
+    assert not ds.mini.redis.exists(keys.callback(f"{job_id}.1"), keys.job_callbacks(job_id))
 
     assert_nothing_left(ds, s3_client, s3_bucket, spool_dir, token_id, job_id)
     gone = httpx.get(f"{ds.api}{body['result_url']}")
