@@ -128,7 +128,7 @@ class _DeleteLandsBeforeCreate(AsyncJobStore):
         return await super().create(job_id, token_id, **markers)
 
 
-def test_upload_when_delete_of_the_original_claims_it_before_the_dedup_job_exists_then_the_object_is_kept_or_no_dedup(  # noqa: E501
+def test_upload_when_a_delete_claims_the_original_mid_dedup_then_no_job_answers_a_deleted_object(
     redis_url: str, redis_client: redis.Redis, token_id: str, tmp_path: Path
 ) -> None:
     """The object of a completed original may go only when no live job answers with it: the
