@@ -269,6 +269,11 @@ class JobStore:
         flat = [item for pair in encode_fields(markers).items() for item in pair]
         return bool(self._set_markers(keys=[keys.job(job_id)], args=flat))
 
+    def defer_deletion(self, prefixes: list[str]) -> None:
+        """S3 prefixes of a deleted job S3 could not clear, for `retry_pending_deletions`."""
+        if prefixes:
+            self._client.sadd(keys.PENDING_DELETIONS, *prefixes)
+
     def remember_result(self, token_id: str, sha256: str, job_id: str) -> bool:
         """An identical upload of this token within DEDUPE_WINDOW_SECONDS gets this job's
         result at once. Called right after the completing write, which set the record's TTL to

@@ -315,10 +315,13 @@ class Pipeline:
         running gets here, never one whose object deduplicated jobs share (those completed)."""
         log.info("job %s: deleted while running; removing what it stored", job_id)
         self.discard_upload(job_id, job.staged_key)
+        prefix = f"{OBJECT_PREFIX}{job.token_id}/{job_id}."
         try:
-            self.storage.delete_under(f"{OBJECT_PREFIX}{job.token_id}/{job_id}.")
+            self.storage.delete_under(prefix)
         except TransientError as exc:
-            log.warning("job %s: deleted, its stored audio left (S3): %s", job_id, exc)
+            # S3 is down just now: Beat's `retry_pending_deletions` deletes it once it is back.
+            log.warning("job %s: deleted, its stored audio deferred (S3): %s", job_id, exc)
+            self.store.defer_deletion([prefix])
 
     def discard_upload(self, job_id: str, staged_key: str | None) -> None:
         """Once no retry can need it (yousync.core.storage.discard_upload)."""

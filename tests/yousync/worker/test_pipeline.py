@@ -753,3 +753,26 @@ def test_fail_when_a_delete_claimed_the_job_then_missing_cleaned_up_and_nothing_
     assert outcome == "missing"
     assert rig.objects.objects == {} and rig.job.files() == []
     assert events(rig.redis_client, rig.job) == written, "no `failed` event"
+
+
+def test_run_when_deleted_mid_analysis_and_s3_down_then_the_object_is_left_to_the_sweep(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's own clean-up cannot reach S3: the prefix goes into the pending deletions
+    that Beat's `retry_pending_deletions` works off, so the object is not orphaned."""
+
+    def s3_down(prefix: str) -> list[str]:
+        raise TransientError("storage_unavailable", "S3 delete failed (EndpointConnectionError)")
+
+    def user_deletes(_: float) -> None:
+        delete_record(rig)
+        monkeypatch.setattr(rig.objects, "delete_under", s3_down)
+
+    rig.analyzer.during_analysis = user_deletes
+    with pytest.raises(Refused):
+        rig.runner.run(rig.job.id)
+
+    assert rig.objects.objects, "S3 was down"
+    prefix = f"audio/{rig.job.token}/{rig.job.id}."
+    assert rig.redis_client.sismember(keys.PENDING_DELETIONS, prefix)
+    rig.redis_client.srem(keys.PENDING_DELETIONS, prefix)
