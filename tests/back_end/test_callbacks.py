@@ -255,7 +255,13 @@ def test_job_end_when_written_by_the_worker_then_it_sends_the_drain_itself_witho
 
 @pytest.mark.parametrize(
     "target",
-    ["http://127.0.0.1:{port}/hook", "http://169.254.169.254/latest/meta-data/", "off-list"],
+    [
+        "http://127.0.0.1:{port}/hook",
+        # Allowlisted by name, but the name resolves to loopback: refused at its address.
+        "http://localhost:{port}/hook",
+        "http://169.254.169.254/latest/meta-data/",
+        "off-list",
+    ],
 )
 def test_upload_when_its_callback_target_is_internal_or_off_the_allowlist_then_422_and_nothing_sent(
     cb: CallbackStack, token_id: str, target: str

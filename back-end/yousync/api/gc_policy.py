@@ -76,6 +76,8 @@ class GcPolicy:
     _ended_at_rebase: int = 0
     _ended_at_idle: int = 0
     _rebased_at: float = 0.0
+    # When the last rebase began: what it collected is what was dead by then.
+    _rebase_began_at: float = 0.0
     _idle_since: float | None = None
 
     def start(self) -> None:
@@ -83,7 +85,7 @@ class GcPolicy:
         self.rebase()
 
     def rebase(self) -> None:
-        started = time.monotonic()
+        started = self._rebase_began_at = time.monotonic()
         gc.unfreeze()
         unreachable = gc.collect()
         gc.freeze()
@@ -117,7 +119,9 @@ class GcPolicy:
         if self._idle_for(now) < self.idle_seconds or self._idle_since is None:
             return False
         settled_at = self._idle_since + self.idle_seconds
-        return self._rebased_at < settled_at and self.ended_streams() > self._ended_at_idle
+        # Judged by when the last rebase *began*: one that began before the teardown settled
+        # missed what died after, however long its collection took on a busy host.
+        return self._rebase_began_at < settled_at and self.ended_streams() > self._ended_at_idle
 
     def rebase_due(self) -> bool:
         return (

@@ -23,6 +23,7 @@ network, comma-separated, case-insensitive.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import socket
 from collections.abc import Callable, Iterable
@@ -67,7 +68,11 @@ class _Allowlist:
         names: set[str] = set()
         suffixes: list[str] = []
         networks: list[IPNetwork] = []
-        for entry in entries:
+        for raw in entries:
+            entry = raw
+            if not raw.isascii():
+                with contextlib.suppress(UnicodeError):  # an unusable entry matches nothing
+                    entry = raw.encode("idna").decode("ascii")
             if entry.startswith("*."):
                 suffixes.append(entry[1:])
                 continue
@@ -101,15 +106,46 @@ def _literal_address(host: str) -> IPAddress | None:
         return None
 
 
-def _unmapped(address: IPAddress) -> IPAddress:
-    """::ffff:127.0.0.1 is 127.0.0.1: judge the IPv4 address it carries."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+# IPv6 ranges that carry an IPv4 address in their last 32 bits and reach it: NAT64
+# (64:ff9b::/96, RFC 6052) and the deprecated IPv4-compatible form (::/96). 6to4 (2002::/16)
+# carries it in bits 16–48 (`sixtofour`). 64:ff9b:1::/48 (RFC 8215, local NAT64) may embed it
+# anywhere, so it is never public. Python counts all of these as global.
+_LAST_32_BITS = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("::/96"))
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
+def _embedded(address: IPAddress) -> list[IPAddress]:
+    """`address` and every IPv4 address it leads to: ::ffff:127.0.0.1, 64:ff9b::7f00:1,
+    ::7f00:1 and 2002:7f00:1:: all reach 127.0.0.1, so 127.0.0.1 is judged too."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return [address]
+    found: list[IPAddress] = [address]
+    if address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped)
+    if address.sixtofour is not None:
+        found.append(address.sixtofour)
+    if any(address in network for network in _LAST_32_BITS):
+        found.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+    return found
 
 
 def _public(address: IPAddress) -> bool:
-    return address.is_global and not address.is_multicast
+    """Global unicast, and so is every IPv4 address it embeds."""
+    if isinstance(address, ipaddress.IPv6Address) and address in _LOCAL_NAT64:
+        return False
+    return all(
+        found.is_global and not found.is_multicast
+        for found in _embedded(address)
+        # ::ffff:a.b.c.d itself is not global; only the address it maps to counts.
+        if not (isinstance(found, ipaddress.IPv6Address) and found.ipv4_mapped is not None)
+    )
+
+
+def _unmapped(address: IPAddress) -> IPAddress:
+    """::ffff:127.0.0.1 is 127.0.0.1 (for the allowlist: an entry 127.0.0.1 admits it)."""
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 def _parsed(url: str) -> tuple[SplitResult, str, int]:
@@ -127,6 +163,16 @@ def _parsed(url: str) -> tuple[SplitResult, str, int]:
     host = (parts.hostname or "").rstrip(".").lower()
     if not host:
         raise CallbackTargetRefused("callback_url has no host")
+    if not host.isascii():
+        # An internationalised name goes as DNS and the Host header know it (punycode), and
+        # is matched against the allowlist in that form.
+        try:
+            ascii_host = host.encode("idna").decode("ascii")
+        except UnicodeError as exc:
+            raise CallbackTargetRefused("callback_url's host is not a valid name") from exc
+        netloc = parts.netloc.rsplit("@", 1)[-1]
+        parts = parts._replace(netloc=netloc.lower().replace(host, ascii_host, 1))
+        host = ascii_host
     return parts, host, port or (443 if parts.scheme == "https" else 80)
 
 

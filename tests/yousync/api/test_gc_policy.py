@@ -141,6 +141,28 @@ def test_idle_rebase_when_a_turnover_rebase_ran_during_teardown_then_still_due()
     assert policy.idle_rebase_due()
 
 
+def test_idle_rebase_when_the_turnover_rebase_collected_slowly_then_still_due(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # On a busy host the turnover rebase's collection outlasts `idle_seconds`: it still began
+    # before the teardown settled, so it did not see what died after.
+    collect = gc.collect
+
+    def slow_collect(*args: int) -> int:
+        time.sleep(0.3)
+        return collect(*args)
+
+    counts = Counts()
+    counts.open = 10
+    policy = counts.policy(min_ended=100, idle_seconds=0.2)
+    policy.start()
+    counts.open, counts.ended = 0, 100
+    monkeypatch.setattr(gc, "collect", slow_collect)
+    policy.tick()  # turnover: 100 ended, ends 0.3 s later
+    assert policy.rebases == 2
+    assert policy.idle_rebase_due()
+
+
 def test_rebase_when_clients_stay_then_only_after_max_age() -> None:
     counts = Counts()
     counts.open = 100

@@ -65,7 +65,20 @@ def test_send_when_an_allowlisted_name_resolves_to_a_public_address_then_it_conn
 
 
 @pytest.mark.parametrize(
-    "address", ["127.0.0.1", "169.254.169.254", "10.1.2.3", "::1", "::ffff:127.0.0.1", "fd00::1"]
+    "address",
+    [
+        "127.0.0.1",
+        "169.254.169.254",
+        "10.1.2.3",
+        "::1",
+        "::ffff:127.0.0.1",
+        "fd00::1",
+        # IPv6 forms that reach an internal IPv4 address (Python counts them global):
+        "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
+        "64:ff9b:1::a9fe:a9fe",  # local-use NAT64
+        "::7f00:1",  # IPv4-compatible 127.0.0.1
+        "2002:7f00:1::",  # 6to4 of 127.0.0.1
+    ],
 )
 def test_send_when_the_name_now_resolves_to_an_internal_address_then_refused(
     address: str,
@@ -128,3 +141,26 @@ def test_send_when_an_allowlisted_loopback_literal_then_it_goes_there() -> None:
         "http://127.0.0.1:9000/hook", settings("127.0.0.1"), operator_set=False
     )
     assert target.url == "http://127.0.0.1:9000/hook"
+
+
+def test_send_when_ipv6_embeds_a_public_ipv4_then_it_is_public() -> None:
+    for address in ("2606:4700::1111", "2002:5db8:d822::", "64:ff9b::5db8:d822"):
+        resolve_for_send(
+            "https://hooks.example.com/a",
+            settings("hooks.example.com"),
+            operator_set=False,
+            resolve=resolver(address),
+        )
+
+
+def test_check_when_the_host_is_internationalised_then_stored_and_matched_as_punycode() -> None:
+    url = check_requested(
+        "https://Bücher.example.org:8443/h?x=1", settings("*.bücher.example.org,bücher.example.org")
+    )
+    assert url == "https://xn--bcher-kva.example.org:8443/h?x=1"
+    target = resolve_for_send(
+        url, settings("bücher.example.org"), operator_set=False, resolve=resolver("93.184.216.34")
+    )
+    assert target.host_header == "xn--bcher-kva.example.org:8443"
+    with pytest.raises(CallbackTargetRefused):
+        check_requested("https://bücher.example.org/h", settings("buecher.example.org"))
