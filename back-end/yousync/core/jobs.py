@@ -328,7 +328,7 @@ class AsyncJobStore:
         values = _initial_values(job_id, token_id, markers)
         key_list, argv = _write_args(self._settings, "create", job_id, token_id, values)
         original = markers.get("deduplicated_from")
-        if original:
+        if original:  # last: the script finds them there whatever keys precede them
             key_list += [keys.job(str(original)), keys.job_dedups(str(original))]
         return _checked(job_id, await self._write(keys=key_list, args=argv))
 
