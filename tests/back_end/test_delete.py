@@ -32,6 +32,9 @@ from tests.helpers.s3 import object_keys, open_upload_keys
 from tests.helpers.wait import wait_until
 from tests.helpers.worker_log import task_ended
 from yousync.core import keys
+from yousync.core.config import Settings
+
+UNREACHABLE_CALLBACK = "http://127.0.0.3:9/hooks"
 
 
 @dataclass
@@ -59,6 +62,9 @@ def delete_stack(
         with mini_stacks(stack_env, workdir) as make:
             mini = make(
                 ANALYSIS_SERVER_URL=f"http://127.0.0.1:{analysis.name.split(':')[1]}",
+                # Every end owes a delivery, and none is sent (no callbacks worker here, and
+                # nothing listens there): a DELETE must remove the job's pending deliveries.
+                CALLBACK_URL=UNREACHABLE_CALLBACK,
                 **slow_s3_settings(proxy.url),
             )
             yield DeleteStack(mini, proxy)
@@ -87,10 +93,16 @@ def redis_traces(client: redis.Redis, job_id: str) -> list[str]:
         for _, fields in client.xrange(stream):
             if fields.get("job_id") == job_id and fields.get("status") != "deleted":
                 found.append(f"{stream} entry {fields.get('status')}")
-    for name in (keys.ACTIVE_JOBS, keys.CALLBACKS_DUE, keys.CALLBACKS_DEAD):
-        if client.zscore(name, job_id) is not None:
-            found.append(name)
+    if client.zscore(keys.ACTIVE_JOBS, job_id) is not None:
+        found.append(keys.ACTIVE_JOBS)
+    # Deliveries are `<job_id>.<n>` (the job's n-th end), never the bare id.
+    for name in (keys.CALLBACKS_DUE, keys.CALLBACKS_DEAD):
+        found += [f"{name} {member}" for member in deliveries(client, name, job_id)]
     return found
+
+
+def deliveries(client: redis.Redis, name: str, job_id: str) -> list[str]:
+    return [str(m) for m in client.zrange(name, 0, -1) if str(m).startswith(f"{job_id}.")]
 
 
 def s3_traces(s3_client: Any, bucket: str, token_id: str, job_id: str) -> set[str]:
@@ -115,6 +127,8 @@ def assert_nothing_left(
     )
     assert not list(spool_dir.glob(f"{job_id}*")), "nothing of it in the spool"
     assert redis_traces(ds.mini.redis, job_id) == []
+    pending = ds.mini.redis.smembers(keys.PENDING_DELETIONS)
+    assert not [prefix for prefix in pending if job_id in prefix], "no deletion left pending"
     answer = delete(ds.api, job_id)
     assert answer.status_code == 404 and answer.json()["code"] == "job_not_found"
 
@@ -180,8 +194,12 @@ def test_delete_when_completed_then_204_then_404_and_nothing_is_left(
     body = completed_job(ds, token_id, wav_bytes(1.0))
     job_id = body["job_id"]
     assert object_keys(s3_client, s3_bucket, f"audio/{token_id}/{job_id}")
+    assert deliveries(ds.mini.redis, keys.CALLBACKS_DUE, job_id) == [f"{job_id}.1"]
+    assert ds.mini.redis.exists(keys.callback(f"{job_id}.1"), keys.job_callbacks(job_id)) == 2
 
     assert delete(ds.api, job_id).status_code == 204
+
+    assert not ds.mini.redis.exists(keys.callback(f"{job_id}.1"), keys.job_callbacks(job_id))
 
     assert_nothing_left(ds, s3_client, s3_bucket, spool_dir, token_id, job_id)
     gone = httpx.get(f"{ds.api}{body['result_url']}")
@@ -224,26 +242,83 @@ def test_delete_of_deduplicated_jobs_and_their_original_then_the_object_goes_wit
     assert object_keys(s3_client, s3_bucket, f"audio/{token_id}/") == set()
 
 
-def test_delete_when_s3_is_down_then_503_retry_after_and_the_record_stays_for_a_repeat(
+def sweep_pending_deletions(ds: DeleteStack) -> dict[str, Any]:
+    """Sends the Beat sweep to the stack's worker, as Beat does, and waits for its answer."""
+    from celery import Celery
+
+    port = ds.mini.procs[0].name.split(":")[1]
+    broker = Settings(redis_url=f"redis://127.0.0.1:{port}/0").broker_url
+    app = Celery("test-client", broker=broker, backend=broker)
+    app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json")
+    try:
+        result = app.send_task(
+            "tasks.maintenance.retry_pending_deletions", queue="maintenance"
+        ).get(timeout=60)
+    finally:
+        app.close()
+    return dict(result)
+
+
+def assert_deleted_with_storage_pending(
+    ds: DeleteStack, answer: httpx.Response, body: dict[str, Any], token_id: str
+) -> None:
+    """202: the job is gone from Redis at once; its object waits for S3."""
+    job_id = body["job_id"]
+    assert answer.status_code == 202, answer.text
+    assert answer.json() == {"job_id": job_id, "status": "deleted", "storage_cleanup": "pending"}
+    assert redis_traces(ds.mini.redis, job_id) == []
+    assert httpx.get(f"{ds.api}{body['result_url']}").status_code == 404
+    assert f"audio/{token_id}/{job_id}." in ds.mini.redis.smembers(keys.PENDING_DELETIONS)
+
+
+def test_delete_when_s3_is_down_then_202_the_job_is_gone_and_the_sweep_deletes_its_objects_later(
     ds: DeleteStack, token_id: str, s3_client: Any, s3_bucket: str, spool_dir: Path
 ) -> None:
     body = completed_job(ds, token_id, wav_bytes(1.0))
     job_id = body["job_id"]
-    before = dict(ds.mini.redis.hgetall(keys.job(job_id)))
     ds.proxy.cut()
 
     answer = delete(ds.api, job_id)
 
-    assert answer.status_code == 503, answer.text
-    assert answer.json()["code"] == "storage_unavailable"
-    assert answer.headers["Retry-After"]
-    after = dict(ds.mini.redis.hgetall(keys.job(job_id)))
-    assert after == {**before, "deleting": "1"}, "only the claim's marker was written"
-    assert httpx.get(f"{ds.api}{body['result_url']}").json()["status"] == "completed"
-    assert object_keys(s3_client, s3_bucket, f"audio/{token_id}/{job_id}")
+    assert_deleted_with_storage_pending(ds, answer, body, token_id)
+    stored = object_keys(s3_client, s3_bucket, f"audio/{token_id}/{job_id}")
+    assert stored, "S3 was down: the object is still there"
+    # Still down: the sweep keeps the prefix for its next run.
+    assert sweep_pending_deletions(ds)["pending"] >= 1
+    assert object_keys(s3_client, s3_bucket, f"audio/{token_id}/{job_id}") == stored
 
     ds.proxy.restore()
-    assert delete(ds.api, job_id).status_code == 204
+    swept = sweep_pending_deletions(ds)
+
+    assert set(swept["deleted"]) >= stored
+    assert_nothing_left(ds, s3_client, s3_bucket, spool_dir, token_id, job_id)
+
+
+def test_delete_when_analysing_and_s3_is_down_then_202_the_streams_end_and_the_sweep_cleans_up(
+    ds: DeleteStack, token_id: str, s3_client: Any, s3_bucket: str, spool_dir: Path
+) -> None:
+    """The running job is not left frozen (record `processing`, every write refused): its
+    record and events go, its stream ends with `deleted`, its worker stops."""
+    body = upload_accepted(ds.api, token_id, wav_bytes(3.0))
+    job_id = body["job_id"]
+    follow_until(ds, body, "analyzing")
+    job_events: list[sse.SseEvent] = []
+    reader = sse.collect(f"{ds.api}{body['progress_url']}", job_events, timeout=30)
+    wait_until(lambda: bool(job_events), timeout=10, what="the stream's first event")
+    ds.proxy.cut()
+
+    answer = delete(ds.api, job_id)
+
+    assert_deleted_with_storage_pending(ds, answer, body, token_id)
+    reader.join(timeout=30)
+    assert not reader.is_alive(), "the job's stream ended"
+    assert job_events[-1].json["status"] == "deleted"
+    wait_until(lambda: task_ended(ds.worker, body["task_id"]), timeout=60, what="task ended")
+    assert not ds.mini.redis.zscore(keys.ACTIVE_JOBS, job_id)
+
+    ds.proxy.restore()
+    sweep_pending_deletions(ds)
+
     assert_nothing_left(ds, s3_client, s3_bucket, spool_dir, token_id, job_id)
 
 

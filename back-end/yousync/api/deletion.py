@@ -1,10 +1,14 @@
 """DELETE of a job: its recording, its result and every trace of it, on request.
 
-Order, and why: S3 first, Redis last. The record is what tells us (and a user repeating the
-request) what there is to delete, so it goes only once the objects are gone: S3 unavailable
-answers 503 `storage_unavailable` and leaves the record in place for the repeat. The one thing
-the failed attempt leaves in Redis is the hash's `deleting` marker (the claim): no new upload
-deduplicates onto an object that is about to go, and no writer may change the job any more.
+Order, and why: claim, S3, then Redis — and once claimed, the DELETE always finishes. The claim
+(the hash's `deleting` marker) stops every writer of the job and every new upload deduplicating
+onto it; the objects go; then one script removes the record and all its keys and ends the
+job's streams with the `deleted` event. S3 unavailable does not stop the Redis side: the prefixes
+it could not clear go into a durable set (`keys.PENDING_DELETIONS`) that the Beat sweep
+`retry_pending_deletions` works off once S3 answers again, and the answer is 202 (storage
+clean-up pending) instead of 204. A DELETE that stopped at a failed S3 call would leave the
+claim for good: a running job's worker stops at its next write and cleans up, and its record
+would stay `processing`, refused every write, its streams never ending.
 
 What belongs to the job: its prepared audio `audio/<token>/<job>.<ext>` and any unfinished
 multipart upload of it, its staged input `incoming/<job>`, its spool files on this host, and in
@@ -17,21 +21,19 @@ lives, and deleting that job deletes the object once the root is gone.
 A running job: from the claim on, every write of its worker is `Refused` ('missing', as if the
 record were gone; job_write.lua); the worker then deletes what it stored meanwhile
 (worker/pipeline.py), and no `failed` of a worker whose input vanished under it can end the
-job's streams before the `deleted` event. The task
-is revoked so a queued one never starts. Files a worker host spooled elsewhere go with the
-worker's clean-up or the spool sweep (their record is gone).
+job's streams before the `deleted` event. The task is revoked so a queued one never starts.
+Files a worker host spooled elsewhere go with the worker's clean-up or the spool sweep (their
+record is gone).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from pathlib import Path
 
 import anyio
 
 from yousync.api.control import Revoke
-from yousync.api.errors import ApiError
 from yousync.api.streaming.progress_stream import JobNotFound
 from yousync.api.uploads.staging import UploadStaging
 from yousync.core.errors import TransientError
@@ -59,21 +61,31 @@ def job_prefixes(job: JobRecord, *, holders: int) -> list[str]:
     return prefixes
 
 
-def _remove_files(
+def _remove_or_defer(
     staging: UploadStaging, spool_dir: Path, job_id: str, prefixes: list[str]
-) -> None:
+) -> list[str]:
+    """Removes the job's files; returns the prefixes S3 could not clear (down just then)."""
     unlink_job_files(spool_dir, f"{job_id}*")
+    pending: list[str] = []
     for prefix in prefixes:
-        removed = staging.store.delete_under(prefix)
+        try:
+            removed = staging.store.delete_under(prefix)
+        except TransientError as exc:
+            log.warning("job %s: deleting %s deferred: %s", job_id, prefix, exc.message)
+            pending.append(prefix)
+            continue
         if removed:
             log.info("job %s: deleted %s", job_id, ", ".join(removed))
+    return pending
 
 
 async def delete_job(
     *, store: AsyncJobStore, staging: UploadStaging, job_id: str, revoke: Revoke
-) -> None:
-    """Delete the job and everything of it; JobNotFound (404) when there is no such job (or
-    another DELETE removed it first), ApiError 503 `storage_unavailable` when S3 is unavailable."""
+) -> bool:
+    """Delete the job and everything of it. Returns False when done, True when S3 was
+    unavailable and some objects wait for the `retry_pending_deletions` sweep (the job itself
+    is gone either way). JobNotFound (404) when there is no such job (or another DELETE
+    claimed it first)."""
     job = await store.get(job_id)
     if job is None:
         raise JobNotFound(job_id)
@@ -83,25 +95,16 @@ async def delete_job(
         raise JobNotFound(job_id) from gone
     prefixes = job_prefixes(job, holders=holders)
     spool_dir = staging.settings.spool_dir
-    try:
-        await anyio.to_thread.run_sync(_remove_files, staging, spool_dir, job_id, prefixes)
-    except TransientError as exc:
-        # Not the upload path's ServiceUnavailable: that one counts as a rejected upload.
-        raise ApiError(
-            503,
-            "storage_unavailable",
-            "Object storage is unavailable; the job is kept: repeat the request",
-            {"Retry-After": "5"},
-        ) from exc
-    try:
-        await store.remove(job)
-    except Refused as gone:
-        raise JobNotFound(job_id) from gone
+    pending = await anyio.to_thread.run_sync(_remove_or_defer, staging, spool_dir, job_id, prefixes)
+    # Recorded before the record goes: a crash in between leaves both, never neither.
+    await store.defer_deletion(pending)
+    await store.remove(job)
     if job.status.terminal:
-        return
+        return bool(pending)
     if job.task_id:
         await anyio.to_thread.run_sync(revoke, job.task_id, abandon_on_cancel=True)
     # A worker that stored a part or an object while the first pass ran is stopped by its next
     # write and cleans up itself; this pass catches what it left if it was killed meanwhile.
-    with contextlib.suppress(TransientError):
-        await anyio.to_thread.run_sync(_remove_files, staging, spool_dir, job_id, prefixes)
+    later = await anyio.to_thread.run_sync(_remove_or_defer, staging, spool_dir, job_id, prefixes)
+    await store.defer_deletion(later)
+    return bool(pending or later)

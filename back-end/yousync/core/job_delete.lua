@@ -18,9 +18,11 @@
 --         job callbacks set, callbacks due, callbacks dead, own dedups set, root's dedups set.
 --   ARGV: mode, job id, token id, updated_at, channel, maxlen, token stream ttl,
 --         callback key prefix, job hash key prefix, root job id.
---   Returns {1, event id} or {0, 'missing'}.
+--   Returns {1, event id}; {1, ''} when the record expired since the claim (no event; every
+--   other key still goes). Never refused: the claim was the check.
 local mode = ARGV[1]
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 'missing'} end
+local exists = redis.call('EXISTS', KEYS[1]) == 1
+if mode == 'claim' and not exists then return {0, 'missing'} end
 
 local function live(prefix, id)
   local hash = prefix .. id
@@ -46,40 +48,46 @@ local job_id, token_id, updated_at, channel = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
 local maxlen, token_ttl, callback_prefix, job_prefix, root =
   tonumber(ARGV[6]), ARGV[7], ARGV[8], ARGV[9], ARGV[10]
 
--- The last event keeps where the job was (progress, stage) and nothing of its content.
-local kept = {'job_id', 'token_id', 'progress', 'stage', 'created_at'}
-local values = redis.call('HMGET', hash, unpack(kept))
-local entry = {}
-for i, name in ipairs(kept) do
-  if values[i] and values[i] ~= '' then
-    entry[#entry + 1] = name
-    entry[#entry + 1] = values[i]
-  end
-end
-entry[#entry + 1] = 'status'
-entry[#entry + 1] = 'deleted'
-entry[#entry + 1] = 'message'
-entry[#entry + 1] = 'Deleted on request'
-entry[#entry + 1] = 'updated_at'
-entry[#entry + 1] = updated_at
-local snapshot = {}
-for i = 1, #entry, 2 do snapshot[entry[i]] = entry[i + 1] end
-
 -- The job's earlier entries in the token Stream carry its result: they go; the tombstone below
--- tells a token stream's client (and one resuming later) that the job is gone.
+-- tells a token stream's client (and one resuming later) that the job is gone (when the record
+-- still exists to make one).
+-- A tombstone already there (a second removal) stays.
 for _, found in ipairs(redis.call('XRANGE', token_stream, '-', '+')) do
-  local fields = found[2]
+  local fields, of_job, tombstone = found[2], false, false
   for i = 1, #fields, 2 do
-    if fields[i] == 'job_id' then
-      if fields[i + 1] == job_id then redis.call('XDEL', token_stream, found[1]) end
-      break
+    if fields[i] == 'job_id' then of_job = fields[i + 1] == job_id end
+    if fields[i] == 'status' then tombstone = fields[i + 1] == 'deleted' end
+  end
+  if of_job and not tombstone then redis.call('XDEL', token_stream, found[1]) end
+end
+
+local id, token_event_id = '', ''
+local snapshot = {}
+-- The record expired between the claim and now (its TTL ran out while S3 was cleared): no event
+-- to send (its Stream expired with it), but the keys that outlive it go all the same.
+if exists then
+  -- The last event keeps where the job was (progress, stage) and nothing of its content.
+  local kept = {'job_id', 'token_id', 'progress', 'stage', 'created_at'}
+  local values = redis.call('HMGET', hash, unpack(kept))
+  local entry = {}
+  for i, name in ipairs(kept) do
+    if values[i] and values[i] ~= '' then
+      entry[#entry + 1] = name
+      entry[#entry + 1] = values[i]
     end
   end
+  entry[#entry + 1] = 'status'
+  entry[#entry + 1] = 'deleted'
+  entry[#entry + 1] = 'message'
+  entry[#entry + 1] = 'Deleted on request'
+  entry[#entry + 1] = 'updated_at'
+  entry[#entry + 1] = updated_at
+  for i = 1, #entry, 2 do snapshot[entry[i]] = entry[i + 1] end
+
+  id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(entry))
+  token_event_id = redis.call('XADD', token_stream, 'MAXLEN', '~', maxlen * 5, '*', unpack(entry))
+  redis.call('EXPIRE', token_stream, token_ttl)
 end
-local id = redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', unpack(entry))
-local token_event_id = redis.call('XADD', token_stream, 'MAXLEN', '~', maxlen * 5, '*',
-  unpack(entry))
-redis.call('EXPIRE', token_stream, token_ttl)
 
 if dedupe ~= hash and redis.call('GET', dedupe) == job_id then redis.call('DEL', dedupe) end
 for _, delivery in ipairs(redis.call('SMEMBERS', callbacks)) do
@@ -102,6 +110,8 @@ if root_dedups ~= own_dedups and redis.call('EXISTS', job_prefix .. root) == 0 t
   drop_if_unheld(root_dedups)
 end
 
-redis.call('PUBLISH', channel, cjson.encode({job_id = job_id, token_id = token_id, id = id,
-  token_event_id = token_event_id, snapshot = snapshot}))
+if exists then
+  redis.call('PUBLISH', channel, cjson.encode({job_id = job_id, token_id = token_id, id = id,
+    token_event_id = token_event_id, snapshot = snapshot}))
+end
 return {1, id}

@@ -1,7 +1,8 @@
 -- Every change to a job, atomically: hash, event Stream, token Stream, indexes, pub/sub.
 -- Loaded by yousync/core/jobs.py, which fills in the TERMINAL table from models.TERMINAL_STATUSES
 -- (one definition of "terminal"). KEYS: hash, stream, token jobs, token stream, active set,
--- outcome counters, the job's callback deliveries, the due callbacks. ARGV: mode, TTLs, maxlen,
+-- outcome counters, the job's callback deliveries, the due callbacks, and last, for the `create`
+-- of a deduplicated job, the original's hash and dedups set. ARGV: mode, TTLs, maxlen,
 -- channel, the snapshot field list (JSON), the callback settings (JSON), then field/value pairs.
 local hash, stream, token_jobs, token_stream, active = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local mode, active_ttl, terminal_ttl, maxlen, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
@@ -16,6 +17,25 @@ if mode ~= 'create' and not exists then return {0, 'missing'} end
 -- worker stops and cleans up now, and no `failed` (input deleted under it) ends its streams
 -- before the `deleted` event does.
 if mode ~= 'create' and redis.call('HGET', hash, 'deleting') == '1' then return {0, 'missing'} end
+-- A deduplicated job (a `create` with a `deduplicated_from` field; the original's hash and
+-- dedups set are then the last two KEYS) joins the holders of the original's stored object in
+-- this same script, only while the original is completed and not claimed by a DELETE: that
+-- claim (job_delete.lua) either counts it or came first and makes this create refused, never a
+-- job answering with a deleted object.
+local original, original_dedups
+if mode == 'create' then
+  for i = 8, #ARGV, 2 do
+    if ARGV[i] == 'deduplicated_from' then
+      original, original_dedups = KEYS[#KEYS - 1], KEYS[#KEYS]
+    end
+  end
+end
+if original_dedups then
+  if redis.call('HGET', original, 'status') ~= 'completed'
+    or redis.call('HGET', original, 'deleting') == '1' then
+    return {0, 'original_gone'}
+  end
+end
 local cur_status = redis.call('HGET', hash, 'status')
 if mode == 'reopen' then
   if cur_status ~= 'failed' and cur_status ~= 'cancelled' then return {0, 'not_reopenable'} end
@@ -44,6 +64,12 @@ for i = 8, #ARGV, 2 do
   pairs_[#pairs_ + 1] = v
 end
 redis.call('HSET', hash, unpack(pairs_))
+if original_dedups then
+  redis.call('SADD', original_dedups, redis.call('HGET', hash, 'job_id'))
+  if redis.call('TTL', original_dedups) < tonumber(terminal_ttl) then
+    redis.call('EXPIRE', original_dedups, terminal_ttl)
+  end
+end
 
 -- Completion callbacks (issue 17), part 1 of 2 ------------------------------------------------
 -- A write that ends the job (from a non-terminal status, or a `create` that is already

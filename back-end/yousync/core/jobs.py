@@ -8,7 +8,6 @@ the Celery worker; the async store serves the API. Both share the script and arg
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 from collections.abc import Sequence
@@ -53,18 +52,6 @@ if redis.call('EXISTS', KEYS[1]) == 0 or redis.call('HGET', KEYS[1], 'deleting')
   return 0
 end
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
-return 1
-"""
-
-# A deduplicated job joins the set of jobs sharing the root job's stored object, only while the
-# root is completed and not being deleted (else the upload is analysed as a new job).
-_ADD_DEDUP_SCRIPT = """
-if redis.call('HGET', KEYS[1], 'status') ~= 'completed'
-  or redis.call('HGET', KEYS[1], 'deleting') == '1' then
-  return 0
-end
-redis.call('SADD', KEYS[2], ARGV[1])
-if redis.call('TTL', KEYS[2]) < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[2], ARGV[2]) end
 return 1
 """
 
@@ -259,12 +246,13 @@ class JobStore:
         key_list, argv = _write_args(self._settings, "reopen", job_id, token_id, values)
         return _checked(job_id, self._write(keys=key_list, args=argv))
 
-    def fail(self, job_id: str, error: StageError, *, retryable: bool) -> None:
-        """Ends the job `failed`; a job already terminal (or gone) keeps what it has."""
+    def fail(self, job_id: str, error: StageError, *, retryable: bool) -> str | None:
+        """Ends the job `failed`; a job already terminal (or gone) keeps what it has. Returns
+        None when written, else why not ('missing': gone or claimed by a DELETE; 'terminal')."""
         job = self.get(job_id)
         if job is None:
-            return
-        with contextlib.suppress(Refused):
+            return "missing"
+        try:
             self.update(
                 job_id,
                 job.token_id,
@@ -273,10 +261,18 @@ class JobStore:
                 error={"code": error.code, "message": error.message, "retryable": retryable},
                 eta_seconds=None,
             )
+        except Refused as refused:
+            return refused.reason
+        return None
 
     def set_markers(self, job_id: str, **markers: Any) -> bool:
         flat = [item for pair in encode_fields(markers).items() for item in pair]
         return bool(self._set_markers(keys=[keys.job(job_id)], args=flat))
+
+    def defer_deletion(self, prefixes: list[str]) -> None:
+        """S3 prefixes of a deleted job S3 could not clear, for `retry_pending_deletions`."""
+        if prefixes:
+            self._client.sadd(keys.PENDING_DELETIONS, *prefixes)
 
     def remember_result(self, token_id: str, sha256: str, job_id: str) -> bool:
         """An identical upload of this token within DEDUPE_WINDOW_SECONDS gets this job's
@@ -323,12 +319,17 @@ class AsyncJobStore:
         self._settings = settings
         self._write = client.register_script(_WRITE_SCRIPT)
         self._set_markers = client.register_script(_SET_MARKERS_SCRIPT)
-        self._add_dedup = client.register_script(_ADD_DEDUP_SCRIPT)
         self._delete = client.register_script(_DELETE_SCRIPT)
 
     async def create(self, job_id: str, token_id: str, **markers: Any) -> str:
+        """A job with `deduplicated_from` joins that original's dedups set (the holders of its
+        stored object) in the same script; `Refused` ('original_gone') when the original is no
+        longer completed or a DELETE has claimed it: then nothing may answer with its object."""
         values = _initial_values(job_id, token_id, markers)
         key_list, argv = _write_args(self._settings, "create", job_id, token_id, values)
+        original = markers.get("deduplicated_from")
+        if original:  # last: the script finds them there whatever keys precede them
+            key_list += [keys.job(str(original)), keys.job_dedups(str(original))]
         return _checked(job_id, await self._write(keys=key_list, args=argv))
 
     async def claim_idempotency(self, token_id: str, key: str, job_id: str) -> str | None:
@@ -355,15 +356,6 @@ class AsyncJobStore:
         job = await self.get(job_id.decode() if isinstance(job_id, bytes) else job_id)
         return job if job is not None and job.status == JobStatus.COMPLETED else None
 
-    async def add_dedup(self, root_id: str, job_id: str) -> bool:
-        """Record that `job_id` answers with the stored object of `root_id`; False when the
-        root is no longer completed or is being deleted (then nothing may point at it)."""
-        ttl = self._settings.job_ttl_seconds
-        reply = await self._add_dedup(
-            keys=[keys.job(root_id), keys.job_dedups(root_id)], args=[job_id, ttl]
-        )
-        return bool(reply)
-
     async def claim_delete(self, job: JobRecord) -> int:
         """First step of a DELETE: mark the job `deleting` (no upload deduplicates onto it from
         now on) and count the other live jobs holding its stored object. Raises `Refused`
@@ -377,7 +369,8 @@ class AsyncJobStore:
 
     async def remove(self, job: JobRecord) -> str:
         """Last step of a DELETE (job_delete.lua): the `deleted` event, then every key of the
-        job. Returns the event id; raises `Refused` ('missing') when already gone."""
+        job. Returns the event id, '' when the record expired since the claim (nothing to
+        send; the keys that outlive a record — deliveries, dedupe entry, indexes — still go)."""
         job_id, token_id = job.job_id, job.token_id
         root = job.deduplicated_from or job_id
         key_list = [
@@ -402,6 +395,11 @@ class AsyncJobStore:
             root,
         ]
         return _checked(job_id, await self._delete(keys=key_list, args=argv))
+
+    async def defer_deletion(self, prefixes: list[str]) -> None:
+        """S3 prefixes a DELETE could not clear, for the `retry_pending_deletions` sweep."""
+        if prefixes:
+            await self._client.sadd(keys.PENDING_DELETIONS, *prefixes)
 
     async def reopen(self, job_id: str, token_id: str, **values: Any) -> str:
         key_list, argv = _write_args(self._settings, "reopen", job_id, token_id, values)

@@ -53,6 +53,12 @@ def job_dedups(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}:dedups"
 
 
+# Set: S3 prefixes of deleted jobs whose objects S3 could not delete at the DELETE (down just
+# then). No TTL: the `retry_pending_deletions` sweep (worker/tasks/maintenance.py) deletes under
+# each until S3 confirms, then drops it.
+PENDING_DELETIONS = f"{PREFIX}:deletions:pending"
+
+
 # Cluster-wide metrics, read by every API's /metrics (observability/metrics.py).
 # Hash: final status -> number of jobs that reached it (HINCRBY in the job-state Lua script).
 METRICS_JOBS_FINISHED = f"{PREFIX}:metrics:jobs_finished"

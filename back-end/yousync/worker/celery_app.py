@@ -42,6 +42,7 @@ MAINTENANCE_TASKS = (
     "mark_stuck_jobs",
     "abort_stale_multipart_uploads",
     "sweep_old_audio",
+    "retry_pending_deletions",
 )
 # Celery Beat (`celery -A celery_app beat`) sends each sweep every MAINTENANCE_INTERVAL_SECONDS;
 # `expires` drops a sweep nobody ran before the next one was due instead of stacking them up.

@@ -223,15 +223,17 @@ class Pipeline:
             )
         raise PermanentError("spool_missing", "The uploaded file is no longer available")
 
-    def fail(self, job_id: str, error: StageError, *, retryable: bool) -> None:
-        """End the job `failed`. Its input (spool file, staged object) stays as long as its
-        record, so a retry can run it again until RESULT_RETENTION_SECONDS are over (the
-        sweeps delete it once the record is gone); audio refused as such goes at once."""
+    def fail(self, job_id: str, error: StageError, *, retryable: bool) -> str:
+        """End the job `failed`; returns the delivery's outcome: `failed`, or why the write was
+        refused — `missing` when the job was deleted (or expired) meanwhile, `terminal` when it
+        ended elsewhere. Its input (spool file, staged object) stays as long as its record, so
+        a retry can run it again until RESULT_RETENTION_SECONDS are over (the sweeps delete it
+        once the record is gone); audio refused as such goes at once."""
         job = self.store.get(job_id)
         if job is None:
             # Deleted (or expired) meanwhile: nothing to record, nothing of it to keep.
             self.discard_upload(job_id, None)
-            return
+            return "missing"
         refused_audio = error.code in REFUSED_AUDIO
         # The object goes first: whoever sees `failed` finds nothing of refused audio left.
         if refused_audio and job.s3_key:
@@ -239,10 +241,18 @@ class Pipeline:
             # kept: when the analysis server is the one refusing, it is in S3 already.
             with contextlib.suppress(TransientError):
                 self.storage.delete(job.s3_key)
-        self.store.fail(job_id, error, retryable=retryable)
+        refused = self.store.fail(job_id, error, retryable=retryable)
+        if refused == "missing":
+            # A DELETE claimed the job (its input deleted under us, likely why we failed):
+            # what this delivery stored goes, as after any refused write of a deleted job.
+            self.clean_up_deleted(job_id, job)
+            return refused
+        if refused is not None:
+            return refused
         if refused_audio:
             # A retry would be refused again: its input is not kept either.
             self.discard_upload(job_id, job.staged_key)
+        return "failed"
 
     def note_retry(self, job_id: str, error: StageError, *, attempt: int, delay: float) -> None:
         job = self.store.get(job_id)
@@ -305,10 +315,13 @@ class Pipeline:
         running gets here, never one whose object deduplicated jobs share (those completed)."""
         log.info("job %s: deleted while running; removing what it stored", job_id)
         self.discard_upload(job_id, job.staged_key)
+        prefix = f"{OBJECT_PREFIX}{job.token_id}/{job_id}."
         try:
-            self.storage.delete_under(f"{OBJECT_PREFIX}{job.token_id}/{job_id}.")
+            self.storage.delete_under(prefix)
         except TransientError as exc:
-            log.warning("job %s: deleted, its stored audio left (S3): %s", job_id, exc)
+            # S3 is down just now: Beat's `retry_pending_deletions` deletes it once it is back.
+            log.warning("job %s: deleted, its stored audio deferred (S3): %s", job_id, exc)
+            self.store.defer_deletion([prefix])
 
     def discard_upload(self, job_id: str, staged_key: str | None) -> None:
         """Once no retry can need it (yousync.core.storage.discard_upload)."""

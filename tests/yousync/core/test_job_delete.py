@@ -49,6 +49,23 @@ def completed(run: Callable[..., Any], sync: JobStore, job_id: str, **markers: A
     sync.update(job_id, TOKEN, status="completed", progress=100, stage="done", s3_url="s3://b/k")
 
 
+def deduplicated(run: Callable[..., Any], job_id: str, original: str) -> str:
+    """Created as submission.py does: completed at once, joining the original's holders."""
+    return run(  # type: ignore[no-any-return]
+        lambda s: s.create(
+            job_id,
+            TOKEN,
+            status="completed",
+            progress=100,
+            stage="done",
+            s3_url="s3://b/k",
+            sha256="sum",
+            deduplicated=True,
+            deduplicated_from=original,
+        )
+    )
+
+
 def record(run: Callable[..., Any], job_id: str) -> JobRecord:
     found = run(lambda s: s.get(job_id))
     assert found is not None
@@ -95,9 +112,11 @@ def test_remove_when_job_has_events_dedupe_and_callbacks_then_nothing_of_it_is_l
     assert note["id"] == event_id and note["snapshot"]["status"] == "deleted"
     assert note["snapshot"]["progress"] == "100"
 
-    with pytest.raises(Refused) as again:
-        run(lambda s: s.remove(job))
-    assert again.value.reason == "missing"
+    # A second DELETE that claimed before the first removed: nothing left to send or remove.
+    assert run(lambda s: s.remove(job)) == ""
+    assert keys_naming(redis_client, "job-a") == []
+    token_events = [fields for _, fields in redis_client.xrange(keys.token_events(TOKEN))]
+    assert [f["status"] for f in token_events if f["job_id"] == "job-a"] == ["deleted"]
     with pytest.raises(Refused):
         run(lambda s: s.claim_delete(job))
 
@@ -117,15 +136,17 @@ def test_claim_when_deduplicated_jobs_share_the_object_then_the_last_live_holder
 ) -> None:
     completed(run, sync, "root")
     for dedup in ("dup-1", "dup-2"):
-        assert run(lambda s, dedup=dedup: s.add_dedup("root", dedup))
-        completed(run, sync, dedup, deduplicated_from="root")
+        deduplicated(run, dedup, "root")
     assert 0 < redis_client.ttl(keys.job_dedups("root")) <= Settings().job_ttl_seconds
 
     # The root while two deduplicated jobs live: they hold the object.
     root = record(run, "root")
     assert run(lambda s: s.claim_delete(root)) == 2
     # Being deleted, the root takes no new deduplicated job.
-    assert not run(lambda s: s.add_dedup("root", "dup-3"))
+    with pytest.raises(Refused) as refused:
+        deduplicated(run, "dup-3", "root")
+    assert refused.value.reason == "original_gone"
+    assert not redis_client.exists(keys.job("dup-3"))
     run(lambda s: s.remove(root))
     assert redis_client.smembers(keys.job_dedups("root")) == {"dup-1", "dup-2"}
 
@@ -143,8 +164,7 @@ def test_claim_when_the_root_lives_then_a_deduplicated_job_keeps_its_object(
     run: Callable[..., Any], sync: JobStore, redis_client: redis.Redis
 ) -> None:
     completed(run, sync, "root")
-    assert run(lambda s: s.add_dedup("root", "dup"))
-    completed(run, sync, "dup", deduplicated_from="root")
+    deduplicated(run, "dup", "root")
     dup = record(run, "dup")
     assert run(lambda s: s.claim_delete(dup)) == 1
     run(lambda s: s.remove(dup))
@@ -155,13 +175,27 @@ def test_claim_when_the_root_lives_then_a_deduplicated_job_keeps_its_object(
     assert run(lambda s: s.claim_delete(root)) == 0
 
 
-def test_add_dedup_when_root_not_completed_then_refused(
+def test_create_deduplicated_when_original_not_completed_or_gone_then_refused_and_nothing_made(
     run: Callable[..., Any], redis_client: redis.Redis
 ) -> None:
     run(lambda s: s.create("root", TOKEN))
-    assert not run(lambda s: s.add_dedup("root", "dup"))
-    assert not run(lambda s: s.add_dedup("gone", "dup"))
+    for original in ("root", "gone"):
+        with pytest.raises(Refused) as refused:
+            deduplicated(run, "dup", original)
+        assert refused.value.reason == "original_gone"
+    assert not redis_client.exists(keys.job("dup"), keys.job_events("dup"))
     assert not redis_client.exists(keys.job_dedups("root"), keys.job_dedups("gone"))
+
+
+def test_claim_when_a_deduplicated_job_was_created_before_it_then_it_is_counted(
+    run: Callable[..., Any], sync: JobStore, redis_client: redis.Redis
+) -> None:
+    """The other order of the race: the deduplicated job exists (one script with its joining
+    the dedups set), so the original's DELETE keeps the object."""
+    completed(run, sync, "root")
+    deduplicated(run, "dup", "root")
+    root = record(run, "root")
+    assert run(lambda s: s.claim_delete(root)) == 1
 
 
 def test_claim_when_made_then_every_write_and_marker_is_refused_as_missing(
@@ -179,3 +213,27 @@ def test_claim_when_made_then_every_write_and_marker_is_refused_as_missing(
     assert not sync.set_markers("job-a", s3_key="audio/tok/job-a.flac")
     assert redis_client.xlen(keys.job_events("job-a")) == events
     assert redis_client.hget(keys.job("job-a"), "status") == "processing"
+
+
+def test_remove_when_the_record_expired_after_the_claim_then_its_side_keys_still_go(
+    run: Callable[..., Any], sync: JobStore, redis_client: redis.Redis
+) -> None:
+    """The record's TTL ran out between claim and removal (S3 already cleared): the DELETE
+    still succeeds and leaves none of the keys that outlive the record."""
+    completed(run, sync, "root")
+    deduplicated(run, "dup", "root")
+    redis_client.set(keys.dedupe(TOKEN, "sum"), "dup")
+    redis_client.sadd(keys.job_callbacks("dup"), "dup.1")
+    redis_client.zadd(keys.CALLBACKS_DEAD, {"dup.1": 1})
+    redis_client.hset(keys.callback("dup.1"), mapping={"job_id": "dup", "body": "{}"})
+    dup = record(run, "dup")
+    assert run(lambda s: s.claim_delete(dup)) == 1
+    redis_client.delete(keys.job("dup"), keys.job_events("dup"))  # expired
+
+    run(lambda s: s.remove(dup))
+
+    assert keys_naming(redis_client, "dup") == []
+    assert not redis_client.exists(keys.dedupe(TOKEN, "sum"))
+    assert redis_client.zrange(keys.CALLBACKS_DEAD, 0, -1) == []
+    assert not redis_client.exists(keys.job_dedups("root"))
+    assert "dup" not in redis_client.zrange(keys.token_jobs(TOKEN), 0, -1)

@@ -729,3 +729,50 @@ def test_run_when_deleted_mid_analysis_then_the_stored_object_is_deleted(rig: Ri
     assert stopped.value.reason == "missing"
     assert rig.objects.objects == {} and rig.job.files() == []
     assert list(rig.redis_client.scan_iter(match=f"*{rig.job.id}*")) == []
+
+
+def test_fail_when_a_delete_claimed_the_job_then_missing_cleaned_up_and_nothing_written(
+    rig: Rig,
+) -> None:
+    """DELETE claimed the job and deleted its input under the worker, which then fails: the
+    `failed` write is refused; the delivery must end as a deleted job's does (its stored object
+    deleted, outcome `missing`: no callbacks drain), not as `failed`."""
+
+    def user_deletes(_: float) -> None:
+        rig.redis_client.hset(keys.job(rig.job.id), "deleting", "1")  # DELETE's claim
+        raise PermanentError("spool_missing", "The uploaded file is no longer available")
+
+    rig.analyzer.during_analysis = user_deletes
+    with pytest.raises(PermanentError) as failed:
+        rig.runner.run(rig.job.id)
+    assert rig.objects.objects, "stored before the DELETE"
+    written = events(rig.redis_client, rig.job)
+
+    outcome = rig.runner.fail(rig.job.id, failed.value, retryable=False)
+
+    assert outcome == "missing"
+    assert rig.objects.objects == {} and rig.job.files() == []
+    assert events(rig.redis_client, rig.job) == written, "no `failed` event"
+
+
+def test_run_when_deleted_mid_analysis_and_s3_down_then_the_object_is_left_to_the_sweep(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's own clean-up cannot reach S3: the prefix goes into the pending deletions
+    that Beat's `retry_pending_deletions` works off, so the object is not orphaned."""
+
+    def s3_down(prefix: str) -> list[str]:
+        raise TransientError("storage_unavailable", "S3 delete failed (EndpointConnectionError)")
+
+    def user_deletes(_: float) -> None:
+        delete_record(rig)
+        monkeypatch.setattr(rig.objects, "delete_under", s3_down)
+
+    rig.analyzer.during_analysis = user_deletes
+    with pytest.raises(Refused):
+        rig.runner.run(rig.job.id)
+
+    assert rig.objects.objects, "S3 was down"
+    prefix = f"audio/{rig.job.token}/{rig.job.id}."
+    assert rig.redis_client.sismember(keys.PENDING_DELETIONS, prefix)
+    rig.redis_client.srem(keys.PENDING_DELETIONS, prefix)

@@ -214,14 +214,24 @@ async def analysis_result(
     "/analysis-result/{job_id}",
     status_code=204,
     response_class=Response,
-    responses={204: {"description": "Deleted"}},
+    responses={
+        204: {"description": "Deleted"},
+        202: {
+            "description": "Deleted; S3 was unavailable, its objects go by a retried sweep",
+            "content": {"application/json": {}},
+        },
+    },
     summary="Delete the job: cancel it if running, remove its recording (unless a deduplicated "
     "job still answers with it), result, events and callbacks; open streams end with `deleted`",
 )
 async def delete_analysis(
     job_id: JobId, jobs: JobsDep, staging: StagingDep, revoke: RevokeDep
 ) -> Response:
-    await delete_job(store=jobs, staging=staging, job_id=job_id, revoke=revoke)
+    if await delete_job(store=jobs, staging=staging, job_id=job_id, revoke=revoke):
+        return JSONResponse(
+            {"job_id": job_id, "status": "deleted", "storage_cleanup": "pending"},
+            status_code=202,
+        )
     return Response(status_code=204)
 
 

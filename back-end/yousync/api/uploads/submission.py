@@ -29,7 +29,7 @@ from yousync.core.callback_target import (
 )
 from yousync.core.config import Settings
 from yousync.core.errors import TransientError
-from yousync.core.jobs import AsyncJobStore
+from yousync.core.jobs import AsyncJobStore, Refused
 from yousync.core.models import JobStatus
 from yousync.core.record import JobRecord
 from yousync.core.stages import Stage
@@ -228,26 +228,9 @@ async def _submit(
         ) from exc
     try:
         earlier = await store.deduplicate(token_id, upload.sha256)
-        # The new job joins the earlier one's holders of the stored object first (DELETE
-        # keeps an object a live job holds); an earlier job being deleted is no answer.
-        if earlier is not None and await store.add_dedup(earlier.job_id, job_id):
-            # The same recording was analysed for this token within the window: answer with its
-            # result at once, as a new job that is already completed.
-            await store.create(
-                job_id,
-                token_id,
-                status=JobStatus.COMPLETED,
-                progress=Stage.DONE.start,
-                stage=Stage.DONE,
-                message="Identical upload already analysed",
-                result=earlier.snapshot.result,
-                s3_url=earlier.snapshot.s3_url,
-                deduplicated=True,
-                sha256=upload.sha256,
-                size_bytes=upload.size,
-                deduplicated_from=earlier.job_id,
-                **callback.markers(),
-            )
+        if earlier is not None and await _create_deduplicated(
+            store, job_id, token_id, earlier, upload, callback
+        ):
             await _remove(upload)
             metrics.upload_accepted(upload.size)
             return Accepted(
@@ -282,6 +265,42 @@ async def _submit(
         raise ServiceUnavailable("broker_unavailable", "Task queue is unavailable") from exc
     metrics.upload_accepted(upload.size)
     return Accepted(job_id=job_id, task_id=task_id, token_id=token_id, status=JobStatus.QUEUED)
+
+
+async def _create_deduplicated(
+    store: AsyncJobStore,
+    job_id: str,
+    token_id: str,
+    earlier: JobRecord,
+    upload: ReceivedUpload,
+    callback: _CallbackChoice,
+) -> bool:
+    """The same recording was analysed for this token within the window: the new job is created
+    already completed with the earlier one's result. The creation and joining the earlier job's
+    holders of its stored object are one script (a DELETE of the earlier job keeps an object a
+    live job holds); False when that job is no longer completed or being deleted, then the
+    upload is analysed as a new job."""
+    try:
+        await store.create(
+            job_id,
+            token_id,
+            status=JobStatus.COMPLETED,
+            progress=Stage.DONE.start,
+            stage=Stage.DONE,
+            message="Identical upload already analysed",
+            result=earlier.snapshot.result,
+            s3_url=earlier.snapshot.s3_url,
+            deduplicated=True,
+            sha256=upload.sha256,
+            size_bytes=upload.size,
+            deduplicated_from=earlier.job_id,
+            **callback.markers(),
+        )
+    except Refused as refused:
+        if refused.reason != "original_gone":
+            raise
+        return False
+    return True
 
 
 async def _remove(upload: ReceivedUpload) -> None:

@@ -149,8 +149,7 @@ def _run(self: Task, runner: Pipeline, job_id: str) -> str:
         return refused.reason
     except PermanentError as error:
         log.warning("job %s: failed permanently: %s", job_id, error)
-        runner.fail(job_id, error, retryable=False)
-        return "failed"
+        return runner.fail(job_id, error, retryable=False)
     except TransientError as error:
         if self.request.retries < self.max_retries:
             delay = retry_delay(self.request.retries)
@@ -158,11 +157,9 @@ def _run(self: Task, runner: Pipeline, job_id: str) -> str:
             log.warning("job %s: %s; retry %d in %.1fs", job_id, error, attempt, delay)
             runner.note_retry(job_id, error, attempt=attempt, delay=delay)
             raise self.retry(countdown=delay, exc=error) from error
-        runner.fail(job_id, error, retryable=True)
-        return "failed"
+        return runner.fail(job_id, error, retryable=True)
     except SoftTimeLimitExceeded:
-        runner.fail(job_id, TIMEOUT, retryable=True)
-        return "failed"
+        return runner.fail(job_id, TIMEOUT, retryable=True)
     except Exception:
         log.exception("job %s: unexpected error", job_id)
         runner.fail(job_id, StageError("internal_error", "Unexpected worker error"), retryable=True)

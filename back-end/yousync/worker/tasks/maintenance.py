@@ -19,6 +19,9 @@
   itself (S3 unavailable just then, a process killed).
 * `abort_stale_multipart_uploads` — S3 bills the parts of unfinished multipart uploads; abort
   ours (`audio/` prefix) that started more than MULTIPART_MAX_AGE_SECONDS (a day) ago.
+* `retry_pending_deletions` — the S3 side of DELETEs that S3 did not let finish (api/
+  deletion.py answered 202): deletes under each prefix of `keys.PENDING_DELETIONS` and drops it
+  once S3 confirmed.
 * `sweep_old_audio` — deletes prepared audio (`audio/` prefix) stored more than
   AUDIO_RETENTION_DAYS ago; 0 (the default) keeps it for good. A finished job keeps its result
   and `s3_url`; the URL then names an object that is gone.
@@ -40,6 +43,7 @@ from typing import Any, cast
 import redis
 
 from yousync.core import keys
+from yousync.core.errors import TransientError
 from yousync.core.jobs import JobStore, Refused, UnreadableRecord
 from yousync.core.models import JobStatus
 from yousync.core.storage import OBJECT_PREFIX, STAGING_PREFIX, MultipartUpload, Storage
@@ -278,3 +282,23 @@ def sweep_old_audio(older_than_days: float | None = None) -> dict[str, Any]:
             extra={"key": stored.key, "stored_at": stored.last_modified.isoformat()},
         )
     return {"deleted": sorted(deleted), "kept": kept}
+
+
+@celery_app.task(name="tasks.maintenance.retry_pending_deletions", queue=MAINTENANCE_QUEUE)
+def retry_pending_deletions() -> dict[str, Any]:
+    """Deletes under each prefix a DELETE left for later (S3 unavailable then); a prefix is
+    dropped from the set only once S3 confirmed, so an outage just leaves it for the next run.
+    SREM of the exact member: a DELETE adding the same prefix again meanwhile is harmless (its
+    objects are deleted all the same)."""
+    ctx = context.get()
+    deleted: list[str] = []
+    pending = sorted(str(prefix) for prefix in ctx.redis.smembers(keys.PENDING_DELETIONS))
+    for prefix in pending:
+        try:
+            deleted += ctx.storage.delete_under(prefix)
+        except TransientError as exc:
+            log.warning("pending deletion %s kept: %s", prefix, exc.message)
+            continue
+        ctx.redis.srem(keys.PENDING_DELETIONS, prefix)
+    left = ctx.redis.scard(keys.PENDING_DELETIONS)
+    return {"deleted": sorted(deleted), "pending": int(left)}

@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from pathlib import Path
+from typing import Any
 
 import httpx
 import redis
+import redis.asyncio as aioredis
 
 from tests.helpers.audio import wav_bytes
+from tests.helpers.multipart import multipart
+from tests.yousync.api.uploads.test_receive import chunked
+from yousync.api.uploads.staging import UploadStaging
+from yousync.api.uploads.submission import Accepted, submit_upload
+from yousync.core import keys
+from yousync.core.config import Settings
+from yousync.core.jobs import AsyncJobStore, JobStore
 
 AUDIO = wav_bytes(1.0, freq=523.0)
 
@@ -100,3 +111,98 @@ def test_upload_when_an_allowlisted_callback_url_is_given_then_the_job_records_i
     ]
     plain = post(api_url, token_id, wav_bytes(1.0, freq=442.0)).json()
     assert redis_client.hget(f"yousync:job:{plain['job_id']}", "callback_url") is None
+
+
+class _DeleteLandsBeforeCreate(AsyncJobStore):
+    """DELETE of the original claims it right before the deduplicated job is created: the
+    interleaving of two requests, in the racy order, on one real Redis."""
+
+    holders: int | None = None
+
+    async def create(self, job_id: str, token_id: str, **markers: Any) -> str:
+        root_id = markers.get("deduplicated_from")
+        if root_id is not None and self.holders is None:
+            root = await self.get(str(root_id))
+            assert root is not None
+            self.holders = await self.claim_delete(root)
+        return await super().create(job_id, token_id, **markers)
+
+
+def test_upload_when_a_delete_claims_the_original_mid_dedup_then_no_job_answers_a_deleted_object(
+    redis_url: str, redis_client: redis.Redis, token_id: str, tmp_path: Path
+) -> None:
+    """The object of a completed original may go only when no live job answers with it: the
+    deduplicated job must either be counted by DELETE's claim or not be created."""
+    body, content_type = multipart(("file", "a.wav", AUDIO))
+    settings = Settings(redis_url=redis_url, spool_dir=tmp_path, upload_staging="spool")
+    sha = hashlib.sha256(AUDIO).hexdigest()
+    orig = f"orig-{token_id}"
+    sync = JobStore(redis.Redis.from_url(redis_url), settings)
+    enqueued: list[str] = []
+
+    async def go() -> tuple[Accepted, int | None]:
+        client = aioredis.Redis.from_url(redis_url)
+        store = _DeleteLandsBeforeCreate(client, settings)
+        await store.create(orig, token_id, sha256=sha)
+        sync.update(
+            orig, token_id, status="completed", progress=100, stage="done", s3_url="s3://b/k"
+        )
+        redis_client.set(keys.dedupe(token_id, sha), orig)
+        staging = UploadStaging(settings, store=None)  # type: ignore[arg-type]
+        try:
+            accepted = await submit_upload(
+                token_id=token_id,
+                chunks=chunked(body),
+                content_type=content_type,
+                content_length=str(len(body)),
+                settings=settings,
+                store=store,
+                staging=staging,
+                enqueue=lambda job_id, task_id: enqueued.append(job_id),
+            )
+            return accepted, store.holders
+        finally:
+            await client.aclose()
+
+    accepted, holders = asyncio.run(go())
+    assert holders is not None, "the DELETE did not land"
+    if holders == 0:
+        # The original's object is deleted: the upload must not answer with it.
+        assert not accepted.deduplicated
+        assert accepted.status == "queued" and enqueued == [accepted.job_id]
+        assert not redis_client.sismember(keys.job_dedups(orig), accepted.job_id)
+
+
+def test_upload_when_idempotency_key_names_a_deleted_job_then_the_key_is_free_for_a_new_job(
+    redis_url: str, redis_client: redis.Redis, token_id: str, tmp_path: Path
+) -> None:
+    """DELETE cannot know the Idempotency-Keys naming its job (no reverse index): a replay of
+    such a key must not answer the deleted job, and is a new upload."""
+    body, content_type = multipart(("file", "a.wav", wav_bytes(1.0, freq=600.0)))
+    settings = Settings(redis_url=redis_url, spool_dir=tmp_path, upload_staging="spool")
+    deleted = f"deleted-{token_id}"
+    redis_client.set(keys.idempotency(token_id, "k-del"), deleted, ex=3600)
+    enqueued: list[str] = []
+
+    async def go() -> Accepted:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            return await submit_upload(
+                token_id=token_id,
+                chunks=chunked(body),
+                content_type=content_type,
+                content_length=str(len(body)),
+                idempotency_key="k-del",
+                settings=settings,
+                store=AsyncJobStore(client, settings),
+                staging=UploadStaging(settings, store=None),  # type: ignore[arg-type]
+                enqueue=lambda job_id, task_id: enqueued.append(job_id),
+            )
+        finally:
+            await client.aclose()
+
+    accepted = asyncio.run(go())
+
+    assert not accepted.replayed and accepted.job_id != deleted
+    assert enqueued == [accepted.job_id] and accepted.status == "queued"
+    assert redis_client.get(keys.idempotency(token_id, "k-del")) == accepted.job_id

@@ -295,6 +295,32 @@ def test_sweep_old_audio_when_older_than_the_retention_then_deleted_and_when_0_t
             s3_client.delete_object(Bucket=s3_bucket, Key=key)
 
 
+def test_retry_pending_deletions_when_s3_answers_then_objects_under_each_prefix_go(
+    celery_client: Celery, s3_client: Any, s3_bucket: str, token_id: str, redis_client: Any
+) -> None:
+    """What a DELETE left while S3 was down: the job's objects (every extension) and an
+    unfinished multipart upload; a neighbouring job's object under the same token stays."""
+    job, other = str(uuid.uuid4()), str(uuid.uuid4())
+    mine = [f"audio/{token_id}/{job}.flac", f"audio/{token_id}/{job}.mp3"]
+    for key in (*mine, f"audio/{token_id}/{other}.flac"):
+        s3_client.put_object(Bucket=s3_bucket, Key=key, Body=b"fLaC")
+    s3_client.create_multipart_upload(Bucket=s3_bucket, Key=f"audio/{token_id}/{job}.wav")
+    redis_client.sadd(keys.PENDING_DELETIONS, f"audio/{token_id}/{job}.")
+    try:
+        result = run(celery_client, "retry_pending_deletions")
+
+        assert set(mine) <= set(result["deleted"])
+        listed = s3_client.list_objects_v2(Bucket=s3_bucket, Prefix=f"audio/{token_id}/")
+        assert {found["Key"] for found in listed.get("Contents", [])} == {
+            f"audio/{token_id}/{other}.flac"
+        }
+        uploads = s3_client.list_multipart_uploads(Bucket=s3_bucket, Prefix=f"audio/{token_id}/")
+        assert uploads.get("Uploads", []) == []
+        assert not redis_client.sismember(keys.PENDING_DELETIONS, f"audio/{token_id}/{job}.")
+    finally:
+        s3_client.delete_object(Bucket=s3_bucket, Key=f"audio/{token_id}/{other}.flac")
+
+
 def test_beat_when_running_then_sends_the_sweeps_on_schedule(
     backend_env: dict[str, str],
     workdir: Path,
