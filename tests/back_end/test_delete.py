@@ -7,6 +7,7 @@ still holds is intact."""
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,6 +141,18 @@ def follow_until(ds: DeleteStack, body: dict[str, Any], stage: str, low: int = 0
     raise AssertionError(f"the job ended without being seen at {stage}")
 
 
+def analysing_with_a_stream(
+    ds: DeleteStack, token_id: str
+) -> tuple[dict[str, Any], list[sse.SseEvent], threading.Thread]:
+    """A 3 s take being analysed, and a stream of it open (its first event received)."""
+    body = upload_accepted(ds.api, token_id, wav_bytes(3.0))
+    follow_until(ds, body, "analyzing")
+    job_events: list[sse.SseEvent] = []
+    reader = sse.collect(f"{ds.api}{body['progress_url']}", job_events, timeout=30)
+    wait_until(lambda: bool(job_events), timeout=10, what="the stream's first event")
+    return body, job_events, reader
+
+
 def test_delete_when_the_worker_uploads_to_s3_then_upload_aborted_and_nothing_is_left(
     ds: DeleteStack, token_id: str, s3_client: Any, s3_bucket: str, spool_dir: Path
 ) -> None:
@@ -160,12 +173,8 @@ def test_delete_when_the_worker_uploads_to_s3_then_upload_aborted_and_nothing_is
 def test_delete_when_analysing_then_open_streams_end_with_deleted_and_nothing_is_left(
     ds: DeleteStack, token_id: str, s3_client: Any, s3_bucket: str, spool_dir: Path
 ) -> None:
-    body = upload_accepted(ds.api, token_id, wav_bytes(3.0))
+    body, job_events, reader = analysing_with_a_stream(ds, token_id)
     job_id = body["job_id"]
-    follow_until(ds, body, "analyzing")
-    job_events: list[sse.SseEvent] = []
-    reader = sse.collect(f"{ds.api}{body['progress_url']}", job_events, timeout=30)
-    wait_until(lambda: bool(job_events), timeout=10, what="the stream's first event")
     assert object_keys(s3_client, s3_bucket, f"audio/{token_id}/{job_id}"), "stored already"
 
     assert delete(ds.api, job_id).status_code == 204
@@ -299,12 +308,8 @@ def test_delete_when_analysing_and_s3_is_down_then_202_the_streams_end_and_the_s
 ) -> None:
     """The running job is not left frozen (record `processing`, every write refused): its
     record and events go, its stream ends with `deleted`, its worker stops."""
-    body = upload_accepted(ds.api, token_id, wav_bytes(3.0))
+    body, job_events, reader = analysing_with_a_stream(ds, token_id)
     job_id = body["job_id"]
-    follow_until(ds, body, "analyzing")
-    job_events: list[sse.SseEvent] = []
-    reader = sse.collect(f"{ds.api}{body['progress_url']}", job_events, timeout=30)
-    wait_until(lambda: bool(job_events), timeout=10, what="the stream's first event")
     ds.proxy.cut()
 
     answer = delete(ds.api, job_id)

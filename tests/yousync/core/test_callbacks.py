@@ -64,10 +64,8 @@ def deliveries(redis_client: redis.Redis, settings: Settings) -> DeliveryStore:
 
 
 def test_job_end_when_operator_url_set_then_one_delivery_queued_in_the_same_event(
-    store: JobStore, settings: Settings, redis_client: redis.Redis, redis_url: str
+    store: JobStore, settings: Settings, redis_client: redis.Redis, redis_url: str, ended: str
 ) -> None:
-    create(redis_url, settings)
-    end_job(store)
     delivery_id = f"{JOB}.1"
     assert redis_client.zscore(keys.CALLBACKS_DUE, delivery_id) is not None
     assert redis_client.smembers(keys.job_callbacks(JOB)) == {delivery_id}
@@ -124,10 +122,8 @@ def test_create_when_already_completed_then_the_deduplicated_end_is_queued(
 
 
 def test_claim_when_two_drains_then_each_due_delivery_goes_to_one_until_its_lease_ends(
-    store: JobStore, settings: Settings, redis_client: redis.Redis, redis_url: str
+    store: JobStore, settings: Settings, redis_client: redis.Redis, redis_url: str, ended: str
 ) -> None:
-    create(redis_url, settings)
-    end_job(store)
     short = DeliveryStore(redis_client, settings, lease_seconds=0.3)
     first = short.claim(10)
     assert [d.id for d in first.deliveries] == [f"{JOB}.1"]
@@ -145,6 +141,14 @@ def test_claim_when_the_record_is_gone_then_the_due_id_is_dropped(
     assert redis_client.zcard(keys.CALLBACKS_DUE) == 0
 
 
+@pytest.fixture
+def ended(redis_url: str, settings: Settings, store: JobStore) -> str:
+    """JOB, created and ended: its delivery `JOB.1` is due."""
+    create(redis_url, settings)
+    end_job(store)
+    return JOB
+
+
 def _claimed(deliveries: DeliveryStore) -> tuple[Delivery, float]:
     claim = deliveries.claim(10)
     assert len(claim.deliveries) == 1
@@ -157,9 +161,8 @@ def test_failed_attempt_when_before_give_up_then_rescheduled_with_backoff(
     deliveries: DeliveryStore,
     redis_client: redis.Redis,
     redis_url: str,
+    ended: str,
 ) -> None:
-    create(redis_url, settings)
-    end_job(store)
     delivery, now = _claimed(deliveries)
     due = deliveries.failed(delivery, "HTTP 503", now=now)
     assert due is not None and now + 4 <= due <= now + 6
@@ -213,9 +216,8 @@ def test_delivered_when_2xx_then_removed_from_due_and_snapshot_says_delivered(
     deliveries: DeliveryStore,
     redis_client: redis.Redis,
     redis_url: str,
+    ended: str,
 ) -> None:
-    create(redis_url, settings)
-    end_job(store)
     delivery, now = _claimed(deliveries)
     deliveries.failed(delivery, "HTTP 500", now=now)
     redis_client.zadd(keys.CALLBACKS_DUE, {delivery.id: 0})  # due at once
@@ -235,9 +237,8 @@ def test_outcome_when_the_job_record_expired_then_the_delivery_still_completes(
     deliveries: DeliveryStore,
     redis_client: redis.Redis,
     redis_url: str,
+    ended: str,
 ) -> None:
-    create(redis_url, settings)
-    end_job(store)
     redis_client.delete(keys.job(JOB))
     delivery, _ = _claimed(deliveries)
     assert delivery.body().startswith(b"{")
@@ -289,11 +290,10 @@ def test_delivered_when_it_comes_after_the_lease_ran_out_and_another_drain_faile
     settings: Settings,
     redis_client: redis.Redis,
     redis_url: str,
+    ended: str,
 ) -> None:
     """Drain A claims, its lease runs out, drain B claims and fails (rescheduled), then A's
     receiver answers 2xx: the receiver has it, so it is delivered, once."""
-    create(redis_url, settings)
-    end_job(store)
     short = DeliveryStore(redis_client, settings, lease_seconds=0.3)
     first, _ = _claimed(short)
 
@@ -360,10 +360,9 @@ def test_delivered_when_2xx_then_the_body_goes_and_the_record_expires_with_the_j
     deliveries: DeliveryStore,
     redis_client: redis.Redis,
     redis_url: str,
+    ended: str,
 ) -> None:
     """The body holds the job's result, which must not outlive RESULT_RETENTION_SECONDS."""
-    create(redis_url, settings)
-    end_job(store)
     delivery, _ = _claimed(deliveries)
     assert deliveries.delivered(delivery) == 1
     record = redis_client.hgetall(keys.callback(delivery.id))
