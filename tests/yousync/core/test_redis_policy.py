@@ -28,6 +28,8 @@ PROD = {
     "ANALYSIS_SHARED_SECRET": "a-long-prod-analysis-secret",
     "API_KEYS": "prod-key-1",
     "STREAM_TOKEN_SECRET": "a-long-prod-stream-secret",
+    # The test stack allowlists callback hosts, so prod needs a signing secret too.
+    "CALLBACK_SECRET": "whsec_cHJvZC1jYWxsYmFjay1zaWduaW5nLXNlY3JldA==",
 }
 
 
