@@ -38,7 +38,7 @@ import redis
 
 from yousync.core import keys
 from yousync.core.config import Settings
-from yousync.core.jobs import callback_record_ttl
+from yousync.core.jobs import callback_record_ttl, decode_mapping
 from yousync.core.models import JobSnapshot
 
 # Given up on (dead-lettered): the snapshot says `failed`.
@@ -278,7 +278,7 @@ class DeliveryStore:
             records = pipe.execute() if ids else []
         deliveries = []
         for delivery_id, record in zip(ids, records, strict=True):
-            fields = {_text(k): _text(v) for k, v in record.items()}
+            fields = decode_mapping(record)
             if not fields.get("snapshot"):
                 self._client.zrem(keys.CALLBACKS_DUE, delivery_id)
                 continue
@@ -355,7 +355,7 @@ class DeliveryStore:
 
     def record(self, delivery_id: str) -> dict[str, str]:
         raw: dict[Any, Any] = self._client.hgetall(keys.callback(delivery_id))
-        return {_text(k): _text(v) for k, v in raw.items()}
+        return decode_mapping(raw)
 
 
 def _text(value: Any) -> str:

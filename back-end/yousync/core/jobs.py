@@ -181,7 +181,8 @@ def _checked(job_id: str, reply: list[Any]) -> str:
     return detail
 
 
-def _decode(mapping: dict[Any, Any]) -> dict[str, str]:
+def decode_mapping(mapping: dict[Any, Any]) -> dict[str, str]:
+    """A hash as redis-py returns it (bytes, or str on a decoding client) as str to str."""
     return {
         (k.decode() if isinstance(k, bytes) else k): (v.decode() if isinstance(v, bytes) else v)
         for k, v in mapping.items()
@@ -209,14 +210,17 @@ def _record(mapping: dict[Any, Any]) -> JobRecord | None:
     if not mapping:
         return None
     try:
-        return JobRecord.from_fields(_decode(mapping))
+        return JobRecord.from_fields(decode_mapping(mapping))
     except ValidationError as exc:
         raise UnreadableRecord(str(exc)) from exc
 
 
 def _events(entries: Sequence[Any] | None) -> list[Event]:
     return [
-        Event(id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id, fields=_decode(f))
+        Event(
+            id=entry_id.decode() if isinstance(entry_id, bytes) else entry_id,
+            fields=decode_mapping(f),
+        )
         for entry_id, f in entries or ()
     ]
 
@@ -300,7 +304,7 @@ class JobStore:
 
     def stage_history(self) -> dict[str, float]:
         """Mean stage durations by size bucket, for ETAs of stages not yet started."""
-        raw = _decode(self._client.hgetall(keys.STAGE_STATS))
+        raw = decode_mapping(self._client.hgetall(keys.STAGE_STATS))
         return {name: float(value) for name, value in raw.items()}
 
     def record_stage(self, name: str, seconds: float, *, weight: float = 0.3) -> None:
