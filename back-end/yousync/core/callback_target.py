@@ -48,15 +48,14 @@ class CallbackTargetRefused(ValueError):
 
 @dataclass(frozen=True)
 class SendTarget:
-    """One attempt's destination: `url` names the checked address instead of the host, so the
-    connection goes where the check said; `host_header` and `sni_hostname` (https) keep the
-    request addressed to the host by name (virtual hosts, TLS certificate checks)."""
+    """One attempt's destination. `url` keeps the host by name (pool, TLS check, SNI and Host
+    go by it); the sender connects to `host`:`port` at `address` only, the address checked for
+    this attempt (yousync/worker/callback_http.py). `address` is None for the operator's URL,
+    which is not checked."""
 
     url: str
-    host_header: str | None = None
-    sni_hostname: str | None = None
-    # The checked address itself (None for the operator's URL, which is not checked): a sender
-    # that keeps the URL by name connects here (yousync/worker/callback_http.py).
+    host: str
+    port: int
     address: str | None = None
 
 
@@ -201,9 +200,9 @@ def resolve_for_send(
     URL is checked again (the allowlist may have changed since) and its host resolved now:
     every address must be public or allowlisted, and the attempt connects to the first.
     Blocking (DNS): call it from a worker thread, never on an event loop."""
+    parts, host, port = _parsed(url if operator_set else check_requested(url, settings))
     if operator_set:
-        return SendTarget(url=url)
-    parts, host, port = _parsed(check_requested(url, settings))
+        return SendTarget(url=url, host=host, port=port)
     allowlist = _Allowlist.parse(settings.callback_allowed_host_set)
     literal = _literal_address(host)
     if literal is not None:
@@ -221,14 +220,4 @@ def resolve_for_send(
             raise CallbackTargetRefused(
                 f"callback_url host {host!r} resolves to {plain}, which is not allowed"
             )
-    chosen = addresses[0]
-    netloc_host = f"[{chosen}]" if chosen.version == 6 else str(chosen)
-    default_port = 443 if parts.scheme == "https" else 80
-    netloc = netloc_host if port == default_port else f"{netloc_host}:{port}"
-    host_header = parts.netloc.rsplit("@", 1)[-1]
-    return SendTarget(
-        url=urlunsplit(parts._replace(netloc=netloc)),
-        host_header=host_header,
-        sni_hostname=host if parts.scheme == "https" and literal is None else None,
-        address=str(chosen),
-    )
+    return SendTarget(url=urlunsplit(parts), host=host, port=port, address=str(addresses[0]))

@@ -59,9 +59,8 @@ def test_send_when_an_allowlisted_name_resolves_to_a_public_address_then_it_conn
         operator_set=False,
         resolve=resolver("93.184.216.34"),
     )
-    assert target.url == "https://93.184.216.34/a?b=1"
-    assert target.host_header == "hooks.example.com"
-    assert target.sni_hostname == "hooks.example.com"
+    assert target.url == "https://hooks.example.com/a?b=1"
+    assert (target.host, target.port, target.address) == ("hooks.example.com", 443, "93.184.216.34")
 
 
 @pytest.mark.parametrize(
@@ -100,9 +99,8 @@ def test_send_when_the_internal_network_is_allowlisted_then_the_name_may_resolve
         operator_set=False,
         resolve=resolver("10.1.2.3"),
     )
-    assert target.url == "http://10.1.2.3:8080/a"
-    assert target.host_header == "hooks.internal:8080"
-    assert target.sni_hostname is None
+    assert target.url == "http://hooks.internal:8080/a"
+    assert (target.host, target.port, target.address) == ("hooks.internal", 8080, "10.1.2.3")
 
 
 def test_send_when_the_name_no_longer_resolves_then_refused() -> None:
@@ -133,7 +131,7 @@ def test_send_when_the_operator_set_the_url_then_it_goes_as_set() -> None:
         "http://127.0.0.1:8000/internal/callbacks", settings(""), operator_set=True
     )
     assert target.url == "http://127.0.0.1:8000/internal/callbacks"
-    assert target.host_header is None
+    assert target.address is None
 
 
 def test_send_when_an_allowlisted_loopback_literal_then_it_goes_there() -> None:
@@ -141,6 +139,7 @@ def test_send_when_an_allowlisted_loopback_literal_then_it_goes_there() -> None:
         "http://127.0.0.1:9000/hook", settings("127.0.0.1"), operator_set=False
     )
     assert target.url == "http://127.0.0.1:9000/hook"
+    assert (target.host, target.port, target.address) == ("127.0.0.1", 9000, "127.0.0.1")
 
 
 def test_send_when_ipv6_embeds_a_public_ipv4_then_it_is_public() -> None:
@@ -161,6 +160,6 @@ def test_check_when_the_host_is_internationalised_then_stored_and_matched_as_pun
     target = resolve_for_send(
         url, settings("bücher.example.org"), operator_set=False, resolve=resolver("93.184.216.34")
     )
-    assert target.host_header == "xn--bcher-kva.example.org:8443"
+    assert (target.host, target.port) == ("xn--bcher-kva.example.org", 8443)
     with pytest.raises(CallbackTargetRefused):
         check_requested("https://bücher.example.org/h", settings("buecher.example.org"))

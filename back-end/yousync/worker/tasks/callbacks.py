@@ -126,9 +126,7 @@ class Sender:
             headers["user-agent"] = USER_AGENT
             client, pin = self._operator, None
             if target.address is not None:
-                url = httpx.URL(delivery.url)
-                port = url.port or (443 if url.scheme == "https" else 80)
-                pin = callback_http.Pin(url.raw_host.decode("ascii"), port, target.address)
+                pin = callback_http.Pin(target.host, target.port, target.address)
                 client = self._pinned
             with (
                 callback_http.attempt(deadline, pin),
